@@ -1,0 +1,170 @@
+"""The data lake: layout, deterministic Parquet, batch manifests, and readers for later stages.
+
+Layout under the lake root (an S3 prefix or a folder), per dataset::
+
+    <dataset>/<kind>/date=YYYY-MM-DD/batch=<batch_id>/part-00000.parquet     accepted records
+    <dataset>/quarantine/<kind>/date=YYYY-MM-DD/batch=<batch_id>/rejected.jsonl   with reasons
+    <dataset>/_manifests/<kind>/<batch_id>.json                              one per batch
+
+``kind`` is ``events`` (features, no label), ``labels`` (delayed outcomes, joined by event id) or
+``predictions`` (the serving log). A batch is identified by ``batch_id`` and always written to the
+same keys, so a retry or a backfill of the same batch replaces its files instead of adding any.
+The manifest is written last: a batch without a manifest is not visible to readers.
+Stages hand each other these references (lake URI, manifest keys, batch ids), never DataFrames.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from rtml.settings import Settings, get_settings
+from rtml.storage import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rtml.spec import ProjectSpec
+
+KINDS = ("events", "labels", "predictions", "shadow")
+
+
+def _date_of(batch_id: str) -> str:
+    # batch ids start with a UTC timestamp (YYYYMMDDTHHMMSS...), which gives the date partition.
+    return f"{batch_id[0:4]}-{batch_id[4:6]}-{batch_id[6:8]}" if batch_id[:8].isdigit() else "undated"
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    import pandas as pd
+
+    t = pd.Timestamp(value)
+    return t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")
+
+
+def to_parquet_bytes(df: pd.DataFrame) -> bytes:
+    """Parquet with fixed options, so the same rows always give the same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True, use_dictionary=True)
+    return buf.getvalue()
+
+
+def from_parquet_bytes(data: bytes) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """A reference to one written batch: what stages pass to each other."""
+
+    dataset: str
+    kind: str
+    batch_id: str
+    manifest_key: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"dataset": self.dataset, "kind": self.kind, "batch_id": self.batch_id, "manifest": self.manifest_key}
+
+
+class Lake:
+    def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.store = store or open_store(self.settings.lake_uri, self.settings)
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri
+
+    # --- layout ---------------------------------------------------------------------------------
+    def data_key(self, dataset: str, kind: str, batch_id: str, part: int = 0) -> str:
+        return f"{dataset}/{kind}/date={_date_of(batch_id)}/batch={batch_id}/part-{part:05d}.parquet"
+
+    def quarantine_key(self, dataset: str, kind: str, batch_id: str) -> str:
+        return f"{dataset}/quarantine/{kind}/date={_date_of(batch_id)}/batch={batch_id}/rejected.jsonl"
+
+    def manifest_key(self, dataset: str, kind: str, batch_id: str) -> str:
+        return f"{dataset}/_manifests/{kind}/{batch_id}.json"
+
+    # --- writing --------------------------------------------------------------------------------
+    def write_table(self, key: str, df: pd.DataFrame) -> int:
+        data = to_parquet_bytes(df)
+        self.store.put(key, data)
+        return len(data)
+
+    def read_table(self, key: str) -> pd.DataFrame:
+        return from_parquet_bytes(self.store.get(key))
+
+    def write_manifest(self, dataset: str, kind: str, batch_id: str, manifest: dict[str, Any]) -> BatchRef:
+        key = self.manifest_key(dataset, kind, batch_id)
+        body = json.dumps(manifest, sort_keys=True, indent=2, default=str).encode()
+        self.store.put(key, body)
+        return BatchRef(dataset, kind, batch_id, key)
+
+    # --- reading --------------------------------------------------------------------------------
+    def manifests(self, dataset: str, kind: str) -> list[dict[str, Any]]:
+        """Every committed batch of a kind, oldest batch id first."""
+        out = []
+        for key in self.store.list(f"{dataset}/_manifests/{kind}"):
+            if key.endswith(".json"):
+                out.append(json.loads(self.store.get(key)))
+        return sorted(out, key=lambda m: m["batch_id"])
+
+    def read_batches(self, dataset: str, kind: str, batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The accepted rows of the given committed batches (all when None), in batch order."""
+        import pandas as pd
+
+        wanted = None if batch_ids is None else set(batch_ids)
+        frames = []
+        for m in self.manifests(dataset, kind):
+            if wanted is not None and m["batch_id"] not in wanted:
+                continue
+            for key in m.get("files", []):
+                frames.append(self.read_table(key))
+        if not frames:
+            return pd.DataFrame()
+        return pd.concat(frames, ignore_index=True)
+
+    def labelled(
+        self,
+        spec: ProjectSpec,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+        """Events joined to their (latest) label by event id, event time in [start, end).
+
+        Returns the frame, sorted by event time then event id, and the lineage: the batch ids of
+        events and labels that contributed.
+        """
+        import pandas as pd
+
+        ds, eid, ts = spec.dataset.name, spec.event_id, spec.event_time
+        ev_manifests = self.manifests(ds, "events")
+        lb_manifests = self.manifests(ds, "labels")
+        events = self.read_batches(ds, "events")
+        labels = self.read_batches(ds, "labels")
+        if events.empty or labels.empty:
+            return pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name]), {"events": [], "labels": []}
+        events[ts] = pd.to_datetime(events[ts], utc=True)
+        if start is not None:
+            events = events[events[ts] >= _utc(start)]
+        if end is not None:
+            events = events[events[ts] < _utc(end)]
+        # A later label for the same event wins (corrections); label batches are in id order.
+        labels = labels.drop_duplicates(subset=[eid], keep="last")
+        label_cols = [eid, spec.target.name]
+        joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one")
+        joined = joined.drop_duplicates(subset=[eid], keep="last").sort_values([ts, eid], kind="stable")
+        lineage = {
+            "events": [m["batch_id"] for m in ev_manifests],
+            "labels": [m["batch_id"] for m in lb_manifests],
+        }
+        return joined.reset_index(drop=True), lineage

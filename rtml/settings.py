@@ -1,0 +1,145 @@
+"""One settings object for the whole platform.
+
+Every value comes from an environment variable with the ``RTML_`` prefix (``RTML_HOME``,
+``RTML_MLFLOW_PORT``, ...) and has a default that works on a laptop with nothing configured.
+Credentials are read from the environment only (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+for S3, ``RTML_SERVE_TOKEN`` for the serving endpoint) and are never written to the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXAMPLE_SPEC = Path(__file__).parent / "examples" / "credit_risk.yaml"
+
+
+class Settings(BaseSettings):
+    """Platform settings; see ``docs`` in README.md for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix="RTML_", extra="ignore", validate_default=True)
+
+    # Where the local stack keeps its state: logs, pid files, databases, object-store data.
+    home: Path = Field(default_factory=lambda: Path.home() / ".rtml")
+    # The project spec used when a command or DAG is not given one.
+    spec: Path = EXAMPLE_SPEC
+    host: str = "127.0.0.1"
+
+    # Object store / data lake. "s3" uses an S3-compatible server (SeaweedFS locally, MinIO in
+    # compose, AWS in the cloud); "local" keeps the lake in a plain folder.
+    storage: Literal["s3", "local"] = "s3"
+    lake_uri: str = ""  # default: s3://<lake_bucket> or <home>/lake
+    lake_bucket: str = "rtml-lake"
+    mlflow_bucket: str = "rtml-mlflow"
+    s3_endpoint_url: str = ""  # default: http://<host>:<s3_port> for the embedded SeaweedFS
+    s3_port: int = 8333
+    s3_region: str = "us-east-1"
+
+    # MLflow tracking server and registry.
+    mlflow_port: int = 5000
+    mlflow_tracking_uri: str = ""  # default: http://<host>:<mlflow_port>
+    mlflow_backend_store_uri: str = ""  # default: sqlite:///<home>/mlflow/mlflow.db
+    mlflow_experiment: str = "rtml"
+
+    # Airflow.
+    airflow_port: int = 8080
+    airflow_url: str = ""  # default: http://<host>:<airflow_port>
+    airflow_db_uri: str = ""  # default: sqlite:///<home>/airflow/airflow.db
+    airflow_executor: str = "LocalExecutor"
+    airflow_username: str = "admin"
+
+    # Streams.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    source: Literal["landing", "redis"] = "landing"
+    ingest_interval_minutes: int = Field(default=5, ge=1)
+
+    # Serving endpoint.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_url: str = ""  # default: http://<serve_host>:<serve_port>
+    serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        self.home = Path(self.home).expanduser().resolve()
+        if not self.lake_uri:
+            self.lake_uri = f"s3://{self.lake_bucket}" if self.storage == "s3" else str(self.home / "lake")
+        if not self.s3_endpoint_url:
+            self.s3_endpoint_url = f"http://{self.host}:{self.s3_port}"
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
+        if not self.mlflow_backend_store_uri:
+            self.mlflow_backend_store_uri = f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+        if not self.airflow_url:
+            self.airflow_url = f"http://{self.host}:{self.airflow_port}"
+        if not self.airflow_db_uri:
+            self.airflow_db_uri = f"sqlite:///{self.home / 'airflow' / 'airflow.db'}"
+        if not self.serve_url:
+            self.serve_url = f"http://{self.serve_host}:{self.serve_port}"
+        return self
+
+    # Credentials: the standard AWS variables, so boto3, MLflow and Airflow all see the same ones.
+    # The embedded SeaweedFS accepts any key; these defaults are not secrets.
+    @property
+    def s3_access_key(self) -> str:
+        return os.environ.get("AWS_ACCESS_KEY_ID", "rtml-local")
+
+    @property
+    def s3_secret_key(self) -> str:
+        return os.environ.get("AWS_SECRET_ACCESS_KEY", "rtml-local-secret")
+
+    @property
+    def mlflow_artifacts_uri(self) -> str:
+        if self.storage == "s3":
+            return f"s3://{self.mlflow_bucket}/artifacts"
+        return str(self.home / "mlflow" / "artifacts")
+
+    def s3_env(self) -> dict[str, str]:
+        """Environment a child process (MLflow server, Airflow task) needs to reach the store."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
+            "AWS_DEFAULT_REGION": self.s3_region,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.s3_endpoint_url,
+        }
+
+    def resolved_serve_token(self) -> str:
+        """The serving token: from RTML_SERVE_TOKEN, else generated once under the state folder."""
+        if self.serve_token:
+            return self.serve_token
+        path = self.home / "serve_token"
+        if path.exists():
+            return path.read_text().strip()
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(24)
+        path.write_text(token)
+        path.chmod(0o600)
+        return token
+
+    def env(self) -> dict[str, str]:
+        """This settings object as RTML_* variables, for child processes (Airflow tasks, servers)."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            out[f"RTML_{name.upper()}"] = str(value)
+        return out
+
+
+@lru_cache(maxsize=1)
+def _cached() -> Settings:
+    return Settings()
+
+
+def get_settings(refresh: bool = False) -> Settings:
+    """The process-wide settings; ``refresh=True`` re-reads the environment."""
+    if refresh:
+        _cached.cache_clear()
+    return _cached()
