@@ -1,0 +1,67 @@
+"""
+### rtml_monitor: live drift and performance of the served model
+
+Every hour, reads the serving endpoint's prediction log from the lake (last `window_hours`):
+
+1. **check** - Evidently drift of the live features against the labelled window that preceded
+   them, and, for the predictions whose label has arrived (joined by event id), live quality
+   compared with the champion's holdout quality. The report (JSON + HTML) goes to
+   `<lake>/<dataset>/monitoring/`; its summary is this task's return value.
+2. **needs_retraining** - ends the run here when the model is healthy (later tasks *skipped*).
+3. **request_retraining** - updates the **rtml_retrain** Asset with the reasons, which starts
+   `rtml_train`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, dag, task
+
+from rtml.settings import get_settings
+from rtml.spec import load_spec
+
+SPEC_PATH = str(get_settings().spec)
+_SPEC = load_spec(SPEC_PATH)  # light: YAML + pydantic; names the Asset below
+RETRAIN = Asset(name="rtml_retrain", uri=f"rtml://{_SPEC.model.registered_name}/retrain")
+
+
+@dag(
+    dag_id="rtml_monitor",
+    description="Live drift and performance of the served model; requests retraining when they degrade",
+    doc_md=__doc__,
+    schedule=timedelta(hours=1),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["rtml", "monitoring"],
+    params={
+        "spec": Param(SPEC_PATH, type="string", description="project spec YAML"),
+        "window_hours": Param(24, type="number", minimum=0.01, description="how far back to look"),
+    },
+)
+def rtml_monitor():
+    @task
+    def check(params: dict | None = None) -> dict:
+        from rtml.monitor import monitor
+
+        params = params or {}
+        report = monitor(load_spec(params.get("spec") or SPEC_PATH), get_settings(refresh=True),
+                         window_hours=float(params.get("window_hours") or 24))
+        print(report["message"])
+        keep = ("retrain", "reasons", "predictions", "labelled_predictions", "report", "message")
+        return {k: report.get(k) for k in keep}
+
+    @task.short_circuit
+    def needs_retraining(summary: dict) -> bool:
+        return bool(summary["retrain"])
+
+    @task(outlets=[RETRAIN])
+    def request_retraining(summary: dict, *, outlet_events=None) -> None:
+        outlet_events[RETRAIN].extra = {"reasons": summary["reasons"], "report": summary["report"]}
+
+    summary = check()
+    needs_retraining(summary) >> request_retraining(summary)
+
+
+rtml_monitor()
