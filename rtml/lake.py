@@ -48,9 +48,14 @@ def _utc(value: Any) -> pd.Timestamp:
 def to_parquet_bytes(df: pd.DataFrame) -> bytes:
     """Parquet with fixed options, so the same rows always give the same bytes."""
     import pyarrow as pa
+
+    return arrow_to_parquet_bytes(pa.Table.from_pandas(df, preserve_index=False))
+
+
+def arrow_to_parquet_bytes(table: Any) -> bytes:
+    """An Arrow table as Parquet with the same fixed options (no pandas round trip)."""
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", write_statistics=True, use_dictionary=True)
     return buf.getvalue()
@@ -142,29 +147,54 @@ class Lake:
         """Events joined to their (latest) label by event id, event time in [start, end).
 
         Returns the frame, sorted by event time then event id, and the lineage: the batch ids of
-        events and labels that contributed.
+        the events and labels that contributed at least one joined row. Event batches whose
+        manifest time range (``min_time``..``watermark``) lies outside [start, end) are not read.
         """
         import pandas as pd
 
         ds, eid, ts = spec.dataset.name, spec.event_id, spec.event_time
-        ev_manifests = self.manifests(ds, "events")
-        lb_manifests = self.manifests(ds, "labels")
-        events = self.read_batches(ds, "events")
-        labels = self.read_batches(ds, "labels")
+        lo = _utc(start) if start is not None else None
+        hi = _utc(end) if end is not None else None
+
+        def overlaps(m: dict[str, Any]) -> bool:
+            first, last = m.get("min_time"), m.get("watermark")
+            if not m.get("files"):
+                return False
+            if first is None or last is None:  # a manifest without a time range: read it
+                return True
+            try:
+                return (hi is None or _utc(first) < hi) and (lo is None or _utc(last) >= lo)
+            except (TypeError, ValueError):  # an unreadable range: read the batch
+                return True
+
+        def read(kind: str, keep) -> pd.DataFrame:
+            frames = []
+            for m in self.manifests(ds, kind):
+                if keep(m):
+                    for key in m["files"]:
+                        frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
+            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+        events = read("events", overlaps)
+        labels = read("labels", lambda m: bool(m.get("files")))
+        empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:
-            return pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name]), {"events": [], "labels": []}
+            return empty, {"events": [], "labels": []}
         events[ts] = pd.to_datetime(events[ts], utc=True)
-        if start is not None:
-            events = events[events[ts] >= _utc(start)]
-        if end is not None:
-            events = events[events[ts] < _utc(end)]
+        if lo is not None:
+            events = events[events[ts] >= lo]
+        if hi is not None:
+            events = events[events[ts] < hi]
         # A later label for the same event wins (corrections); label batches are in id order.
         labels = labels.drop_duplicates(subset=[eid], keep="last")
-        label_cols = [eid, spec.target.name]
-        joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one")
+        label_cols = [eid, spec.target.name, "_batch"]
+        joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one", suffixes=("", "_label"))
         joined = joined.drop_duplicates(subset=[eid], keep="last").sort_values([ts, eid], kind="stable")
         lineage = {
-            "events": [m["batch_id"] for m in ev_manifests],
-            "labels": [m["batch_id"] for m in lb_manifests],
+            "events": sorted(joined["_batch"].unique().tolist()),
+            "labels": sorted(joined["_batch_label"].unique().tolist()),
         }
+        joined = joined.drop(columns=["_batch", "_batch_label"])
+        if joined.empty:
+            return empty, {"events": [], "labels": []}
         return joined.reset_index(drop=True), lineage
