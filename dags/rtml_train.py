@@ -1,0 +1,150 @@
+"""
+### rtml_train: train a candidate and run the evaluation gates
+
+Runs when ingestion updates the **rtml_events** or **rtml_labels** Asset (or when triggered by hand).
+
+1. **check_new_data** - enough new labelled rows since the last trained version? Otherwise the run
+   ends here, every later task *skipped* (nothing is wrong: data is still arriving).
+   Params: `min_new_labels` (default: the spec's `training.min_rows`), `force` to train anyway.
+2. **train** - sliding window of labelled data from the lake, out-of-time holdout (newest slice),
+   seeded; logged to MLflow and registered as a new version of the spec's model.
+3. **quality / fairness / drift** - the gates, on the same holdout as the current `champion`.
+4. **decide** - reports (model card, fairness, Evidently drift, JSON summary) in the run's
+   `evaluation/` artifacts, version tags `gate.*`; a version passing every gate gets the alias
+   `challenger`.
+5. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version), which starts
+   `rtml_promote`; skipped when a gate failed (the reasons are in the version's `gate.reasons` tag).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Asset, AssetAny, Param, dag, task
+
+from rtml.settings import get_settings
+from rtml.spec import load_spec
+
+SPEC_PATH = str(get_settings().spec)
+_SPEC = load_spec(SPEC_PATH)  # light: YAML + pydantic; names the Assets below
+EVENTS = Asset(name="rtml_events", uri=f"rtml://{_SPEC.dataset.name}/events")
+LABELS = Asset(name="rtml_labels", uri=f"rtml://{_SPEC.dataset.name}/labels")
+CHALLENGER = Asset(name="rtml_challenger", uri=f"rtml://{_SPEC.model.registered_name}/challenger")
+
+
+def _spec(params: dict):
+    return load_spec(params.get("spec") or SPEC_PATH)
+
+
+@dag(
+    dag_id="rtml_train",
+    description="Train on the lake's labelled window, run the quality/fairness/drift gates, mark the challenger",
+    doc_md=__doc__,
+    schedule=AssetAny(EVENTS, LABELS),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two trainings at once would race for the challenger alias
+    tags=["rtml", "training"],
+    params={
+        "spec": Param(SPEC_PATH, type="string", description="project spec YAML"),
+        "min_new_labels": Param(
+            None,
+            type=["null", "integer"],
+            minimum=0,
+            description="new labelled rows needed to train (default: training.min_rows)",
+        ),
+        "force": Param(False, type="boolean", description="train even without enough new labelled data"),
+    },
+)
+def rtml_train():
+    @task.short_circuit
+    def check_new_data(params: dict | None = None) -> bool:
+        from rtml.train import new_data_status
+
+        params = params or {}
+        status = new_data_status(_spec(params), min_new_rows=params.get("min_new_labels"))
+        print(status["message"])
+        if params.get("force"):
+            print("force=true: training anyway")
+            return True
+        return bool(status["ready"])
+
+    @task
+    def train(params: dict | None = None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from rtml.train import NotEnoughData
+        from rtml.train import train as train_model
+
+        try:
+            result = train_model(_spec(params or {}), run_name="rtml_train")
+        except NotEnoughData as err:  # e.g. labels exist but not inside the window: wait for more
+            raise AirflowSkipException(str(err)) from None
+        print(result["message"])
+        keep = (
+            "run_id",
+            "version",
+            "model_uri",
+            "registered_name",
+            "holdout_uri",
+            "train_uri",
+            "lineage_uri",
+            "train_rows",
+            "holdout_rows",
+            "window_start",
+            "window_end",
+            "metrics",
+        )
+        return {k: result[k] for k in keep}
+
+    @task
+    def quality(trained: dict, params: dict | None = None) -> dict:
+        from rtml.gates import evaluate_quality
+
+        res = evaluate_quality(_spec(params or {}), trained["version"])
+        print("quality:", "passed" if res["passed"] else res["reasons"])
+        return res
+
+    @task
+    def fairness(trained: dict, params: dict | None = None) -> dict:
+        from rtml.gates import evaluate_fairness
+
+        res = evaluate_fairness(_spec(params or {}), trained["version"])
+        print("fairness:", "passed" if res["passed"] else res["reasons"])
+        return res
+
+    @task
+    def drift(trained: dict, params: dict | None = None) -> dict:
+        from rtml.gates import evaluate_drift
+
+        res = evaluate_drift(_spec(params or {}), trained["version"])
+        print("drift:", "passed" if res["passed"] else res["reasons"])
+        return res
+
+    @task
+    def decide(trained: dict, quality: dict, fairness: dict, drift: dict, params: dict | None = None) -> dict:
+        from rtml.gates import decide as decide_gates
+
+        res = decide_gates(_spec(params or {}), trained["version"], quality, fairness, drift)
+        print(res["message"])
+        return {k: res[k] for k in ("passed", "name", "version", "run_id", "gates", "reasons", "reports")}
+
+    @task(outlets=[CHALLENGER])
+    def publish_challenger(decision: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["passed"]:
+            raise AirflowSkipException(
+                f"version {decision['version']} failed the gates: {decision['reasons']}"
+            )
+        extra = {"name": decision["name"], "version": decision["version"]}
+        context["outlet_events"][CHALLENGER].extra = extra
+        return extra
+
+    trained = train()
+    check_new_data() >> trained
+    decision = decide(trained, quality(trained), fairness(trained), drift(trained))
+    publish_challenger(decision)
+
+
+rtml_train()
