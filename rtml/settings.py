@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = ""  # default: http://<host>:<mlflow_port>
     mlflow_backend_store_uri: str = ""  # default: sqlite:///<home>/mlflow/mlflow.db
     mlflow_experiment: str = "rtml"
+    # The MLflow URL a browser uses (links in the Airflow UI); empty means mlflow_tracking_uri.
+    mlflow_ui_url: str = ""
 
     # Airflow.
     airflow_port: int = 8080
@@ -52,6 +54,10 @@ class Settings(BaseSettings):
     airflow_db_uri: str = ""  # default: sqlite:///<home>/airflow/airflow.db
     airflow_executor: str = "LocalExecutor"
     airflow_username: str = "admin"
+    # Folders Airflow loads; empty means the repository's dags/ and plugins/ next to the package.
+    dags_folder: str = ""
+    plugins_folder: str = ""
+    mlflow_workers: int = Field(default=2, ge=1)
 
     # Streams.
     redis_url: str = "redis://127.0.0.1:6379/0"

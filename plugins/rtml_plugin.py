@@ -1,0 +1,174 @@
+"""rtml's Airflow UI plugin: links to the MLflow UI and a small page of the registered model versions.
+
+- Nav links (``external_views``): "MLflow models" opens the MLflow UI's models page (a new tab: MLflow
+  refuses to be framed by another origin); "rtml models" shows the page below inside the Airflow UI.
+- ``/rtml/`` (a FastAPI app served by the Airflow api-server): every registered model version with
+  its aliases, gate tags (``gate.quality``, ``gate.fairness``, ``gate.drift``, ``gate.decision``,
+  ``gate.reasons``), the ``approval`` tag and links to its MLflow page and run (where the reports are).
+  ``/rtml/api/models`` gives the same as JSON. It reads MLflow's REST API with httpx: no mlflow import.
+
+Airflow imports plugins in every component, so only light modules are imported here.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+URL_PREFIX = "/rtml"
+GATE_TAGS = ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")
+
+
+def _settings():
+    from rtml.settings import get_settings
+
+    return get_settings()
+
+
+def mlflow_ui_url() -> str:
+    s = _settings()
+    return (s.mlflow_ui_url or s.mlflow_tracking_uri).rstrip("/")
+
+
+def _mlflow_get(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    import httpx
+
+    s = _settings()
+    auth = None
+    # Compose runs MLflow with basic auth; the same variables the MLflow client reads.
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    r = httpx.get(
+        f"{s.mlflow_tracking_uri.rstrip('/')}/api/2.0/mlflow/{path}", params=params, auth=auth, timeout=10
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+def model_versions(max_models: int = 50) -> list[dict[str, Any]]:
+    """Registered model versions, newest first, with aliases, gate/approval tags and MLflow links."""
+    ui = mlflow_ui_url()
+    out: list[dict[str, Any]] = []
+    models = _mlflow_get("registered-models/search", {"max_results": max_models}).get("registered_models", [])
+    for model in models:
+        name = model["name"]
+        aliases: dict[str, list[str]] = {}
+        for a in model.get("aliases", []):
+            aliases.setdefault(str(a["version"]), []).append(a["alias"])
+        versions = _mlflow_get("model-versions/search", {"filter": f"name='{name}'", "max_results": 100}).get(
+            "model_versions", []
+        )
+        for v in sorted(versions, key=lambda v: int(v["version"]), reverse=True):
+            tags = {t["key"]: t.get("value", "") for t in v.get("tags", [])}
+            run_id = v.get("run_id") or ""
+            out.append(
+                {
+                    "name": name,
+                    "version": v["version"],
+                    "aliases": aliases.get(str(v["version"]), []),
+                    "status": v.get("status", ""),
+                    "gates": {k: tags.get(k, "") for k in GATE_TAGS},
+                    "reasons": tags.get("gate.reasons", ""),
+                    "approval": tags.get("approval", ""),
+                    "tags": tags,
+                    "run_id": run_id,
+                    "version_url": f"{ui}/#/models/{name}/versions/{v['version']}",
+                    "run_url": f"{ui}/#/runs/{run_id}" if run_id else "",
+                }
+            )
+    return out
+
+
+def _cell(value: str) -> str:
+    colour = {"passed": "#1a7f37", "failed": "#cf222e", "approved": "#1a7f37", "rejected": "#cf222e"}.get(
+        value
+    )
+    text = html.escape(value or "-")
+    return f'<td style="color:{colour};font-weight:600">{text}</td>' if colour else f"<td>{text}</td>"
+
+
+def render_page(rows: list[dict[str, Any]], error: str = "") -> str:
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "model",
+            "version",
+            "aliases",
+            "quality",
+            "fairness",
+            "drift",
+            "decision",
+            "approval",
+            "reasons",
+            "links",
+        )
+    )
+    body = []
+    for r in rows:
+        links = f'<a href="{html.escape(r["version_url"])}" target="_blank">version</a>'
+        if r["run_url"]:
+            links += f' · <a href="{html.escape(r["run_url"])}" target="_blank">run &amp; reports</a>'
+        for key, value in r["tags"].items():
+            if value.startswith(("http://", "https://")):
+                links += f' · <a href="{html.escape(value)}" target="_blank">{html.escape(key)}</a>'
+        body.append(
+            "<tr>"
+            f"<td>{html.escape(r['name'])}</td><td>{html.escape(str(r['version']))}</td>"
+            f"<td>{html.escape(', '.join(r['aliases']) or '-')}</td>"
+            + "".join(_cell(r["gates"][k]) for k in GATE_TAGS)
+            + _cell(r["approval"])
+            + f"<td>{html.escape(r['reasons'][:300])}</td><td>{links}</td></tr>"
+        )
+    ui = html.escape(mlflow_ui_url())
+    note = f'<p style="color:#cf222e">MLflow did not answer: {html.escape(error)}</p>' if error else ""
+    empty = "" if rows else "<p>No registered model version yet: run the training DAG (rtml_train).</p>"
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>rtml models</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5rem}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;font-size:.9rem}}</style></head>
+<body><h2>rtml: registered model versions</h2>
+<p>Gate results are model-version tags written by the training DAG. Approve a challenger in the
+<a href="{ui}/#/models" target="_blank">MLflow UI</a> by setting its tag <code>approval</code> = <code>approved</code>.</p>
+{note}{empty}<table><tr>{head}</tr>{"".join(body)}</table></body></html>"""
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="rtml", description="rtml model overview")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        try:
+            return render_page(model_versions())
+        except Exception as err:  # the page must still render when MLflow is down
+            return render_page([], error=f"{type(err).__name__}: {err}")
+
+    @app.get("/api/models")
+    def models() -> dict[str, Any]:
+        return {"model_versions": model_versions()}
+
+    return app
+
+
+class RtmlPlugin(AirflowPlugin):
+    name = "rtml"
+    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "rtml models"}]
+    external_views = [
+        {
+            "name": "MLflow models",
+            "href": f"{mlflow_ui_url()}/#/models",
+            "destination": "nav",
+            "category": "browse",
+        },
+        {
+            "name": "rtml models",
+            "href": f"{URL_PREFIX}/",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "rtml",
+        },
+    ]

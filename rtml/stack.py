@@ -1,0 +1,970 @@
+"""The embedded local stack: SeaweedFS (S3), an MLflow server and Airflow 3, all on loopback, no Docker.
+
+Every process runs detached in its own process group, logs to ``<home>/logs/<name>.log`` and is
+recorded in ``<home>/pids/<name>.json``; ``down`` stops only the processes those files name (and
+their children). Data stays on disk under ``<home>`` (``seaweedfs/``, ``mlflow/``, ``airflow/``), so
+``up`` after ``down`` finds the lake, the runs and the registry as they were.
+
+Every port is derived from the settings (``s3_port``, ``mlflow_port``, ``airflow_port``), including
+the ones SeaweedFS and Airflow open for themselves (master, volume, filer, log servers), so two
+stacks with different base ports (a user's and the test suite's) never clash.
+
+``Stack(settings)`` is the reusable piece (the test fixtures use it); ``add_commands`` wires
+``rtml stack up|down|status``. Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rtml.settings import Settings, get_settings
+
+SERVICES = ("s3", "mlflow", "airflow")
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    """A service that could not be started or checked; the message points at its log file."""
+
+
+# --- ports ---------------------------------------------------------------------------------------
+def seaweed_ports(settings: Settings) -> dict[str, int]:
+    """Every port ``weed mini`` listens on, as offsets of the S3 port (defaults open 9333, 8888,
+    a volume server on 9340, admin on 23646, ...: left alone they clash between two stacks)."""
+    p = settings.s3_port
+    return {
+        "s3": p,
+        "master": p + 1,
+        "master.grpc": p + 2,
+        "volume": p + 3,
+        "volume.grpc": p + 4,
+        "filer": p + 5,
+        "filer.grpc": p + 6,
+        "s3.grpc": p + 7,
+        "admin": p + 8,
+        "admin.grpc": p + 9,
+    }
+
+
+def airflow_ports(settings: Settings) -> dict[str, int]:
+    """The api-server port and the log servers of the scheduler (LocalExecutor) and triggerer."""
+    p = settings.airflow_port
+    return {"api": p, "worker_log_server": p + 1, "trigger_log_server": p + 2}
+
+
+def all_ports(settings: Settings, services: Iterable[str] = SERVICES) -> list[int]:
+    out: list[int] = []
+    services = set(services)
+    if "s3" in services and settings.storage == "s3":
+        out += seaweed_ports(settings).values()
+    if "mlflow" in services:
+        out.append(settings.mlflow_port)
+    if "airflow" in services:
+        out += airflow_ports(settings).values()
+    return out
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --- health checks (plain functions: the rtml_healthcheck DAG calls them too) ---------------------
+def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = None) -> dict[str, Any]:
+    """List the buckets of the configured S3 endpoint; ``ok`` if it answers and ``buckets`` exist."""
+    s = settings or get_settings()
+    if s.storage != "s3":
+        root = Path(s.lake_uri)
+        return {"ok": root.is_dir() or not root.exists(), "storage": "local", "lake_uri": s.lake_uri}
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s.s3_endpoint_url,
+        aws_access_key_id=s.s3_access_key,
+        aws_secret_access_key=s.s3_secret_key,
+        region_name=s.s3_region,
+        config=Config(
+            s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}
+        ),
+    )
+    try:
+        names = sorted(b["Name"] for b in client.list_buckets().get("Buckets", []))
+    except Exception as err:  # any failure means "not healthy"; the message says why
+        return {"ok": False, "endpoint": s.s3_endpoint_url, "error": f"{type(err).__name__}: {err}"}
+    wanted = list(buckets) if buckets is not None else [s.lake_bucket, s.mlflow_bucket]
+    missing = [b for b in wanted if b not in names]
+    out: dict[str, Any] = {"ok": not missing, "endpoint": s.s3_endpoint_url, "buckets": names}
+    if missing:
+        out["error"] = f"missing bucket(s): {', '.join(missing)}"
+    return out
+
+
+def check_mlflow(settings: Settings | None = None) -> dict[str, Any]:
+    """GET /health on the tracking server, then one registry-backed API call."""
+    import httpx
+
+    s = settings or get_settings()
+    base = s.mlflow_tracking_uri.rstrip("/")
+    try:
+        r = httpx.get(f"{base}/health", timeout=5)
+        if r.status_code != 200:
+            return {"ok": False, "url": base, "error": f"/health answered {r.status_code}"}
+        r = httpx.get(
+            f"{base}/api/2.0/mlflow/registered-models/search", params={"max_results": 1}, timeout=10
+        )
+        if r.status_code != 200:
+            return {
+                "ok": False,
+                "url": base,
+                "error": f"registry search answered {r.status_code}: {r.text[:200]}",
+            }
+    except httpx.HTTPError as err:
+        return {"ok": False, "url": base, "error": f"{type(err).__name__}: {err}"}
+    return {"ok": True, "url": base}
+
+
+def airflow_health(settings: Settings | None = None) -> dict[str, Any]:
+    """Airflow's own view: ``/api/v2/monitor/health`` (metadatabase, scheduler, triggerer, dag processor)."""
+    import httpx
+
+    s = settings or get_settings()
+    base = s.airflow_url.rstrip("/")
+    try:
+        r = httpx.get(f"{base}/api/v2/monitor/health", timeout=5)
+        r.raise_for_status()
+        data = r.json()
+    except (httpx.HTTPError, ValueError) as err:
+        return {"ok": False, "url": base, "error": f"{type(err).__name__}: {err}"}
+    parts = {k: (v or {}).get("status") for k, v in data.items() if isinstance(v, dict)}
+    return {"ok": all(v == "healthy" for v in parts.values()), "url": base, "components": parts}
+
+
+def sqlalchemy_uri(uri: str) -> str:
+    """``postgresql://`` with an explicit driver: SQLAlchemy 2.1 would pick psycopg 3, which is not
+    installed; psycopg2 is (Airflow derives its async URL, ``postgresql+asyncpg``, from the scheme)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if uri.startswith(prefix):
+            return "postgresql+psycopg2://" + uri[len(prefix) :]
+    return uri
+
+
+# --- processes -----------------------------------------------------------------------------------
+def _bin(name: str) -> str:
+    """An executable of this environment (next to the running Python), else from PATH."""
+    # Not resolved: the venv's python is a symlink and its bin/ is what we want.
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"cannot find the {name!r} executable (is the rtml environment installed?)")
+    return found
+
+
+@dataclass
+class Proc:
+    """One long-running process of the stack."""
+
+    name: str
+    service: str
+    cmd: list[str]
+    port: int | None  # the port that must answer for the process to count as up
+    env: dict[str, str] = field(default_factory=dict)
+    # A process-specific readiness check beyond the port answering (e.g. a /health URL).
+    ready: Callable[[], bool] | None = None
+
+
+def _read_secret(path: Path, nbytes: int = 32) -> str:
+    """A secret generated once and kept under the state folder, readable only by its owner."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return value
+
+
+def _pid_info(pid: int) -> Any:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class Stack:
+    """The local stack of one state folder (``settings.home``)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.home = self.settings.home
+        self.logs = self.home / "logs"
+        self.pids = self.home / "pids"
+        self.airflow_home = self.home / "airflow"
+        # Popen handles of processes started by this object, so they can be reaped (no zombies).
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # --- layout ----------------------------------------------------------------------------------
+    @property
+    def dags_folder(self) -> Path:
+        return (
+            Path(self.settings.dags_folder).expanduser() if self.settings.dags_folder else REPO_ROOT / "dags"
+        )
+
+    @property
+    def plugins_folder(self) -> Path:
+        if self.settings.plugins_folder:
+            return Path(self.settings.plugins_folder).expanduser()
+        return REPO_ROOT / "plugins"
+
+    @property
+    def airflow_password_file(self) -> Path:
+        return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+    def airflow_password(self) -> str | None:
+        """The password Airflow generated for ``settings.airflow_username`` (None before first start)."""
+        try:
+            data = json.loads(self.airflow_password_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return data.get(self.settings.airflow_username)
+
+    def services(self, wanted: Iterable[str] | None = None) -> list[str]:
+        """Requested services plus what they need, in start order (``storage=local`` drops s3)."""
+        wanted = set(wanted or SERVICES)
+        unknown = wanted - set(SERVICES)
+        if unknown:
+            raise StackError(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+        # MLflow keeps its artifacts in the store and Airflow's tasks use both.
+        if "airflow" in wanted:
+            wanted |= {"mlflow"}
+        if "mlflow" in wanted:
+            wanted |= {"s3"}
+        if self.settings.storage != "s3":
+            wanted.discard("s3")
+        return [s for s in SERVICES if s in wanted]
+
+    # --- environment -----------------------------------------------------------------------------
+    def base_env(self) -> dict[str, str]:
+        """What every child gets: this environment + RTML_* settings + S3 credentials + MLflow URI."""
+        env = dict(os.environ)
+        env.update(self.settings.env())
+        env.update(self.settings.s3_env())
+        env["MLFLOW_TRACKING_URI"] = self.settings.mlflow_tracking_uri
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def airflow_env(self) -> dict[str, str]:
+        s = self.settings
+        ports = airflow_ports(s)
+        env = self.base_env()
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.airflow_home),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy_uri(s.airflow_db_uri),
+                "AIRFLOW__CORE__EXECUTOR": s.airflow_executor,
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(self.plugins_folder),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                # Two CPUs on a laptop-sized box: a few task slots, one api worker.
+                "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+                "AIRFLOW__API__WORKERS": env.get("AIRFLOW__API__WORKERS", "1"),
+                "AIRFLOW__API__HOST": s.host,
+                "AIRFLOW__API__PORT": str(s.airflow_port),
+                "AIRFLOW__API__BASE_URL": s.airflow_url,
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{s.airflow_url.rstrip('/')}/execution/",
+                # The components run as separate processes: they must share these secrets.
+                "AIRFLOW__API_AUTH__JWT_SECRET": _read_secret(self.airflow_home / "jwt_secret"),
+                "AIRFLOW__API__SECRET_KEY": _read_secret(self.airflow_home / "api_secret_key"),
+                "AIRFLOW__CORE__AUTH_MANAGER": (
+                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+                ),
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{s.airflow_username}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.airflow_password_file),
+                # New DAG files show up within seconds locally (default: 5 minutes).
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "15",
+                "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_log_server"]),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_log_server"]),
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            }
+        )
+        return env
+
+    # --- the processes ---------------------------------------------------------------------------
+    def procs(self, service: str) -> list[Proc]:
+        s = self.settings
+        if service == "s3":
+            ports = seaweed_ports(s)
+            data = self.home / "seaweedfs"
+            cmd = [
+                _bin("weed"),
+                "mini",
+                f"-dir={data}",
+                f"-ip={s.host}",
+                f"-ip.bind={s.host}",
+                f"-s3.port={ports['s3']}",
+                f"-master.port={ports['master']}",
+                f"-master.port.grpc={ports['master.grpc']}",
+                f"-volume.port={ports['volume']}",
+                f"-volume.port.grpc={ports['volume.grpc']}",
+                f"-filer.port={ports['filer']}",
+                f"-filer.port.grpc={ports['filer.grpc']}",
+                f"-s3.port.grpc={ports['s3.grpc']}",
+                f"-admin.port={ports['admin']}",
+                f"-admin.port.grpc={ports['admin.grpc']}",
+                # Not needed by rtml: off, so they open no port.
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                "-admin.ui=false",
+            ]
+            # With AWS_ACCESS_KEY_ID/SECRET in its environment weed mini creates that identity and
+            # then refuses unsigned or wrongly signed requests, as a real S3 does.
+            return [Proc("seaweedfs", "s3", cmd, ports["s3"], self.base_env(), lambda: check_s3(s, [])["ok"])]
+        if service == "mlflow":
+            (self.home / "mlflow").mkdir(parents=True, exist_ok=True)
+            cmd = [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                sqlalchemy_uri(s.mlflow_backend_store_uri),
+                "--artifacts-destination",
+                s.mlflow_artifacts_uri,
+                "--serve-artifacts",
+                "--host",
+                s.host,
+                "--port",
+                str(s.mlflow_port),
+                "--workers",
+                str(s.mlflow_workers),
+            ]
+            env = self.base_env()
+            # MLflow's job runner (huey consumers for GenAI judges and trace rollups) is not used by
+            # rtml and costs ~8 processes on a 2-core box; a user can still turn it on.
+            env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            return [Proc("mlflow", "mlflow", cmd, s.mlflow_port, env, lambda: check_mlflow(s)["ok"])]
+        if service == "airflow":
+            env = self.airflow_env()
+            airflow = _bin("airflow")
+            out = [
+                Proc(
+                    "airflow-api-server",
+                    "airflow",
+                    [airflow, "api-server", "--host", s.host, "--port", str(s.airflow_port)],
+                    s.airflow_port,
+                    env,
+                    self._airflow_api_ready,
+                )
+            ]
+            for comp in AIRFLOW_COMPONENTS[1:]:
+                cmd = [airflow, comp]
+                if comp in ("scheduler", "triggerer"):
+                    # Their log servers bind every interface (no host setting); all components share
+                    # this machine's log folder, so the api-server reads task logs from disk instead.
+                    cmd.append("--skip-serve-logs")
+                out.append(Proc(f"airflow-{comp}", "airflow", cmd, None, env, None))
+            return out
+        raise StackError(f"unknown service {service!r}")
+
+    def _airflow_api_ready(self) -> bool:
+        import httpx
+
+        try:
+            return (
+                httpx.get(f"{self.settings.airflow_url.rstrip('/')}/api/v2/version", timeout=5).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    # --- pid files -------------------------------------------------------------------------------
+    def _pidfile(self, name: str) -> Path:
+        return self.pids / f"{name}.json"
+
+    def _recorded(self, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._pidfile(name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running_pid(self, name: str) -> int | None:
+        """The pid of ``name`` if its pid file names a live process running the recorded command."""
+        rec = self._recorded(name)
+        if not rec:
+            return None
+        proc = _pid_info(int(rec["pid"]))
+        if proc is None:
+            return None
+        try:
+            # Guard against pid reuse: the live process must still run the recorded executable.
+            cmdline = proc.cmdline()
+        except Exception:
+            return None
+        exe = Path(rec["cmd"][0]).name
+        if not any(Path(part).name == exe or exe in part for part in cmdline[:3]):
+            return None
+        return int(rec["pid"])
+
+    # --- start -----------------------------------------------------------------------------------
+    def _spawn(self, proc: Proc) -> int:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{proc.name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(proc.cmd)}\n".encode())
+        log.flush()
+        try:
+            # A new session: the process survives the CLI exiting and its whole group can be signalled.
+            child = subprocess.Popen(
+                proc.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=proc.env,
+                cwd=str(self.home),
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._children[proc.name] = child
+        self._pidfile(proc.name).write_text(
+            json.dumps({"pid": child.pid, "cmd": proc.cmd, "port": proc.port, "started": time.time()})
+        )
+        return child.pid
+
+    def _wait(self, proc: Proc, deadline: float) -> None:
+        while True:
+            child = self._children.get(proc.name)
+            if child is not None and child.poll() is not None:
+                raise StackError(
+                    f"{proc.name} exited with code {child.returncode} while starting; see its log:\n"
+                    + self.log_tail(proc.name)
+                )
+            answered = proc.port is None or port_open(self.settings.host, proc.port)
+            if answered and (proc.ready is None or proc.ready()):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{proc.name} did not become healthy in time; see its log:\n" + self.log_tail(proc.name)
+                )
+            time.sleep(0.5)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        try:
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"(no log at {path})"
+        return f"--- {path} (last {len(text)} lines)\n" + "\n".join(text)
+
+    def _start(self, proc: Proc) -> str:
+        """Start ``proc`` unless it already runs; returns 'started' or 'running'."""
+        if self.running_pid(proc.name) is not None:
+            return "running"
+        if proc.port is not None and port_open(self.settings.host, proc.port):
+            raise StackError(
+                f"port {proc.port} on {self.settings.host} is taken by a process this stack did not start "
+                f"(needed by {proc.name}); stop it or choose another port in the RTML_* settings"
+            )
+        self._spawn(proc)
+        return "started"
+
+    def _airflow_migrate(self, env: dict[str, str], timeout: float) -> None:
+        self.airflow_home.mkdir(parents=True, exist_ok=True)
+        if self.settings.airflow_db_uri.startswith("sqlite:///"):
+            Path(self.settings.airflow_db_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / "airflow-db-migrate.log", "ab") as log:
+            result = subprocess.run(
+                [_bin("airflow"), "db", "migrate"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(self.home),
+                timeout=timeout,
+            )
+        if result.returncode != 0:
+            raise StackError(
+                "airflow db migrate failed; see its log:\n" + self.log_tail("airflow-db-migrate")
+            )
+
+    def up(self, services: Iterable[str] | None = None, timeout: float = 240) -> dict[str, Any]:
+        """Start the services (and what they need) unless running; wait until each is healthy."""
+        deadline = time.monotonic() + timeout
+        self.home.mkdir(parents=True, exist_ok=True)
+        actions: dict[str, str] = {}
+        for service in self.services(services):
+            procs = self.procs(service)
+            if service == "airflow" and any(self.running_pid(p.name) is None for p in procs):
+                self._airflow_migrate(procs[0].env, timeout=max(30.0, deadline - time.monotonic()))
+            for proc in procs:
+                actions[proc.name] = self._start(proc)
+            for proc in procs:
+                self._wait(proc, deadline)
+            if service == "s3":
+                self._ensure_buckets()
+                self._wait_s3_rw(deadline)
+            if service == "airflow":
+                self._wait_airflow_components(deadline)
+        return {"ok": True, "actions": actions, "services": self.status()["services"]}
+
+    def _ensure_buckets(self) -> None:
+        from rtml.storage import ensure_bucket
+
+        for bucket in (self.settings.lake_bucket, self.settings.mlflow_bucket):
+            ensure_bucket(bucket, self.settings)
+
+    def _wait_s3_rw(self, deadline: float) -> None:
+        """Wait until an object can be written and read back: S3 answers listings before the volume
+        server has registered with the master, and reads of existing data fail until it has."""
+        from rtml.storage import s3_client
+
+        client = s3_client(self.settings)
+        key = "_rtml/stack-probe"
+        while True:
+            try:
+                client.put_object(Bucket=self.settings.lake_bucket, Key=key, Body=b"ok")
+                if client.get_object(Bucket=self.settings.lake_bucket, Key=key)["Body"].read() == b"ok":
+                    client.delete_object(Bucket=self.settings.lake_bucket, Key=key)
+                    return
+            except Exception as err:  # retried until the deadline; the last error is reported
+                last = err
+                if time.monotonic() > deadline:
+                    raise StackError(f"S3 store does not read/write objects yet: {last}") from None
+            time.sleep(0.5)
+
+    def _wait_airflow_components(self, deadline: float) -> None:
+        while True:
+            health = airflow_health(self.settings)
+            if health["ok"] and health.get("components"):
+                return
+            for proc in self.procs("airflow"):
+                child = self._children.get(proc.name)
+                if child is not None and child.poll() is not None:
+                    raise StackError(
+                        f"{proc.name} exited with code {child.returncode}:\n" + self.log_tail(proc.name)
+                    )
+            if time.monotonic() > deadline:
+                raise StackError(f"Airflow components not healthy in time: {health}")
+            time.sleep(1)
+
+    # --- stop ------------------------------------------------------------------------------------
+    def _stop(self, targets: dict[str, int], grace: float) -> None:
+        """SIGTERM every target's process group and descendants at once, SIGKILL what outlives ``grace``."""
+        import psutil
+
+        family: list[Any] = []
+        for pid in targets.values():
+            try:
+                root = psutil.Process(pid)
+                # Children may have left the group (or started their own session): collect them too.
+                family += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        for pid in targets.values():
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for p in family:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(family, timeout=grace)
+        if alive:
+            # weed and uvicorn workers sometimes ignore SIGTERM while draining: force them.
+            for pid in targets.values():
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for p in alive:
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(alive, timeout=5)
+        for name in targets:
+            child = self._children.pop(name, None)
+            if child is not None:
+                try:
+                    child.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+
+    def down(self, services: Iterable[str] | None = None, grace: float = 10) -> dict[str, Any]:
+        """Stop what this state folder's pid files name (all at once; SIGKILL after ``grace`` s)."""
+        wanted = set(services or SERVICES)
+        stopped: dict[str, str] = {}
+        targets: dict[str, int] = {}
+        for service in [s for s in reversed(SERVICES) if s in wanted]:
+            for proc in reversed(self._proc_names(service)):
+                if self._recorded(proc.name) is None:
+                    continue
+                pid = self.running_pid(proc.name)
+                if pid is not None:
+                    targets[proc.name] = pid
+                    stopped[proc.name] = "stopped"
+                else:
+                    stopped[proc.name] = "was not running"
+        self._stop(targets, grace)
+        for name in stopped:
+            self._pidfile(name).unlink(missing_ok=True)
+        return {"ok": True, "stopped": stopped}
+
+    def _proc_names(self, service: str) -> list[Proc]:
+        # Names only (no secrets generated, no binaries required) for status/down.
+        if service == "s3":
+            return [Proc("seaweedfs", "s3", [], self.settings.s3_port)]
+        if service == "mlflow":
+            return [Proc("mlflow", "mlflow", [], self.settings.mlflow_port)]
+        return [
+            Proc(f"airflow-{c}", "airflow", [], self.settings.airflow_port if c == "api-server" else None)
+            for c in AIRFLOW_COMPONENTS
+        ]
+
+    # --- status ----------------------------------------------------------------------------------
+    def pids_started(self) -> dict[str, int]:
+        """Live processes started by this stack (name -> pid)."""
+        out = {}
+        for service in SERVICES:
+            for proc in self._proc_names(service):
+                pid = self.running_pid(proc.name)
+                if pid is not None:
+                    out[proc.name] = pid
+        return out
+
+    def status(self) -> dict[str, Any]:
+        s = self.settings
+        result: dict[str, Any] = {"home": str(self.home), "logs": str(self.logs), "services": {}}
+        services = result["services"]
+        if s.storage == "s3":
+            health = check_s3(s)
+            services["s3"] = {
+                "url": s.s3_endpoint_url,
+                "pid": self.running_pid("seaweedfs"),
+                "healthy": health["ok"],
+                "detail": health.get("error") or f"buckets: {', '.join(health.get('buckets', []))}",
+            }
+        else:
+            services["s3"] = {
+                "url": s.lake_uri,
+                "pid": None,
+                "healthy": True,
+                "detail": "storage=local (folder)",
+            }
+        health = check_mlflow(s)
+        services["mlflow"] = {
+            "url": s.mlflow_tracking_uri,
+            "ui": f"{s.mlflow_tracking_uri.rstrip('/')}/#/models",
+            "pid": self.running_pid("mlflow"),
+            "healthy": health["ok"],
+            "detail": health.get("error", ""),
+        }
+        health = airflow_health(s)
+        comps = health.get("components", {})
+        services["airflow"] = {
+            "url": s.airflow_url,
+            "pid": {p.name: self.running_pid(p.name) for p in self._proc_names("airflow")},
+            "healthy": health["ok"],
+            "detail": health.get("error") or ", ".join(f"{k}={v}" for k, v in comps.items()),
+            "username": s.airflow_username,
+            "password": self.airflow_password(),
+        }
+        result["ok"] = all(v["healthy"] for v in services.values())
+        return result
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+def _parse_only(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _format_status(st: dict[str, Any]) -> str:
+    lines = [f"rtml stack (state in {st['home']}, logs in {st['logs']})"]
+    for name, info in st["services"].items():
+        mark = "healthy" if info["healthy"] else "DOWN"
+        pid = info["pid"]
+        if isinstance(pid, dict):
+            pid = ", ".join(f"{k.removeprefix('airflow-')}={v}" for k, v in pid.items())
+        lines.append(f"  {name:<8} {mark:<8} {info['url']}  pid {pid}")
+        if info.get("detail"):
+            lines.append(f"           {info['detail']}")
+        if name == "mlflow":
+            lines.append(f"           UI: {info['ui']}")
+        if name == "airflow":
+            pw = info.get("password") or "(generated at first start)"
+            lines.append(f"           login: {info['username']} / {pw}")
+    return "\n".join(lines)
+
+
+def _cmd_up(args: Any) -> dict[str, Any]:
+    from rtml.cli import CLIError
+
+    stack = Stack(get_settings())
+    try:
+        result = stack.up(_parse_only(args.only), timeout=args.timeout)
+    except StackError as err:
+        raise CLIError(str(err), code=1) from None
+    st = stack.status()
+    result.update(status=st, message=_format_status(st))
+    return result
+
+
+def _cmd_down(args: Any) -> dict[str, Any]:
+    stack = Stack(get_settings())
+    result = stack.down(_parse_only(args.only))
+    stopped = result["stopped"]
+    result["message"] = (
+        "\n".join(f"{k}: {v}" for k, v in stopped.items()) if stopped else "nothing to stop (no pid files)"
+    )
+    return result
+
+
+def _cmd_status(args: Any) -> dict[str, Any]:
+    st = Stack(get_settings()).status()
+    st["message"] = _format_status(st)
+    return st
+
+
+def add_commands(sub: Any) -> None:
+    from rtml.cli import command
+
+    p = sub.add_parser(
+        "stack", help="start, stop and inspect the local stack", description=__doc__.split("\n")[0]
+    )
+    stack_sub = p.add_subparsers(dest="stack_command", required=True, metavar="{up,down,status}")
+    up = command(
+        stack_sub, "up", _cmd_up, "start SeaweedFS, MLflow and Airflow in the background; wait until healthy"
+    )
+    up.add_argument(
+        "--only", help="comma-separated services to start (s3, mlflow, airflow) with what they need"
+    )
+    up.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
+    down = command(stack_sub, "down", _cmd_down, "stop the processes this stack started")
+    down.add_argument("--only", help="comma-separated services to stop (s3, mlflow, airflow)")
+    command(
+        stack_sub, "status", _cmd_status, "print each service, its URL, pid, health and the Airflow login"
+    )
+
+
+# --- helpers for tests, scripts and benchmarks ---------------------------------------------------
+class TestStack:
+    """A stack for one test session: services start on first ``ensure`` and stop in ``close``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stack = Stack(settings)
+        self.started: set[str] = set()
+        self.pids_seen: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+
+    def ensure(self, service: str, timeout: float = 300) -> Settings:
+        """Start ``service`` ("s3", "mlflow" or "airflow") and what it needs; return the settings."""
+        needed = self.stack.services([service])
+        if not set(needed) <= self.started:
+            if service in self.failed:
+                # Fail fast for every later test instead of waiting for the same timeout again.
+                raise StackError(f"{service} failed to start earlier in this session: {self.failed[service]}")
+            try:
+                self.stack.up(needed, timeout=timeout)
+            except Exception as err:
+                self.failed[service] = str(err)
+                raise
+            finally:
+                self.pids_seen.update(self.stack.pids_started())
+            self.started |= set(needed)
+        return self.settings
+
+    def close(self) -> list[str]:
+        """Stop everything; return the descriptions of processes still alive (should be none)."""
+        import psutil
+
+        # Children of the recorded processes too (uvicorn workers, task runners).
+        family: list[Any] = []
+        for pid in self.pids_seen.values():
+            try:
+                root = psutil.Process(pid)
+                family += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                pass
+        self.stack.down()
+        psutil.wait_procs(family, timeout=10)
+        left = []
+        for p in family:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.pid} {' '.join(p.cmdline()[:3])}")
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+
+def free_port_block(size: int, host: str = "127.0.0.1", start: int = 20000, end: int = 60000) -> int:
+    """A base port such that ``base .. base+size-1`` are all free right now on ``host``."""
+    import random
+
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(200):
+        base = rng.randrange(start, end - size)
+        socks = []
+        try:
+            for port in range(base, base + size):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise StackError(f"no block of {size} free ports found on {host}")
+
+
+class AirflowClient:
+    """An authenticated client for Airflow's REST API (``/api/v2``) with trigger/wait helpers.
+
+    It wraps an ``httpx.Client`` (``.http``); ``get/post/patch/delete`` are passed through.
+    """
+
+    FINISHED = ("success", "failed")
+
+    def __init__(
+        self, settings: Settings | None = None, username: str | None = None, password: str | None = None
+    ) -> None:
+        import httpx
+
+        self.settings = settings or get_settings()
+        username = username or self.settings.airflow_username
+        password = password or Stack(self.settings).airflow_password()
+        if not password:
+            raise StackError(f"no Airflow password for {username!r} yet (start the stack first)")
+        self.http = httpx.Client(base_url=self.settings.airflow_url.rstrip("/"), timeout=30)
+        r = self.http.post("/auth/token", json={"username": username, "password": password})
+        if r.status_code >= 300:
+            raise StackError(f"Airflow login as {username!r} failed: {r.status_code} {r.text[:200]}")
+        self.http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
+
+    def __getattr__(self, name: str) -> Any:
+        # get/post/patch/delete/request/headers/close: the underlying httpx client.
+        return getattr(self.http, name)
+
+    def __enter__(self) -> AirflowClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.http.close()
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        r = self.http.get("/api/v2/importErrors")
+        r.raise_for_status()
+        return r.json().get("import_errors", [])
+
+    def wait_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
+        """Wait until the dag-processor has parsed ``dag_id``; fail early on its file's import error."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.http.get(f"/api/v2/dags/{dag_id}")
+            if r.status_code == 200:
+                return r.json()
+            errors = [e for e in self.import_errors() if dag_id in e.get("filename", "")]
+            if errors:
+                raise StackError(f"DAG {dag_id} has an import error: {errors[0].get('stack_trace', errors)}")
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"DAG {dag_id} not found in Airflow after {timeout:.0f}s (last: {r.status_code})"
+                )
+            time.sleep(1)
+
+    def unpause(self, dag_id: str) -> None:
+        r = self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        r.raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, unpause: bool = True) -> str:
+        """Trigger a run of ``dag_id`` (waiting for it to be parsed, unpausing it); return the run id."""
+        self.wait_dag(dag_id)
+        if unpause:
+            self.unpause(dag_id)
+        r = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        if r.status_code >= 300:
+            raise StackError(f"trigger {dag_id} failed: {r.status_code} {r.text[:300]}")
+        return r.json()["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        r = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        r.raise_for_status()
+        return r.json()["state"]
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        """Poll the run until it finishes (or ``timeout``); return its last state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.run_state(dag_id, run_id)
+            if state in self.FINISHED or time.monotonic() > deadline:
+                return state
+            time.sleep(1)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        r.raise_for_status()
+        return r.json()["task_instances"]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        r = self.http.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
+            headers={"Accept": "application/x-ndjson"},
+        )
+        lines = []
+        for line in r.text.splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                lines.append(line)
+                continue
+            if isinstance(event, dict):
+                text = event.get("event", "")
+                lines.append(f"{event.get('timestamp') or ''} {event.get('level') or ''} {text}".strip())
+        return "\n".join(lines)
+
+    def explain(self, dag_id: str, run_id: str) -> str:
+        """A short report of the run's task states and the logs of failed tasks (for assertion messages)."""
+        lines = []
+        for ti in self.task_instances(dag_id, run_id):
+            lines.append(f"{ti['task_id']}: {ti['state']}")
+            if ti["state"] in ("failed", "upstream_failed", "up_for_retry") and ti.get("try_number"):
+                lines.append(self.task_log(dag_id, run_id, ti["task_id"], ti["try_number"])[-3000:])
+        return "\n".join(lines)
