@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "rtml.registry",
     "rtml.serve",
     "rtml.monitor",
+    "rtml.demo",
 ]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from rtml.settings import Settings, get_settings
 
-SERVICES = ("s3", "mlflow", "airflow")
+SERVICES = ("s3", "mlflow", "airflow", "serve")
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +74,8 @@ def all_ports(settings: Settings, services: Iterable[str] = SERVICES) -> list[in
         out.append(settings.mlflow_port)
     if "airflow" in services:
         out += airflow_ports(settings).values()
+    if "serve" in services:
+        out.append(settings.serve_port)
     return out
 
 
@@ -139,6 +141,20 @@ def check_mlflow(settings: Settings | None = None) -> dict[str, Any]:
     except httpx.HTTPError as err:
         return {"ok": False, "url": base, "error": f"{type(err).__name__}: {err}"}
     return {"ok": True, "url": base}
+
+
+def check_serve(settings: Settings | None = None) -> dict[str, Any]:
+    """The serving endpoint's liveness (/health) and whether a model is loaded (/ready)."""
+    import httpx
+
+    s = settings or get_settings()
+    try:
+        health = httpx.get(f"{s.serve_url}/health", timeout=3)
+        ready = httpx.get(f"{s.serve_url}/ready", timeout=3)
+    except httpx.HTTPError as err:
+        return {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    detail = "model loaded" if ready.status_code == 200 else "no champion loaded yet (approve a version)"
+    return {"ok": health.status_code == 200, "ready": ready.status_code == 200, "detail": detail}
 
 
 def airflow_health(settings: Settings | None = None) -> dict[str, Any]:
@@ -259,8 +275,8 @@ class Stack:
         unknown = wanted - set(SERVICES)
         if unknown:
             raise StackError(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(SERVICES)}")
-        # MLflow keeps its artifacts in the store and Airflow's tasks use both.
-        if "airflow" in wanted:
+        # MLflow keeps its artifacts in the store; Airflow's tasks and the endpoint use both.
+        if "airflow" in wanted or "serve" in wanted:
             wanted |= {"mlflow"}
         if "mlflow" in wanted:
             wanted |= {"s3"}
@@ -390,6 +406,10 @@ class Stack:
                     cmd.append("--skip-serve-logs")
                 out.append(Proc(f"airflow-{comp}", "airflow", cmd, None, env, None))
             return out
+        if service == "serve":
+            # The scoring endpoint: it answers /health at once and becomes ready when a champion exists.
+            cmd = [_bin("rtml"), "serve"]
+            return [Proc("rtml-serve", "serve", cmd, s.serve_port, self.base_env(), lambda: check_serve(s)["ok"])]
         raise StackError(f"unknown service {service!r}")
 
     def _airflow_api_ready(self) -> bool:
@@ -700,7 +720,15 @@ class Stack:
             "username": s.airflow_username,
             "password": self.airflow_password(),
         }
-        result["ok"] = all(v["healthy"] for v in services.values())
+        health = check_serve(s)
+        services["serve"] = {
+            "url": s.serve_url,
+            "pid": self.running_pid("rtml-serve"),
+            "healthy": health["ok"],
+            "detail": health.get("error") or health.get("detail", ""),
+        }
+        # The endpoint counts only once started: `up --only s3,mlflow,airflow` is a healthy stack.
+        result["ok"] = all(v["healthy"] for k, v in services.items() if k != "serve" or v["pid"])
         return result
 
 

@@ -116,3 +116,9 @@ def airflow_api(airflow_settings: Settings) -> Iterator[object]:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"rtml: session stack state under a temp RTML_HOME (pid {os.getpid()})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The end-to-end loop runs last: it promotes the demo model to champion and starts the
+    # session's serving endpoint, which earlier tests do not expect.
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

@@ -1,0 +1,212 @@
+"""``rtml demo``: the whole loop on the local stack, driven the way a user drives it.
+
+1. starts the stack (``rtml stack up``) unless it runs already;
+2. replays the demo dataset into the landing zone (events, and labels that arrive a minute later);
+3. backfills the ingestion DAG over those intervals through Airflow's REST API (as the UI's
+   *Backfill* does); each batch updates the ``rtml_events``/``rtml_labels`` Assets, which start
+   ``rtml_train``;
+4. waits for the training run to register a model version and for its gate decision;
+5. a version that passed every gate is the ``challenger`` and ``rtml_promote`` waits for a person:
+   the demo prints the clicks to approve it in the MLflow UI, or, with ``--approve``, sets the same
+   tag itself, then waits until the serving endpoint answers with that version;
+6. prints the URLs to look at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rtml.settings import Settings, get_settings
+from rtml.spec import ProjectSpec, load_spec
+
+
+def _say(msg: str) -> None:
+    print(f"[rtml demo] {msg}", flush=True)
+
+
+def _floor(t: datetime, minutes: int) -> datetime:
+    step = minutes * 60
+    return datetime.fromtimestamp(int(t.timestamp()) // step * step, tz=UTC)
+
+
+def replay(spec: ProjectSpec, settings: Settings, rows: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Produce the dataset into the landing zone so that it ends, with its labels, before now."""
+    from rtml.produce import produce
+
+    minutes = settings.ingest_interval_minutes
+    n = rows or 4454
+    rate = 10.0  # events per second of event time: the table spans a few ingestion intervals
+    span = timedelta(seconds=n / rate + 120)
+    end = _floor(datetime.now(UTC) - timedelta(minutes=1), minutes)
+    start = _floor(end - span, minutes)
+    out = produce(spec, to="landing", settings=settings, rows=rows, start=start, rate=rate, seed=seed,
+                  label_delay=60.0)
+    out["interval"] = [start.isoformat(), end.isoformat()]
+    return out
+
+
+def backfill_ingest(client: Any, start: datetime, end: datetime, minutes: int, timeout: float = 900) -> list[dict]:
+    """Backfill ``rtml_ingest`` over [start, end) and wait for every run; returns the runs."""
+    first, last = start, end - timedelta(minutes=minutes)
+    r = client.post("/api/v2/backfills", json={
+        "dag_id": "rtml_ingest", "from_date": first.isoformat(), "to_date": last.isoformat(),
+        "max_active_runs": 1, "reprocess_behavior": "completed",
+    })
+    if r.status_code >= 300:
+        raise RuntimeError(f"backfill refused: {r.status_code} {r.text[:300]}")
+    wanted = int((end - start).total_seconds() // (minutes * 60))
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.get("/api/v2/dags/rtml_ingest/dagRuns",
+                          params={"run_type": "backfill", "limit": 200}).json()["dag_runs"]
+        ours = [x for x in runs if x.get("data_interval_start")
+                and start <= datetime.fromisoformat(x["data_interval_start"].replace("Z", "+00:00")) < end]
+        done = [x for x in ours if x["state"] in ("success", "failed")]
+        if len(done) >= wanted:
+            return ours
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingestion backfill: {len(done)}/{wanted} runs finished after {timeout:.0f}s")
+        time.sleep(3)
+
+
+def _training_active(af: Any) -> bool:
+    r = af.get("/api/v2/dags/rtml_train/dagRuns", params={"state": ["queued", "running"], "limit": 1})
+    r.raise_for_status()
+    return r.json()["total_entries"] > 0
+
+
+def wait_for_decision(spec: ProjectSpec, settings: Settings, after: set[str], af: Any, timeout: float = 900) -> Any:
+    """The new model version the gates decided on: one that passed (the challenger) if training
+    produced one, else, once no training run is active, the newest version with a decision."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    name = spec.model.registered_name
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            versions = client.search_model_versions(f"name='{name}'")
+        except Exception:  # the registered model does not exist yet
+            versions = []
+        decided = sorted((mv for mv in versions if mv.version not in after and mv.tags.get("gate.decision")),
+                         key=lambda v: int(v.version))
+        passed = [mv for mv in decided if mv.tags["gate.decision"] == "passed"]
+        if passed:
+            return passed[-1]
+        if decided and not _training_active(af):
+            return decided[-1]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no gated version of {name} after {timeout:.0f}s (see the rtml_train runs)")
+        time.sleep(5)
+
+
+def wait_for_serving(settings: Settings, version: str, timeout: float = 300) -> dict[str, Any]:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{settings.serve_url}/v1/model", timeout=5,
+                          headers={"Authorization": f"Bearer {settings.resolved_serve_token()}"})
+            last = r.json() if r.status_code == 200 else r.text
+            if r.status_code == 200 and str(last.get("version")) == str(version):
+                return last
+        except httpx.HTTPError as err:
+            last = str(err)
+        time.sleep(2)
+    raise TimeoutError(f"the endpoint did not serve version {version} within {timeout:.0f}s: {last}")
+
+
+def run_demo(
+    settings: Settings | None = None,
+    spec: ProjectSpec | None = None,
+    approve: bool = False,
+    rows: int | None = None,
+    start_stack: bool = True,
+) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from rtml.stack import AirflowClient, Stack
+
+    settings = settings or get_settings()
+    spec = spec or load_spec(settings.spec)
+    stack = Stack(settings)
+    if start_stack:
+        _say("starting the local stack (S3, MLflow, Airflow, serving) ...")
+        stack.up()
+    mlflow = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    name = spec.model.registered_name
+    try:
+        before = {mv.version for mv in mlflow.search_model_versions(f"name='{name}'")}
+    except Exception:
+        before = set()
+
+    produced = replay(spec, settings, rows=rows)
+    _say(produced["message"])
+    start, end = (datetime.fromisoformat(x) for x in produced["interval"])
+
+    with AirflowClient(settings) as af:
+        for dag_id in ("rtml_ingest", "rtml_train", "rtml_promote", "rtml_monitor"):
+            af.wait_dag(dag_id)
+        for dag_id in ("rtml_train", "rtml_promote", "rtml_ingest"):
+            af.unpause(dag_id)
+        _say(f"backfilling rtml_ingest over {start:%H:%M}..{end:%H:%M} UTC (Airflow UI: Dags > rtml_ingest) ...")
+        runs = backfill_ingest(af, start, end, settings.ingest_interval_minutes)
+        failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+        if failed:
+            raise RuntimeError(f"ingestion runs failed: {failed}")
+        _say(f"{len(runs)} ingestion runs succeeded; rtml_train starts on the Asset updates ...")
+        mv = wait_for_decision(spec, settings, before, af)
+
+    result: dict[str, Any] = {
+        "ok": True,
+        "airflow_ui": settings.airflow_url,
+        "mlflow_ui": settings.mlflow_tracking_uri,
+        "model": name,
+        "version": mv.version,
+        "gate_decision": mv.tags.get("gate.decision"),
+        "gate_reasons": mv.tags.get("gate.reasons", ""),
+        "serving": settings.serve_url,
+    }
+    version_url = f"{settings.mlflow_tracking_uri}/#/models/{name}/versions/{mv.version}"
+    _say(f"version {mv.version}: gates {mv.tags.get('gate.decision')} ({version_url})")
+    if mv.tags.get("gate.decision") == "passed":
+        if approve:
+            _say(f"approving version {mv.version} (tag approval=approved, as in the MLflow UI) ...")
+            mlflow.set_model_version_tag(name, mv.version, "approval", "approved")
+            served = wait_for_serving(settings, mv.version)
+            result["served"] = served
+            _say(f"the endpoint now serves version {served.get('version')}")
+        else:
+            _say(
+                "rtml_promote waits for your decision. In the MLflow UI open "
+                f"{version_url}, under Tags add key 'approval' value 'approved' (or 'rejected'), save; "
+                "within seconds the version becomes 'champion' and the endpoint serves it."
+            )
+    result["message"] = "\n".join([
+        "rtml is running:",
+        f"  Airflow UI   {settings.airflow_url}  (login: `rtml stack status` shows it)",
+        f"  MLflow UI    {settings.mlflow_tracking_uri}  (model {name}, version {mv.version}: "
+        "model card, fairness and drift reports under the run's artifacts)",
+        f"  Serving      {settings.serve_url}/v1/predict  (token: {settings.home}/serve_token)",
+        "Stop everything with: rtml stack down",
+    ])
+    return result
+
+
+def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    return run_demo(approve=args.approve, rows=args.rows, start_stack=not args.no_stack)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from rtml.cli import command
+
+    p = command(sub, "demo", _cmd_demo, "run the whole loop on the local stack (produce, ingest, train, gates)")
+    p.add_argument("--approve", action="store_true",
+                   help="approve a passing version yourself (sets the tag a person sets in the MLflow UI)")
+    p.add_argument("--rows", type=int, default=None, help="events to replay (default: the whole table)")
+    p.add_argument("--no-stack", action="store_true", help="use the running stack, do not start it")
