@@ -136,4 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, so CLIError is the class stage modules raise
+    # (``python -m rtml.cli`` would otherwise load this file twice).
+    from rtml.cli import main as _main
+
+    sys.exit(_main())

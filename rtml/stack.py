@@ -908,8 +908,30 @@ class AirflowClient:
         self.http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
     def __getattr__(self, name: str) -> Any:
-        # get/post/patch/delete/request/headers/close: the underlying httpx client.
+        # headers/close/...: the underlying httpx client.
         return getattr(self.http, name)
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        """One REST call; retried a few times when Airflow's SQLite database is briefly locked
+        (the write was rolled back, so a retry cannot apply it twice)."""
+        for attempt in range(5):
+            r = self.http.request(method, url, **kw)
+            if r.status_code < 500 or "database is locked" not in r.text or attempt == 4:
+                return r
+            time.sleep(0.5 * (attempt + 1))
+        return r
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.request("POST", url, **kw)
+
+    def patch(self, url: str, **kw: Any) -> Any:
+        return self.request("PATCH", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> Any:
+        return self.request("DELETE", url, **kw)
 
     def __enter__(self) -> AirflowClient:
         return self
@@ -918,7 +940,7 @@ class AirflowClient:
         self.http.close()
 
     def import_errors(self) -> list[dict[str, Any]]:
-        r = self.http.get("/api/v2/importErrors")
+        r = self.get("/api/v2/importErrors")
         r.raise_for_status()
         return r.json().get("import_errors", [])
 
@@ -926,7 +948,7 @@ class AirflowClient:
         """Wait until the dag-processor has parsed ``dag_id``; fail early on its file's import error."""
         deadline = time.monotonic() + timeout
         while True:
-            r = self.http.get(f"/api/v2/dags/{dag_id}")
+            r = self.get(f"/api/v2/dags/{dag_id}")
             if r.status_code == 200:
                 return r.json()
             errors = [e for e in self.import_errors() if dag_id in e.get("filename", "")]
@@ -939,7 +961,7 @@ class AirflowClient:
             time.sleep(1)
 
     def unpause(self, dag_id: str) -> None:
-        r = self.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        r = self.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
         r.raise_for_status()
 
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, unpause: bool = True) -> str:
@@ -947,13 +969,13 @@ class AirflowClient:
         self.wait_dag(dag_id)
         if unpause:
             self.unpause(dag_id)
-        r = self.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
+        r = self.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
         if r.status_code >= 300:
             raise StackError(f"trigger {dag_id} failed: {r.status_code} {r.text[:300]}")
         return r.json()["dag_run_id"]
 
     def run_state(self, dag_id: str, run_id: str) -> str:
-        r = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        r = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
         r.raise_for_status()
         return r.json()["state"]
 
@@ -967,12 +989,12 @@ class AirflowClient:
             time.sleep(1)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        r = self.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        r = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
         r.raise_for_status()
         return r.json()["task_instances"]
 
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        r = self.http.get(
+        r = self.get(
             f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
             headers={"Accept": "application/x-ndjson"},
         )
