@@ -90,12 +90,13 @@ def test_stack_status_json_when_nothing_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RTML_S3_PORT", str(base))
     monkeypatch.setenv("RTML_MLFLOW_PORT", str(base + 10))
     monkeypatch.setenv("RTML_AIRFLOW_PORT", str(base + 11))
+    monkeypatch.setenv("RTML_SERVE_PORT", str(base + 14))
     get_settings(refresh=True)
     try:
         assert cli.main(["stack", "status", "--json"]) == 1
         data = json.loads(capsys.readouterr().out)
         assert data["ok"] is False
-        assert set(data["services"]) == {"s3", "mlflow", "airflow"}
+        assert set(data["services"]) == {"s3", "mlflow", "airflow", "serve"}
         assert all(not s["healthy"] for s in data["services"].values())
         assert data["services"]["mlflow"]["url"] == f"http://127.0.0.1:{base + 10}"
         assert cli.main(["stack", "down", "--json"]) == 0

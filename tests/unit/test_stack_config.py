@@ -24,7 +24,7 @@ from rtml.stack import (
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(home=tmp_path, s3_port=30000, mlflow_port=30010, airflow_port=30011)
+    return Settings(home=tmp_path, s3_port=30000, mlflow_port=30010, airflow_port=30011, serve_port=30014)
 
 
 def test_every_port_derives_from_settings_and_none_is_a_default(settings):
@@ -33,8 +33,9 @@ def test_every_port_derives_from_settings_and_none_is_a_default(settings):
     assert set(seaweed_ports(settings).values()) == set(range(30000, 30010))
     assert airflow_ports(settings) == {"api": 30011, "worker_log_server": 30012, "trigger_log_server": 30013}
     # The ports weed mini and Airflow open by default would clash between two stacks.
-    assert not {9333, 19333, 8888, 18888, 9340, 23646, 7333, 8080, 8793, 8794} & set(ports)
-    other = Settings(home=settings.home, s3_port=31000, mlflow_port=31010, airflow_port=31011)
+    assert settings.serve_port in ports
+    assert not {9333, 19333, 8888, 18888, 9340, 23646, 7333, 8080, 8793, 8794, 8000} & set(ports)
+    other = Settings(home=settings.home, s3_port=31000, mlflow_port=31010, airflow_port=31011, serve_port=31014)
     assert not set(all_ports(other)) & set(ports)
 
 
@@ -43,7 +44,8 @@ def test_services_pull_in_what_they_need(settings, tmp_path):
     assert stack.services(["s3"]) == ["s3"]
     assert stack.services(["mlflow"]) == ["s3", "mlflow"]
     assert stack.services(["airflow"]) == ["s3", "mlflow", "airflow"]
-    assert stack.services(None) == ["s3", "mlflow", "airflow"]
+    assert stack.services(["serve"]) == ["s3", "mlflow", "serve"]
+    assert stack.services(None) == ["s3", "mlflow", "airflow", "serve"]
     local = Stack(Settings(home=tmp_path, storage="local"))
     assert local.services(["airflow"]) == ["mlflow", "airflow"]
     with pytest.raises(StackError, match="unknown service"):
