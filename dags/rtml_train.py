@@ -12,8 +12,14 @@ Runs when ingestion updates the **rtml_events** or **rtml_labels** Asset (or whe
 4. **decide** - reports (model card, fairness, Evidently drift, JSON summary) in the run's
    `evaluation/` artifacts, version tags `gate.*`; a version passing every gate gets the alias
    `challenger`.
-5. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version), which starts
-   `rtml_promote`; skipped when a gate failed (the reasons are in the version's `gate.reasons` tag).
+5. **mitigate** - when the plain version failed ONLY the fairness gate and the spec allows it
+   (`gates.fairness.mitigate`), registers the fairness-mitigated variant as a new version
+   (tags `rtml.variant=mitigated`, `rtml.base_version`; same scores, per-group decision
+   thresholds) and runs the same gates on it; passing them all gives it `challenger`.
+   Otherwise it does nothing (the log says why).
+6. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version of the version
+   that got `challenger`, plain or mitigated), which starts `rtml_promote`; skipped when no version
+   passed (the reasons are in the versions' `gate.reasons` tags).
 """
 
 from __future__ import annotations
@@ -129,22 +135,34 @@ def rtml_train():
         print(res["message"])
         return {k: res[k] for k in ("passed", "name", "version", "run_id", "gates", "reasons", "reports")}
 
+    @task
+    def mitigate(decision: dict, params: dict | None = None) -> dict:
+        from rtml.mitigation import mitigate_version
+
+        res = mitigate_version(_spec(params or {}), decision)
+        print(res["message"])
+        keep = ("ran", "passed", "name", "version", "base_version", "run_id", "gates", "reasons", "reason")
+        return {k: res.get(k) for k in keep}
+
     @task(outlets=[CHALLENGER])
-    def publish_challenger(decision: dict, **context) -> dict:
+    def publish_challenger(decision: dict, mitigated: dict, **context) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        if not decision["passed"]:
-            raise AirflowSkipException(
-                f"version {decision['version']} failed the gates: {decision['reasons']}"
-            )
-        extra = {"name": decision["name"], "version": decision["version"]}
+        # the plain version if it passed, else its mitigated variant if that passed
+        winner = decision if decision["passed"] else (mitigated if mitigated.get("passed") else None)
+        if winner is None:
+            why = f"version {decision['version']} failed the gates: {decision['reasons']}"
+            if mitigated.get("ran"):
+                why += f"; mitigated version {mitigated['version']} failed too: {mitigated['reasons']}"
+            raise AirflowSkipException(why)
+        extra = {"name": winner["name"], "version": winner["version"]}
         context["outlet_events"][CHALLENGER].extra = extra
         return extra
 
     trained = train()
     check_new_data() >> trained
     decision = decide(trained, quality(trained), fairness(trained), drift(trained))
-    publish_challenger(decision)
+    publish_challenger(decision, mitigate(decision))
 
 
 rtml_train()

@@ -96,6 +96,24 @@ def _scores(model, X: pd.DataFrame) -> np.ndarray:
         return model.predict_proba(X)[:, 1]
 
 
+def _decisions(model, X: pd.DataFrame, scores: np.ndarray) -> np.ndarray | None:
+    """A model's own decisions when it has them (the mitigated variant), else None (= threshold)."""
+    labels = getattr(model, "labels", None)
+    return None if labels is None else labels(X, scores)
+
+
+def load_model(client, name: str, version: str):
+    """A registered version for evaluation: the sklearn Pipeline, or for a mitigated variant the
+    unwrapped ``MitigatedModel`` (``predict_proba`` + ``labels``), loaded through mlflow.pyfunc."""
+    import mlflow
+
+    from rtml.mitigation import is_mitigated
+
+    if is_mitigated(client.get_model_version(name, version).tags):
+        return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+
+
 def run_quality(
     spec: ProjectSpec,
     y: np.ndarray,
@@ -103,12 +121,17 @@ def run_quality(
     champion_scores: np.ndarray | None = None,
     champion_version: str | None = None,
     champion_error: str | None = None,
+    decisions: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    from rtml.quality import expected_calibration_error, quality_metrics, reliability_table
+    """Quality of the scores; a candidate with its own decisions (the mitigated variant) has the
+    decision metrics (F1, precision, recall, predicted positive rate) of those decisions."""
+    from rtml.quality import decision_metrics, expected_calibration_error, quality_metrics, reliability_table
 
     gate = spec.gates.quality
     t = gate.decision_threshold
     cand = quality_metrics(y, scores, t)
+    if decisions is not None:
+        cand.update(decision_metrics(y, decisions))
     rel = reliability_table(y, scores)
     cand["ece"] = expected_calibration_error(rel)
     champ = None
@@ -129,6 +152,7 @@ def run_quality(
         "candidate": cand,
         "reliability": rel,
         "champion": champ,
+        "decisions": "group rule (mitigated variant)" if decisions is not None else f"score >= {t:g}",
     }
     if champion_error:
         out["champion_error"] = champion_error
@@ -142,7 +166,12 @@ def run_fairness(
     scores: np.ndarray,
     train: pd.DataFrame | None = None,
     train_scores: np.ndarray | None = None,
+    decisions: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Fairness of the candidate's decisions (default: ``scores >= decision_threshold``). With
+    ``decisions`` (the mitigated variant) the plain model's decisions are shown next to them."""
+    import numpy as np
+
     from rtml.fairness import evaluate_fairness
     from rtml.features import sensitive_frame, target_vector
 
@@ -156,7 +185,7 @@ def run_fairness(
         }
     y = target_vector(holdout[spec.target.name], spec)
     tr = None
-    if train is not None and train_scores is not None and gate.mitigate:
+    if train is not None and train_scores is not None and gate.mitigate and decisions is None:
         tr = (train_scores, target_vector(train[spec.target.name], spec), sensitive_frame(train, spec))
     res = evaluate_fairness(
         y,
@@ -166,6 +195,10 @@ def run_fairness(
         spec.gates.quality.decision_threshold,
         train=tr,
         random_state=spec.model.random_state,
+        y_pred=decisions,
+        plain_pred=None
+        if decisions is None
+        else (np.asarray(scores) >= spec.gates.quality.decision_threshold).astype(int),
     )
     return clean(res)
 
@@ -266,12 +299,13 @@ def evaluate_frames(
     else:
         train_scores = _scores(model, X_train)
     champ_scores = _scores(champion, X_hold) if champion is not None else None
+    decisions = _decisions(model, X_hold, scores)
     X_new = to_frame(newest, spec) if newest is not None and len(newest) else None
     new_scores = _scores(model, X_new) if X_new is not None else None
     lap("prepare_and_score")
-    quality = run_quality(spec, y, scores, champ_scores, champion_version)
+    quality = run_quality(spec, y, scores, champ_scores, champion_version, decisions=decisions)
     lap("quality")
-    fairness = run_fairness(spec, holdout, scores, train, train_scores)
+    fairness = run_fairness(spec, holdout, scores, train, train_scores, decisions)
     lap("fairness")
     currents = {"holdout": (X_hold, scores)}
     if X_new is not None:
@@ -320,6 +354,17 @@ class Context:
             self.cache[key] = to_frame(getattr(self, which), self.spec)
         return self.cache[key]
 
+    @property
+    def variant(self) -> str:
+        return "mitigated" if hasattr(self.model, "labels") else "plain"
+
+    def decisions(self, which: str = "holdout") -> np.ndarray | None:
+        """The candidate's own decisions (mitigated variant) of a frame, else None."""
+        key = f"d_{which}"
+        if key not in self.cache:
+            self.cache[key] = _decisions(self.model, self.X(which), self.scores(which))
+        return self.cache[key]
+
     def scores(self, which: str) -> np.ndarray:
         """The model's scores of the holdout; of the train window, its out-of-fold scores."""
         from rtml.train import OOF_SCORE
@@ -354,7 +399,7 @@ def load_context(spec: ProjectSpec, version: str | int, settings: Settings | Non
         raise ValueError(
             f"--version: {name} version {version} not found in the registry: {err.message}"
         ) from None
-    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    model = load_model(client, name, version)
     with tempfile.TemporaryDirectory(prefix="rtml-eval-") as tmp:
 
         def fetch(path: str) -> Path:
@@ -373,7 +418,6 @@ def load_context(spec: ProjectSpec, version: str | int, settings: Settings | Non
 
 def _champion(ctx: Context):
     """The current champion's (version, model), or (None, None) when there is none or it is this version."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -382,7 +426,7 @@ def _champion(ctx: Context):
         return None, None
     if str(mv.version) == ctx.version:
         return None, None
-    return str(mv.version), mlflow.sklearn.load_model(f"models:/{ctx.name}/{mv.version}")
+    return str(mv.version), load_model(ctx.client, ctx.name, str(mv.version))
 
 
 def evaluate_quality(
@@ -399,14 +443,18 @@ def evaluate_quality(
         except (KeyError, ValueError) as e:  # e.g. the spec's features changed since the champion
             err = f"champion version {champ_version} could not score this holdout ({e}); not compared"
     y = target_vector(ctx.holdout[spec.target.name], spec)
-    return run_quality(spec, y, ctx.scores("holdout"), champ_scores, champ_version, err)
+    return run_quality(
+        spec, y, ctx.scores("holdout"), champ_scores, champ_version, err, decisions=ctx.decisions("holdout")
+    )
 
 
 def evaluate_fairness(
     spec: ProjectSpec, version: str | int, settings: Settings | None = None
 ) -> dict[str, Any]:
     ctx = load_context(spec, version, settings)
-    return run_fairness(spec, ctx.holdout, ctx.scores("holdout"), ctx.train, ctx.scores("train"))
+    return run_fairness(
+        spec, ctx.holdout, ctx.scores("holdout"), ctx.train, ctx.scores("train"), ctx.decisions("holdout")
+    )
 
 
 def newest_events(ctx: Context, max_rows: int = 50_000) -> tuple[pd.DataFrame, list[str]]:
@@ -480,15 +528,23 @@ def decide(
     """Combine the gates, write + log the reports, tag the version, set ``challenger`` on a pass."""
     from mlflow.exceptions import MlflowException
 
+    from rtml.mitigation import BASE_VERSION_TAG
+
     ctx = load_context(spec, version, settings)
     decision = combine(quality, fairness, drift)
     reports = {k: _report_uri(ctx, k) for k in FILES}
+    variant = {"variant": ctx.variant}
+    if ctx.variant == "mitigated":
+        variant["base_version"] = ctx.lineage.get("base_version") or (
+            ctx.client.get_model_version(ctx.name, ctx.version).tags or {}
+        ).get(BASE_VERSION_TAG)
     if "newest" not in (drift.get("checks") or {}):
         reports.pop("drift_newest")
     summary = {
         "model": ctx.name,
         "version": ctx.version,
         "run_id": ctx.run_id,
+        **variant,
         **decision,
         "quality": quality,
         "fairness": fairness,
@@ -549,6 +605,14 @@ def decide(
         else " (no champion)"
     )
     lines = [
+        *(
+            [
+                f"Fairness-mitigated variant of version {variant['base_version']}: the same scores, "
+                "per-group decision thresholds."
+            ]
+            if ctx.variant == "mitigated"
+            else []
+        ),
         f"**Gates: {word[decision['passed']].upper()}** (quality {tags['gate.quality']}, fairness "
         f"{tags['gate.fairness']}, drift {tags['gate.drift']}).",
         f"Holdout ROC AUC {q.get('roc_auc') or float('nan'):.4f}{champ_txt}.",
@@ -575,6 +639,7 @@ def decide(
             "name": ctx.name,
             "version": ctx.version,
             "run_id": ctx.run_id,
+            **variant,
             "gates": {k: v["passed"] for k, v in decision["gates"].items()},
             "reasons": decision["reasons"],
             "alias": CHALLENGER if decision["passed"] else None,

@@ -43,6 +43,21 @@ def quality_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[
     }
 
 
+def decision_metrics(y: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
+    """F1/precision/recall and predicted positive rate of given 0/1 decisions (a group rule)."""
+    import numpy as np
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    y = np.asarray(y, dtype=np.int64)
+    pred = np.asarray(decisions, dtype=np.int64)
+    return {
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "predicted_positive_rate": float(pred.mean()) if len(y) else float("nan"),
+    }
+
+
 def reliability_table(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
     """Calibration by equal-width score bins: mean predicted vs observed positive rate."""
     import numpy as np

@@ -190,9 +190,24 @@ def fairness_html(fairness: dict[str, Any], title: str) -> str:
         body.append(
             "<ul>" + "".join(f"<li class='fail'>{esc(r)}</li>" for r in fairness["reasons"]) + "</ul>"
         )
+    mitigated_version = fairness.get("variant") == "mitigated"
+    if mitigated_version:
+        body.append(
+            "<p>This version is the <b>fairness-mitigated variant</b>: the plain model's scores with "
+            "per-group decision thresholds; the gate judges its decisions. The plain model's decisions "
+            "on the same rows are shown next to them.</p>"
+        )
     for name, res in fairness.get("attributes", {}).items():
-        body.append(f"<h2>{esc(name)}</h2><div class='grid'><div class='card'>")
-        body.append(_fairness_attribute(name, res, " (model)"))
+        body.append(f"<h2>{esc(name)}</h2><div class='grid'>")
+        if res.get("plain"):  # plain first, then this (mitigated) version: left to right as in time
+            pl = res["plain"]
+            body.append("<div class='card'>" + _fairness_attribute(name, pl, " (plain model)"))
+            body.append(_quality_line(pl.get("quality") or {}))
+            body.append(f"<p class='muted'>{esc(pl.get('method', ''))}; for comparison.</p></div>")
+        body.append("<div class='card'>")
+        body.append(
+            _fairness_attribute(name, res, " (this version, mitigated)" if mitigated_version else " (model)")
+        )
         q = res.get("plain_quality") or {}
         body.append(
             f"<p>F1 {fmt(q.get('f1'))}, balanced accuracy {fmt(q.get('balanced_accuracy'))}, "
@@ -210,11 +225,23 @@ def fairness_html(fairness: dict[str, Any], title: str) -> str:
                 )
             if mit.get("method"):
                 body.append(
-                    f"<p class='muted'>{esc(mit['method'])}; shown for comparison, it does not gate.</p>"
+                    f"<p class='muted'>{esc(mit['method'])}. It does not gate this version; when only the "
+                    "fairness gate fails, it is registered as a version of its own and gated.</p>"
                 )
             body.append("</div>")
         body.append("</div>")
+    rule = (fairness.get("mitigation") or {}).get("thresholds")
+    if rule:
+        rows = [{"group": g, "decision: score": t} for g, t in sorted(rule.items())]
+        body.append("<h2>Mitigated variant: decision rule by group</h2>" + table(rows))
     return _page(f"Fairness {title}", "".join(body))
+
+
+def _quality_line(q: dict[str, Any]) -> str:
+    return (
+        f"<p>F1 {fmt(q.get('f1'))}, balanced accuracy {fmt(q.get('balanced_accuracy'))}, "
+        f"selection rate {fmt(q.get('selection_rate'))}</p>"
+    )
 
 
 # --- model card ----------------------------------------------------------------------------------------
@@ -232,6 +259,12 @@ def model_card_html(summary: dict[str, Any]) -> str:
         f"<p>Decision: {status(summary.get('passed'))} &middot; evaluated {esc(summary.get('evaluated_at', ''))} "
         f"&middot; run <code>{esc(summary.get('run_id', ''))}</code></p>",
     ]
+    if summary.get("variant") == "mitigated":
+        b.append(
+            f"<p><b>Fairness-mitigated variant</b> of version {esc(summary.get('base_version'))}: the same "
+            "scores (quality metrics of the scores are identical), per-group decision thresholds "
+            "(F1/precision/recall are of these decisions). Plain vs mitigated below.</p>"
+        )
     if summary.get("reasons"):
         b.append("<ul>" + "".join(f"<li class='fail'>{esc(r)}</li>" for r in summary["reasons"]) + "</ul>")
     b.append("<div class='grid'>")
@@ -267,6 +300,22 @@ def model_card_html(summary: dict[str, Any]) -> str:
     frows = []
     for name, res in f.get("attributes", {}).items():
         mit = res.get("mitigated") or {}
+        pl = res.get("plain")
+        if pl:  # this version is the mitigated one: plain | mitigated side by side
+            frows.append(
+                {
+                    "attribute": name,
+                    "groups (gating)": f"{len(res.get('gating_groups', []))} ({len(res.get('small_groups', []))} small)",
+                    "plain DI": pl.get("demographic_parity_ratio"),
+                    "plain EO diff": pl.get("equal_opportunity_difference"),
+                    "plain EOdds": pl.get("equalized_odds_difference"),
+                    "mitigated DI": res.get("demographic_parity_ratio"),
+                    "mitigated EO diff": res.get("equal_opportunity_difference"),
+                    "mitigated EOdds": res.get("equalized_odds_difference"),
+                    "result": "passed" if res.get("passed") else "FAILED",
+                }
+            )
+            continue
         frows.append(
             {
                 "attribute": name,

@@ -96,6 +96,14 @@ def _join(ids: list[str]) -> str:
     return text if len(text) <= TAG_MAX else text[: TAG_MAX - 20] + f",...(+{len(ids)})"
 
 
+def _has_rows(manifest: dict[str, Any]) -> bool:
+    """A manifest of a batch that holds data (not an empty ingestion interval)."""
+    n = manifest.get("accepted", manifest.get("records_in"))
+    if n is not None:
+        return int(n) > 0
+    return bool(manifest.get("files")) or manifest.get("watermark") is not None
+
+
 def _utc(value: Any) -> pd.Timestamp:
     import pandas as pd
 
@@ -122,7 +130,10 @@ def load_window(
     else:
         # The window ends just after the newest event received: the manifests' watermarks say
         # when that is without reading any data (fall back to one full read if one lacks it).
-        marks = [m.get("watermark") for m in lake.manifests(spec.dataset.name, "events")]
+        # An empty ingestion interval writes a manifest with ``watermark: null``: it has no
+        # events, so it says nothing about the newest one; only batches with rows count.
+        manifests = lake.manifests(spec.dataset.name, "events")
+        marks = [m.get("watermark") for m in manifests if _has_rows(m)]
         if marks and all(marks):
             stop = max(_utc(w) for w in marks) + timedelta(microseconds=1)
         else:
@@ -482,9 +493,14 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(err)) from None
     if args.evaluate and result.get("version"):
         from rtml.gates import evaluate
+        from rtml.mitigation import mitigate_version
 
         result["evaluation"] = evaluate(spec, result["version"])
         result["message"] += "\n" + result["evaluation"]["message"]
+        mitigated = mitigate_version(spec, result["evaluation"])
+        result["mitigated"] = mitigated
+        if mitigated["ran"]:
+            result["message"] += "\n" + mitigated["message"]
     return result
 
 
