@@ -29,16 +29,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, DeltaDataIntervalTimetable, dag, task
 
+from rtml.assets import EVENTS, LABELS
 from rtml.settings import get_settings
-from rtml.spec import load_spec
 
-_settings = get_settings()
-_spec = load_spec()
-_minutes = _settings.ingest_interval_minutes
-DATASET = _spec.dataset.name
-
-EVENTS = Asset(name="rtml_events", uri=f"rtml://{DATASET}/events")
-LABELS = Asset(name="rtml_labels", uri=f"rtml://{DATASET}/labels")
+_minutes = get_settings().ingest_interval_minutes
 
 if 60 % _minutes == 0:
     # Wall-clock aligned intervals (12:00-12:05, ...), matching how landing files are keyed.

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from rtml.assets import RETRAIN
 from rtml.settings import get_settings
 from rtml.spec import load_spec
 
 SPEC_PATH = str(get_settings().spec)
-_SPEC = load_spec(SPEC_PATH)  # light: YAML + pydantic; names the Asset below
-RETRAIN = Asset(name="rtml_retrain", uri=f"rtml://{_SPEC.model.registered_name}/retrain")
 
 
 @dag(

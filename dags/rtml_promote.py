@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task
 
+from rtml.assets import CHALLENGER, SPEC
 from rtml.spec import load_spec
 from rtml.triggers import WaitForApprovalOperator
 
-MODEL = load_spec().model.registered_name
-CHALLENGER = Asset(name="rtml_challenger", uri=f"rtml://{MODEL}/challenger")
+MODEL = SPEC.model.registered_name
 
 
 @task(multiple_outputs=True)

@@ -1,7 +1,8 @@
 """
 ### rtml_train: train a candidate and run the evaluation gates
 
-Runs when ingestion updates the **rtml_events** or **rtml_labels** Asset (or when triggered by hand).
+Runs when ingestion updates the **rtml_events** or **rtml_labels** Asset, when monitoring asks for
+retraining (**rtml_retrain**), or when triggered by hand.
 
 1. **check_new_data** - enough new labelled rows since the last trained version? Otherwise the run
    ends here, every later task *skipped* (nothing is wrong: data is still arriving).
@@ -26,16 +27,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import Asset, AssetAny, Param, dag, task
+from airflow.sdk import AssetAny, Param, dag, task
 
+from rtml.assets import CHALLENGER, EVENTS, LABELS, RETRAIN
 from rtml.settings import get_settings
 from rtml.spec import load_spec
 
 SPEC_PATH = str(get_settings().spec)
-_SPEC = load_spec(SPEC_PATH)  # light: YAML + pydantic; names the Assets below
-EVENTS = Asset(name="rtml_events", uri=f"rtml://{_SPEC.dataset.name}/events")
-LABELS = Asset(name="rtml_labels", uri=f"rtml://{_SPEC.dataset.name}/labels")
-CHALLENGER = Asset(name="rtml_challenger", uri=f"rtml://{_SPEC.model.registered_name}/challenger")
 
 
 def _spec(params: dict):
@@ -46,7 +44,7 @@ def _spec(params: dict):
     dag_id="rtml_train",
     description="Train on the lake's labelled window, run the quality/fairness/drift gates, mark the challenger",
     doc_md=__doc__,
-    schedule=AssetAny(EVENTS, LABELS),
+    schedule=AssetAny(EVENTS, LABELS, RETRAIN),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # two trainings at once would race for the challenger alias
