@@ -667,6 +667,8 @@ class Stack:
             return [Proc("seaweedfs", "s3", [], self.settings.s3_port)]
         if service == "mlflow":
             return [Proc("mlflow", "mlflow", [], self.settings.mlflow_port)]
+        if service == "serve":
+            return [Proc("rtml-serve", "serve", [], self.settings.serve_port)]
         return [
             Proc(f"airflow-{c}", "airflow", [], self.settings.airflow_port if c == "api-server" else None)
             for c in AIRFLOW_COMPONENTS

@@ -158,8 +158,9 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory, s3_settings: Settings)
         RTML_S3_PORT=str(base),
         RTML_MLFLOW_PORT=str(base + 10),
         RTML_AIRFLOW_PORT=str(base + 11),
+        RTML_SERVE_PORT=str(base + 14),
     )
-    settings = Settings(home=home, s3_port=base, mlflow_port=base + 10, airflow_port=base + 11)
+    settings = Settings(home=home, s3_port=base, mlflow_port=base + 10, airflow_port=base + 11, serve_port=base + 14)
     yield settings, env
     Stack(settings).down()  # in case the test failed half-way
 
@@ -186,22 +187,27 @@ def _processes_using(home: Path) -> list[str]:
 
 def test_up_twice_no_twins_then_down_leaves_nothing(small_stack):
     settings, env = small_stack
-    first = _rtml("stack", "up", "--only", "mlflow", "--json", env=env)
+    first = _rtml("stack", "up", "--only", "mlflow,serve", "--json", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     first = json.loads(first.stdout)
-    assert first["actions"] == {"seaweedfs": "started", "mlflow": "started"}
-    pids = {"seaweedfs": first["services"]["s3"]["pid"], "mlflow": first["services"]["mlflow"]["pid"]}
+    assert first["actions"] == {"seaweedfs": "started", "mlflow": "started", "rtml-serve": "started"}
+    pids = {
+        "seaweedfs": first["services"]["s3"]["pid"],
+        "mlflow": first["services"]["mlflow"]["pid"],
+        "rtml-serve": first["services"]["serve"]["pid"],
+    }
     assert all(pids.values())
     family = _family(pids.values())
 
     # The processes outlived the CLI that started them; a second `up` finds them and starts nothing.
-    second = _rtml("stack", "up", "--only", "mlflow", "--json", env=env)
+    second = _rtml("stack", "up", "--only", "mlflow,serve", "--json", env=env)
     assert second.returncode == 0, second.stdout + second.stderr
     second = json.loads(second.stdout)
-    assert second["actions"] == {"seaweedfs": "running", "mlflow": "running"}
+    assert second["actions"] == {"seaweedfs": "running", "mlflow": "running", "rtml-serve": "running"}
     assert {
         "seaweedfs": second["services"]["s3"]["pid"],
         "mlflow": second["services"]["mlflow"]["pid"],
+        "rtml-serve": second["services"]["serve"]["pid"],
     } == pids
     weeds = [
         p
@@ -216,14 +222,15 @@ def test_up_twice_no_twins_then_down_leaves_nothing(small_stack):
 
     down = _rtml("stack", "down", "--json", env=env)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert json.loads(down.stdout)["stopped"] == {"mlflow": "stopped", "seaweedfs": "stopped"}
+    assert json.loads(down.stdout)["stopped"] == {"rtml-serve": "stopped", "mlflow": "stopped", "seaweedfs": "stopped"}
     psutil.wait_procs([psutil.Process(p) for p in family if psutil.pid_exists(p)], timeout=10)
     assert not [
         p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
     ]
     assert not _processes_using(settings.home)
     assert not any(
-        port_open(settings.host, p) for p in [*seaweed_ports(settings).values(), settings.mlflow_port]
+        port_open(settings.host, p)
+        for p in [*seaweed_ports(settings).values(), settings.mlflow_port, settings.serve_port]
     )
     assert not list((settings.home / "pids").glob("*.json"))
 
