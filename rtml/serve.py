@@ -238,9 +238,21 @@ class SmokeCheckError(RuntimeError):
     pass
 
 
+# (scores, 0/1 decisions or None): None means "decide with the spec's global threshold".
+Outputs = tuple["np.ndarray", "np.ndarray | None"]
+
+PLAIN = "plain"
+MITIGATED = "mitigated"  # rtml.mitigation's variant tag value (not imported: it pulls in mlflow.pyfunc)
+
+
 @dataclass
 class LoadedModel:
-    """A model version ready to score: ``score(df) -> P(positive)`` per row."""
+    """A model version ready to score: ``score(df) -> P(positive)`` per row.
+
+    A model that makes its own decisions (the fairness-mitigated variant: per-group thresholds
+    derived from the features) also has ``outputs(df) -> (scores, labels)``, both from ONE model
+    call; its 0/1 labels then replace the global threshold everywhere (answers, logs, shadow).
+    """
 
     name: str
     version: str
@@ -253,11 +265,27 @@ class LoadedModel:
     samples: list[dict[str, Any]] = field(default_factory=list)
     # cols -> scores without pandas; set only after it gave identical scores on the samples.
     fast: Callable[[dict[str, list]], np.ndarray] | None = None
+    outputs: Callable[[pd.DataFrame], Outputs] | None = None
+    variant: str = PLAIN
+    # True when the version must decide itself (tagged mitigated, or its signature has a label
+    # output): answering with the global threshold instead would be wrong, so missing labels fail.
+    own_labels: bool = False
 
     def score_columns(self, cols: dict[str, list]) -> np.ndarray:
         if self.fast is not None:
             return self.fast(cols)
         return self.score(self.validator.frame(cols))
+
+    def predict_columns(self, cols: dict[str, list]) -> Outputs:
+        """(scores, labels or None) in one model call; labels only from a model that decides itself."""
+        if self.outputs is None:
+            if self.own_labels:
+                raise ValueError(f"version {self.version} must give its own labels but has no label output")
+            return self.score_columns(cols), None
+        scores, labels = self.outputs(self.validator.frame(cols))
+        if labels is None and self.own_labels:
+            raise ValueError(f"version {self.version} ({self.variant}): its output has no 'label' column")
+        return scores, labels
 
     def enable_fast_path(self, estimator: Any, positive: Any) -> bool:
         """Use the numpy replay of the pipeline if it scores the sample rows bit-for-bit the same."""
@@ -290,6 +318,8 @@ class LoadedModel:
             "loaded_at": self.loaded_at,
             "run_id": self.run_id,
             "flavor": self.flavor,
+            "variant": self.variant,
+            "decisions": "model labels" if self.own_labels else "global threshold",
             "fast_path": self.fast is not None,
             "features": self.validator.columns,
         }
@@ -320,23 +350,72 @@ def scorer_for_estimator(estimator: Any, positive: Any) -> Callable[[pd.DataFram
     return score
 
 
-def scorer_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], np.ndarray]:
-    """A pyfunc (e.g. a fairness-mitigated wrapper): its predict returns the positive probability."""
+def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], Outputs]:
+    """A pyfunc's ``predict`` -> (P(positive), 0/1 labels or None), from one call.
+
+    The score is the column named like the positive class, ``score``, ``probability`` or
+    ``proba`` (else the last column); labels are the ``label`` column when there is one (the
+    fairness-mitigated wrapper returns ``score`` and ``label``).
+    """
     import numpy as np
     import pandas as pd
 
-    def score(df: pd.DataFrame) -> np.ndarray:
+    def outputs(df: pd.DataFrame) -> Outputs:
         out = pyfunc_model.predict(df)
+        labels = None
         if isinstance(out, pd.DataFrame):
             cols = [str(c) for c in out.columns]
+            if "label" in cols:
+                labels = binary_labels(out.iloc[:, cols.index("label")])
             for name in (str(positive), "score", "probability", "proba"):
                 if name in cols:
-                    return out.iloc[:, cols.index(name)].to_numpy(dtype="float64")
-            out = out.to_numpy()
+                    return out.iloc[:, cols.index(name)].to_numpy(dtype="float64"), labels
+            out = out.drop(columns=[c for c, n in zip(out.columns, cols, strict=True) if n == "label"]).to_numpy()
         arr = np.asarray(out, dtype="float64")
-        return arr[:, -1] if arr.ndim == 2 else arr
+        return (arr[:, -1] if arr.ndim == 2 else arr), labels
+
+    return outputs
+
+
+def scorer_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A pyfunc (e.g. a fairness-mitigated wrapper): the positive probability of its predict."""
+    return scores_of(outputs_for_pyfunc(pyfunc_model, positive))
+
+
+def scores_of(outputs: Callable[[pd.DataFrame], Outputs]) -> Callable[[pd.DataFrame], np.ndarray]:
+    def score(df: pd.DataFrame) -> np.ndarray:
+        return outputs(df)[0]
 
     return score
+
+
+def binary_labels(values: Any) -> np.ndarray:
+    """0/1 decisions as int64; anything else (2, 0.5, "bad", NaN) is refused, never guessed."""
+    import numpy as np
+
+    arr = np.asarray(values)
+    if arr.dtype.kind == "b":
+        return arr.astype("int64")
+    if arr.dtype.kind in "iuf" and np.isin(arr, (0, 1)).all():
+        return arr.astype("int64")
+    bad = arr[~np.isin(arr, (0, 1))][:5].tolist() if arr.dtype.kind in "iuf" else arr[:5].tolist()
+    raise ValueError(f"the model's 'label' output must be 0/1, got {bad!r}")
+
+
+def decision_labels(spec: ProjectSpec) -> tuple[Any, Any]:
+    """(negative, positive) class names the endpoint answers with."""
+    pos, neg = spec.target.positive, spec.target.negative
+    if neg is None:
+        neg = (not pos) if isinstance(pos, bool) else (0 if isinstance(pos, int) else f"not_{pos}")
+    return neg, pos
+
+
+def decide(scores: Sequence[float], labels: Sequence[int] | None, threshold: float, names: tuple[Any, Any]) -> list:
+    """Class names per row: the model's own 0/1 labels when it gives them, else score >= threshold."""
+    neg, pos = names
+    if labels is None:
+        return [pos if s >= threshold else neg for s in scores]
+    return [pos if lab == 1 else neg for lab in labels]
 
 
 # --- fast path: the fitted preprocessing replayed in numpy, used only when results are identical ---
@@ -486,13 +565,21 @@ def smoke_check(model: LoadedModel, extra_rows: Sequence[dict[str, Any]] = ()) -
     except RequestError as err:
         raise SmokeCheckError(f"version {model.version}: sample rows do not fit its inputs: {err.message}") from None
     try:
-        scores = np.asarray(model.score_columns(cols), dtype="float64")
+        scores, labels = model.predict_columns(cols)
+        scores = np.asarray(scores, dtype="float64")
     except Exception as err:  # noqa: BLE001 - any failure means "do not serve this version"
         raise SmokeCheckError(f"version {model.version}: scoring the sample rows failed: {err!r}") from None
     if scores.shape != (len(rows),):
         raise SmokeCheckError(f"version {model.version}: {scores.shape} scores for {len(rows)} rows")
     if not np.all(np.isfinite(scores)) or scores.min() < 0 or scores.max() > 1:
         raise SmokeCheckError(f"version {model.version}: scores not finite in [0, 1]: {scores[:5].tolist()}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(rows),):
+            raise SmokeCheckError(f"version {model.version}: {labels.shape} labels for {len(rows)} rows")
+        if not np.isin(labels, (0, 1)).all():
+            raise SmokeCheckError(f"version {model.version}: labels not 0/1: {labels[:5].tolist()}")
+        model.own_labels = True  # it decided on its samples: from now on it must, and info says so
     return len(rows)
 
 
@@ -540,8 +627,16 @@ class ModelSource(Protocol):
     def load(self, version: str) -> LoadedModel: ...
 
 
+VARIANT_TAG = "rtml.variant"  # = rtml.mitigation.VARIANT_TAG
+
+
 class RegistrySource:
-    """Model versions from the MLflow registry (``models:/NAME/VERSION``)."""
+    """Model versions from the MLflow registry (``models:/NAME/VERSION``).
+
+    An sklearn Pipeline is scored with ``predict_proba`` (and the numpy fast path when exact);
+    any other pyfunc, and any version that decides itself (tag ``rtml.variant=mitigated`` or a
+    ``label`` output in its signature), through ``predict``, its labels taken from the same call.
+    """
 
     def __init__(self, name: str, spec: ProjectSpec, settings: Settings) -> None:
         self.name = name
@@ -593,11 +688,19 @@ class RegistrySource:
                     sig_cols.append((spec_col.name, tname, bool(getattr(spec_col, "required", True))))
             validator = RecordValidator(self.spec, sig_cols)
             positive = self.spec.target.positive
-            if "sklearn" in meta.flavors:
+            variant = (mv.tags or {}).get(VARIANT_TAG) or PLAIN
+            out_names: list[str] = []
+            if meta.signature is not None and meta.signature.outputs is not None:
+                out_names = [str(n) for n in meta.signature.outputs.input_names()]
+            # A version that decides itself must be served with its decisions or not at all.
+            own_labels = variant == MITIGATED or "label" in out_names
+            outputs = None
+            if "sklearn" in meta.flavors and not own_labels:
                 estimator = mlflow.sklearn.load_model(local)
                 scorer, flavor = scorer_for_estimator(estimator, positive), "sklearn"
             else:
-                scorer, flavor = scorer_for_pyfunc(mlflow.pyfunc.load_model(local), positive), "pyfunc"
+                outputs = outputs_for_pyfunc(mlflow.pyfunc.load_model(local), positive)
+                scorer, flavor = scores_of(outputs), "pyfunc"
             samples: list[dict[str, Any]] = []
             try:
                 example = meta.load_input_example(local)
@@ -616,6 +719,9 @@ class RegistrySource:
                 run_id=mv.run_id,
                 flavor=flavor,
                 samples=samples,
+                outputs=outputs,
+                variant=variant,
+                own_labels=own_labels,
             )
             if flavor == "sklearn":
                 model.enable_fast_path(estimator, positive)
@@ -815,10 +921,7 @@ class ModelServer:
         self.config = config or ServeConfig()
         self.name = name or spec.model.registered_name
         self.threshold = spec.gates.quality.decision_threshold
-        pos, neg = spec.target.positive, spec.target.negative
-        if neg is None:
-            neg = (not pos) if isinstance(pos, bool) else (0 if isinstance(pos, int) else f"not_{pos}")
-        self.labels = (neg, pos)
+        self.labels = decision_labels(spec)
         self.metrics = Metrics()
         self.current: LoadedModel | None = None
         self.shadow: LoadedModel | None = None
@@ -1015,17 +1118,16 @@ class ModelServer:
             self._wake.set()
             if self._pending_rows >= self._target:
                 self._full.set()
-        version, scores = await fut
-        thr, (neg, pos) = self.threshold, self.labels
+        version, scores, own = await fut
+        names = decide(scores, own, self.threshold, self.labels)
         if single:
-            s = scores[0]
-            return {"request_id": request_id, "model": self.name, "version": version, "score": s,
-                    "label": pos if s >= thr else neg}
+            return {"request_id": request_id, "model": self.name, "version": version, "score": scores[0],
+                    "label": names[0]}
         return {
             "request_id": request_id,
             "model": self.name,
             "version": version,
-            "predictions": [{"score": s, "label": pos if s >= thr else neg} for s in scores],
+            "predictions": [{"score": s, "label": n} for s, n in zip(scores, names, strict=True)],
         }
 
     async def _batch_loop(self) -> None:
@@ -1050,7 +1152,7 @@ class ModelServer:
             model = jobs[0].model
             self._inflight += 1
             try:
-                scores, cols = await loop.run_in_executor(self._model_pool, self._score, model, jobs)
+                scores, own, cols = await loop.run_in_executor(self._model_pool, self._score, model, jobs)
             except Exception as err:  # noqa: BLE001 - answered as a 500 for these requests only
                 log.exception("model call failed (version %s)", model.version if model else None)
                 for j in jobs:
@@ -1063,11 +1165,13 @@ class ModelServer:
             self.metrics.rows.labels(model.version).inc(rows)
             start = 0
             values = scores.tolist()
+            labels = None if own is None else own.tolist()
             for j in jobs:
                 if not j.future.done():
-                    j.future.set_result((model.version, values[start : start + j.n]))
+                    end = start + j.n
+                    j.future.set_result((model.version, values[start:end], None if labels is None else labels[start:end]))
                 start += j.n
-            self._record(model, jobs, values, cols)
+            self._record(model, jobs, values, labels, cols)
 
     def _take(self) -> tuple[list[_Job], int]:
         jobs: list[_Job] = []
@@ -1081,7 +1185,10 @@ class ModelServer:
         self._pending_rows -= rows
         return jobs, rows
 
-    def _score(self, model: LoadedModel, jobs: list[_Job]) -> tuple[np.ndarray, dict[str, list]]:
+    def _score(
+        self, model: LoadedModel, jobs: list[_Job]
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, list]]:
+        """(scores, the model's own 0/1 labels or None, columns) of one micro-batch: one model call."""
         import numpy as np
 
         validator = model.validator
@@ -1089,9 +1196,17 @@ class ModelServer:
             cols = jobs[0].cols
         else:  # one set of columns (and at most one DataFrame) for the whole micro-batch
             cols = {c: [x for j in jobs for x in j.cols[c]] for c in validator.columns}
-        return np.asarray(model.score_columns(cols), dtype="float64"), cols
+        scores, labels = model.predict_columns(cols)  # a plain model: scores only, by the fast path if any
+        return np.asarray(scores, dtype="float64"), labels, cols
 
-    def _record(self, model: LoadedModel, jobs: list[_Job], scores: list[float], feats: dict[str, list]) -> None:
+    def _record(
+        self,
+        model: LoadedModel,
+        jobs: list[_Job],
+        scores: list[float],
+        own: list[int] | None,
+        feats: dict[str, list],
+    ) -> None:
         now = datetime.now(UTC).replace(tzinfo=None)
         rids: list[str] = []
         rows: list[int] = []
@@ -1103,8 +1218,7 @@ class ModelServer:
             keys = jobs[0].keys
         else:
             keys = {k: [x for j in jobs for x in j.keys.get(k, [None] * j.n)] for k in validator.keys}
-        thr, (neg, pos) = self.threshold, self.labels
-        labels = [str(pos if s >= thr else neg) for s in scores]
+        labels = [str(x) for x in decide(scores, own, self.threshold, self.labels)]
         item = {
             "request_id": rids, "row": rows, "time": now, "model": self.name, "keys": keys, "features": feats,
             "version": [model.version] * len(scores), "score": scores, "label": labels,
@@ -1125,8 +1239,9 @@ class ModelServer:
         try:
             n = len(item["score"])
             cols = {c: feats.get(c, [None] * n) for c in shadow.validator.columns}
-            scores = [float(x) for x in shadow.score_columns(cols)]
-            thr, (neg, pos) = self.threshold, self.labels
+            out, own = shadow.predict_columns(cols)
+            scores = [float(x) for x in out]
+            own = None if own is None else [int(x) for x in own]
             shadow_item = {
                 **item,
                 "extra": ("champion_version", "champion_score", "champion_label", "version", "score", "label"),
@@ -1135,7 +1250,7 @@ class ModelServer:
                 "champion_label": item["label"],
                 "version": [shadow.version] * n,
                 "score": scores,
-                "label": [str(pos if s >= thr else neg) for s in scores],
+                "label": [str(x) for x in decide(scores, own, self.threshold, self.labels)],
             }
             self.shadow_log.add(shadow_item, n)
         except Exception:  # noqa: BLE001 - the challenger must never disturb serving
@@ -1409,7 +1524,8 @@ def live_smoke_check(
     """Compare the live endpoint's answers on ``rows`` with the model's offline predictions.
 
     Loads ``models:/name/version`` in this process, scores the same rows, and checks the endpoint
-    answered with that version and the same scores. Returns a summary; raises ``SmokeCheckError``.
+    answered with that version and the same scores (and, for a version that decides itself, such
+    as the fairness-mitigated variant, the same labels). Returns a summary; raises ``SmokeCheckError``.
     """
     import mlflow
     import numpy as np
@@ -1424,7 +1540,9 @@ def live_smoke_check(
     model = source.load(str(version))
     cols, _ = model.validator.validate([{c: r.get(c) for c in model.validator.columns} for r in rows], single=False)
     # Offline = the pipeline itself on a DataFrame (not the endpoint's fast path).
-    offline = np.asarray(model.score(model.validator.frame(cols)), dtype="float64")
+    offline, own = model.outputs(model.validator.frame(cols)) if model.outputs else (
+        model.score(model.validator.frame(cols)), None)
+    offline = np.asarray(offline, dtype="float64")
     with endpoint_client(url, token) as c:
         r = c.post("/v1/predict", content=json.dumps({"records": [{c2: row.get(c2) for c2 in model.validator.columns}
                                                                     for row in rows]}))
@@ -1437,7 +1555,17 @@ def live_smoke_check(
     diff = float(np.max(np.abs(live - offline))) if len(rows) else 0.0
     if live.shape != offline.shape or diff > tolerance:
         raise SmokeCheckError(f"live scores differ from offline predictions by up to {diff:.3g} on {len(rows)} rows")
-    return {"rows": len(rows), "max_abs_diff": diff, "version": str(version)}
+    out: dict[str, Any] = {"rows": len(rows), "max_abs_diff": diff, "version": str(version)}
+    if model.own_labels or own is not None:
+        if own is None:
+            raise SmokeCheckError(f"version {version} gives no labels offline, yet it must decide itself")
+        expected = [str(x) for x in decide(offline.tolist(), own.tolist(), 0.5, decision_labels(spec))]
+        live_labels = [str(p["label"]) for p in body["predictions"]]
+        wrong = sum(a != b for a, b in zip(live_labels, expected, strict=True))
+        if wrong:
+            raise SmokeCheckError(f"{wrong} of {len(rows)} live labels differ from the model's own decisions")
+        out["labels_checked"] = len(rows)
+    return out
 
 
 def version_holdout_rows(

@@ -123,10 +123,17 @@ class ServeProcess:
     """A real ``rtml serve`` over HTTP on a free port (poll every second)."""
 
     def __init__(
-        self, settings: Settings, model: str, log_dir: Path, port: int | None = None, token: str | None = None
+        self,
+        settings: Settings,
+        model: str,
+        log_dir: Path,
+        port: int | None = None,
+        token: str | None = None,
+        spec_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
+        self.spec_path = spec_path  # default: the settings' spec (the credit demo)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = token or uuid.uuid4().hex
@@ -145,6 +152,8 @@ class ServeProcess:
         }
         cmd = [str(Path(sys.executable).parent / "rtml"), "serve", "--model", self.model, "--poll-seconds", "1",
                "--log-flush-seconds", "1"]
+        if self.spec_path is not None:
+            cmd += ["--spec", str(self.spec_path)]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

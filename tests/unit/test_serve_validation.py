@@ -72,6 +72,8 @@ class FakeSource:
         m = self.models[version]
         if isinstance(m, Exception):
             raise m
+        if isinstance(m, LoadedModel):
+            return m
         model = LoadedModel(
             name="credit_risk", version=version, score=scorer_for_estimator(m, self.spec.target.positive),
             validator=RecordValidator(self.spec), samples=[good_record(self.spec)],
@@ -346,3 +348,132 @@ def test_fast_path_is_exact_or_not_used(spec, fitted, data):
     np.testing.assert_array_equal(fast(cols), fitted.predict_proba(X.head(200))[:, 1])
     # Not a Pipeline(ColumnTransformer, classifier): no fast path.
     assert compile_fast_path(LogisticRegression(), validator.columns, validator.numeric, "bad") is None
+
+
+class GroupDecider:
+    """A pyfunc-like model deciding per group, as the fairness-mitigated variant does: ``predict``
+    returns ``score`` (the plain pipeline's) and ``label`` (1 for every ``Home == "rent"`` row,
+    else score >= 0.9), so its labels disagree with the global threshold on both sides."""
+
+    def __init__(self, pipe, label=None) -> None:
+        self.pipe = pipe
+        self.calls = 0
+        self.label = label  # override the label column (a broken model), or drop it with False
+
+    def predict(self, df):
+        import pandas as pd
+
+        self.calls += 1
+        scores = self.pipe.predict_proba(df)[:, 1]
+        labels = np.where(df["Home"].to_numpy() == "rent", 1, (scores >= 0.9).astype("int64"))
+        out = pd.DataFrame({"score": scores, "label": labels.astype("int64")})
+        if self.label is False:
+            return out[["score"]]
+        if self.label is not None:
+            out["label"] = self.label
+        return out
+
+
+def mitigated_model(spec, version: str, pyfunc) -> Any:
+    from rtml.serve import LoadedModel, RecordValidator, outputs_for_pyfunc, scores_of
+
+    outputs = outputs_for_pyfunc(pyfunc, spec.target.positive)
+    return LoadedModel(
+        name="credit_risk", version=version, score=scores_of(outputs), validator=RecordValidator(spec),
+        samples=[good_record(spec)], flavor="pyfunc", outputs=outputs, variant="mitigated", own_labels=True,
+    )
+
+
+def test_model_labels_replace_the_threshold_in_answers_logs_and_shadow(tmp_path, spec, fitted, data):
+    from rtml.lake import Lake
+    from rtml.serve import frame_to_records
+    from rtml.settings import Settings
+    from rtml.storage import LocalStore
+
+    raw, X = data
+    rows = frame_to_records(raw[spec.feature_names].head(60))
+    decider = GroupDecider(fitted)
+    expected = GroupDecider(fitted).predict(X.head(60))
+    thr = spec.gates.quality.decision_threshold
+    by_threshold = expected["score"].to_numpy() >= thr
+    assert (expected["label"].to_numpy() != by_threshold).any()  # the test can tell the two rules apart
+    want = ["bad" if x == 1 else "good" for x in expected["label"]]
+
+    lake = Lake(Settings(home=tmp_path, storage="local"), LocalStore(tmp_path / "lake"))
+    source = FakeSource(spec, {"m": mitigated_model(spec, "m", decider), "p": fitted},
+                        {"champion": "m", "challenger": "p"})
+    server, client = make_client(spec, source, lake=lake)
+    with client:
+        assert wait_until(lambda: server.ready and server.shadow is not None)
+        before = decider.calls
+        r = client.post("/v1/predict", json={"records": rows}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert decider.calls == before + 1  # scores AND labels from one model call
+        body = r.json()
+        np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected["score"], rtol=0, atol=1e-12)
+        assert [p["label"] for p in body["predictions"]] == want
+        one = client.post("/v1/predict", json=rows[5], headers=AUTH).json()
+        assert one["label"] == want[5]
+        info = client.get("/v1/model", headers=AUTH).json()
+        assert info["variant"] == "mitigated" and info["decisions"] == "model labels" and info["flavor"] == "pyfunc"
+        assert info["shadow"]["variant"] == "plain" and info["shadow"]["decisions"] == "global threshold"
+    preds = lake.read_batches(spec.dataset.name, "predictions")
+    batch = preds[preds["request_id"] == body["request_id"]].sort_values("row")
+    assert list(batch["label"]) == want
+    shadow = lake.read_batches(spec.dataset.name, "shadow")
+    sb = shadow[shadow["request_id"] == body["request_id"]].sort_values("row")
+    assert list(sb["champion_label"]) == want
+    assert list(sb["label"]) == ["bad" if b else "good" for b in by_threshold]  # the plain challenger
+
+
+def test_mitigated_shadow_logs_its_own_labels(tmp_path, spec, fitted, data):
+    from rtml.lake import Lake
+    from rtml.serve import frame_to_records
+    from rtml.settings import Settings
+    from rtml.storage import LocalStore
+
+    raw, X = data
+    rows = frame_to_records(raw[spec.feature_names].head(40))
+    expected = GroupDecider(fitted).predict(X.head(40))
+    lake = Lake(Settings(home=tmp_path, storage="local"), LocalStore(tmp_path / "lake"))
+    source = FakeSource(spec, {"p": fitted, "m": mitigated_model(spec, "m", GroupDecider(fitted))},
+                        {"champion": "p", "challenger": "m"})
+    server, client = make_client(spec, source, lake=lake)
+    with client:
+        assert wait_until(lambda: server.ready and server.shadow is not None)
+        rid = client.post("/v1/predict", json={"records": rows}, headers=AUTH).json()["request_id"]
+    sb = lake.read_batches(spec.dataset.name, "shadow")
+    sb = sb[sb["request_id"] == rid].sort_values("row")
+    assert list(sb["label"]) == ["bad" if x == 1 else "good" for x in expected["label"]]
+    thr = spec.gates.quality.decision_threshold
+    assert list(sb["champion_label"]) == ["bad" if s >= thr else "good" for s in expected["score"]]
+
+
+def test_smoke_check_refuses_a_deciding_model_without_good_labels(spec, fitted):
+    from rtml.serve import SmokeCheckError, smoke_check
+
+    assert smoke_check(mitigated_model(spec, "ok", GroupDecider(fitted))) == 1
+    for bad, why in ((False, "no 'label' column"), (2, "0/1"), (0.5, "0/1")):
+        with pytest.raises(SmokeCheckError, match=why):
+            smoke_check(mitigated_model(spec, "bad", GroupDecider(fitted, label=bad)))
+
+
+def test_pyfunc_outputs_take_scores_and_labels_from_one_frame():
+    import pandas as pd
+
+    from rtml.serve import outputs_for_pyfunc
+
+    class Fixed:
+        def __init__(self, out):
+            self.out = out
+
+        def predict(self, df):
+            return self.out
+
+    scores, labels = outputs_for_pyfunc(Fixed(pd.DataFrame({"score": [0.2, 0.9], "label": [1, 0]})), "bad")(None)
+    assert scores.tolist() == [0.2, 0.9] and labels.tolist() == [1, 0] and labels.dtype == np.int64
+    # no score-like column: the last column that is not the label
+    scores, labels = outputs_for_pyfunc(Fixed(pd.DataFrame({"p": [0.3], "label": [True]})), "bad")(None)
+    assert scores.tolist() == [0.3] and labels.tolist() == [1]
+    scores, labels = outputs_for_pyfunc(Fixed(np.array([[0.6, 0.4]])), "bad")(None)
+    assert scores.tolist() == [0.4] and labels is None
