@@ -978,7 +978,8 @@ class ModelServer:
                     log.exception("flushing the %s log failed; retrying", plog.kind)
                     await asyncio.sleep(0.5)
         self._model_pool.shutdown(wait=False)
-        self._io_pool.shutdown(wait=True)
+        # The logs were flushed above; do not wait on a registry poll stuck in a dead connection.
+        self._io_pool.shutdown(wait=False, cancel_futures=True)
         log.info(
             "stopped; prediction log: %d rows written (%d pending), shadow log: %d rows written (%d pending)",
             self.predictions.written_rows, self.predictions.pending_rows,
@@ -1639,6 +1640,10 @@ def holdout_rows(spec: ProjectSpec, n: int = 50, seed: int = 7) -> list[dict[str
 # CLI
 # ------------------------------------------------------------------------------------------------
 def _serve_cmd(args: argparse.Namespace) -> None:
+    # MLflow's client retries a dead server for minutes by default: the poller would hold an I/O
+    # thread that long, and so would a shutdown. Keep its retries short (the poller tries again).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     cfg = ServeConfig(
         poll_seconds=args.poll_seconds,
         max_batch=args.max_batch,
