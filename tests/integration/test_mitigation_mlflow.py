@@ -141,8 +141,8 @@ def test_mitigated_model_loads_back_with_training_time_score_and_label(env, loop
     assert model.metadata.get_input_schema().input_names() == spec.feature_names
     with pytest.raises(MlflowException, match="debt"):
         model.predict(X.drop(columns=["debt"]).head(3))
-    # the serving loader (rtml.serve, unchanged) takes it as a pyfunc and serves its "score" column;
-    # the group decision (its "label" column) is not used by serving yet (see the report)
+    # the serving loader takes it as a pyfunc: scores from its "score" column (its "label" column,
+    # the group decision, is what serving answers: tests/integration/test_serving_mitigated.py)
     from rtml.serve import RegistrySource, smoke_check
 
     served = RegistrySource(loop["name"], spec, env["settings"]).load(m["version"])
