@@ -36,6 +36,16 @@ class CLIError(Exception):
         self.code = code
 
 
+def load_spec_arg(path: str | None) -> Any:
+    """The project spec named on the command line (None: the settings' spec), or a clean CLI error."""
+    from rtml.spec import SpecError, load_spec
+
+    try:
+        return load_spec(path)
+    except SpecError as err:
+        raise CLIError(str(err)) from None
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (for machines)")
 
@@ -63,12 +73,7 @@ def _human(result: Any) -> str:
 
 # --- rtml spec ---------------------------------------------------------------------------------
 def _spec_check(args: argparse.Namespace) -> dict[str, Any]:
-    from rtml.spec import SpecError, load_spec
-
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as err:
-        raise CLIError(str(err)) from None
+    spec = load_spec_arg(args.spec)
     return {
         "message": f"{args.spec}: OK ({spec.name}: {len(spec.features)} features, target {spec.target.name}, "
         f"{len(spec.sensitive)} sensitive attribute(s), schema {spec.schema_hash()})",

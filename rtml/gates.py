@@ -662,12 +662,9 @@ def evaluate(spec: ProjectSpec, version: str | int, settings: Settings | None = 
 
 # --- CLI -------------------------------------------------------------------------------------------------
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from rtml.spec import SpecError, load_spec
+    from rtml.cli import load_spec_arg
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as err:
-        raise CLIError(str(err)) from None
+    spec = load_spec_arg(args.spec)
     try:
         result = evaluate(spec, args.version)
     except ValueError as err:

@@ -25,7 +25,7 @@ from typing import Any
 
 from rtml.lake import Lake, _utc
 from rtml.settings import Settings, get_settings
-from rtml.spec import ProjectSpec, load_spec
+from rtml.spec import ProjectSpec
 
 MIN_LABELLED = 50  # below this, live metrics are too noisy to act on
 
@@ -161,14 +161,9 @@ def _save(lake: Lake, spec: ProjectSpec, report: dict[str, Any], html_path: Path
 
 
 def _cmd_monitor(args: argparse.Namespace) -> dict[str, Any]:
-    from rtml.cli import CLIError
-    from rtml.spec import SpecError
+    from rtml.cli import load_spec_arg
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as err:
-        raise CLIError(str(err)) from None
-    return monitor(spec, get_settings(), window_hours=args.window_hours)
+    return monitor(load_spec_arg(args.spec), get_settings(), window_hours=args.window_hours)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -322,14 +322,10 @@ def produce(
 
 # --- CLI ---------------------------------------------------------------------------------------------
 def _cmd_produce(args: argparse.Namespace) -> dict[str, Any]:
-    from rtml.cli import CLIError
+    from rtml.cli import CLIError, load_spec_arg
     from rtml.ingest import _parse_time
-    from rtml.spec import SpecError, load_spec
 
-    try:
-        spec = load_spec(args.spec)
-    except SpecError as err:
-        raise CLIError(str(err)) from None
+    spec = load_spec_arg(args.spec)
     settings = get_settings()
     if args.lake:
         settings = settings.model_copy(update={"lake_uri": args.lake})

@@ -471,12 +471,9 @@ def new_data_status(
 
 # --- CLI ---------------------------------------------------------------------------------------------------
 def _load(path: str) -> ProjectSpec:
-    from rtml.spec import SpecError, load_spec
+    from rtml.cli import load_spec_arg
 
-    try:
-        return load_spec(path)
-    except SpecError as err:
-        raise CLIError(str(err)) from None
+    return load_spec_arg(path)
 
 
 def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
