@@ -10,6 +10,9 @@ Every hour, reads the serving endpoint's prediction log from the lake (last `win
 2. **needs_retraining** - ends the run here when the model is healthy (later tasks *skipped*).
 3. **request_retraining** - updates the **rtml_retrain** Asset with the reasons, which starts
    `rtml_train`.
+
+Beside them, **compare_shadow** refreshes the challenger's shadow comparison (its answers on live
+traffic next to the champion's) in its model card, for the person who approves it in MLflow.
 """
 
 from __future__ import annotations
@@ -59,8 +62,17 @@ def rtml_monitor():
     def request_retraining(summary: dict, *, outlet_events=None) -> None:
         outlet_events[RETRAIN].extra = {"reasons": summary["reasons"], "report": summary["report"]}
 
+    @task
+    def compare_shadow(params: dict | None = None) -> dict:
+        from rtml.shadow import compare
+
+        result = compare(load_spec((params or {}).get("spec") or SPEC_PATH), get_settings(refresh=True))
+        print(result["message"])
+        return {k: result.get(k) for k in ("version", "rows", "agreement", "message")}
+
     summary = check()
     needs_retraining(summary) >> request_retraining(summary)
+    compare_shadow()
 
 
 rtml_monitor()

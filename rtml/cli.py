@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "rtml.gates",
     "rtml.registry",
     "rtml.serve",
+    "rtml.shadow",
     "rtml.monitor",
     "rtml.demo",
 ]
