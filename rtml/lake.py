@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -123,20 +123,29 @@ class Lake:
                 out.append(json.loads(self.store.get(key)))
         return sorted(out, key=lambda m: m["batch_id"])
 
-    def read_batches(self, dataset: str, kind: str, batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """The accepted rows of the given committed batches (all when None), in batch order."""
+    def _read(
+        self, dataset: str, kind: str, keep: Callable[[dict[str, Any]], bool] | None = None
+    ) -> pd.DataFrame:
+        """Rows of the committed batches that ``keep`` accepts, in batch order, with ``_batch``."""
         import pandas as pd
 
-        wanted = None if batch_ids is None else set(batch_ids)
         frames = []
         for m in self.manifests(dataset, kind):
-            if wanted is not None and m["batch_id"] not in wanted:
-                continue
-            for key in m.get("files", []):
-                frames.append(self.read_table(key))
-        if not frames:
-            return pd.DataFrame()
-        return pd.concat(frames, ignore_index=True)
+            if keep is None or keep(m):
+                for key in m.get("files", []):
+                    frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def read_batches(self, dataset: str, kind: str, batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The accepted rows of the given committed batches (all when None), in batch order."""
+        wanted = None if batch_ids is None else set(batch_ids)
+        df = self._read(dataset, kind, None if wanted is None else (lambda m: m["batch_id"] in wanted))
+        return df.drop(columns="_batch") if not df.empty else df
+
+    def latest_labels(self, spec: ProjectSpec) -> pd.DataFrame:
+        """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
+        labels = self._read(spec.dataset.name, "labels")
+        return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
 
     def labelled(
         self,
@@ -167,16 +176,8 @@ class Lake:
             except (TypeError, ValueError):  # an unreadable range: read the batch
                 return True
 
-        def read(kind: str, keep) -> pd.DataFrame:
-            frames = []
-            for m in self.manifests(ds, kind):
-                if keep(m):
-                    for key in m["files"]:
-                        frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
-            return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-        events = read("events", overlaps)
-        labels = read("labels", lambda m: bool(m.get("files")))
+        events = self._read(ds, "events", overlaps)
+        labels = self.latest_labels(spec)
         empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:
             return empty, {"events": [], "labels": []}
@@ -185,8 +186,6 @@ class Lake:
             events = events[events[ts] >= lo]
         if hi is not None:
             events = events[events[ts] < hi]
-        # A later label for the same event wins (corrections); label batches are in id order.
-        labels = labels.drop_duplicates(subset=[eid], keep="last")
         label_cols = [eid, spec.target.name, "_batch"]
         joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one", suffixes=("", "_label"))
         joined = joined.drop_duplicates(subset=[eid], keep="last").sort_values([ts, eid], kind="stable")

@@ -111,10 +111,9 @@ def monitor(
 
     # Performance: predictions whose label has arrived, joined by event id.
     eid = spec.event_id
-    labels = lake.read_batches(ds, "labels")
+    labels = lake.latest_labels(spec)
     if eid in preds.columns and not labels.empty:
-        labels = labels.drop_duplicates(subset=[eid], keep="last")[[eid, spec.target.name]]
-        joined = preds.dropna(subset=[eid]).merge(labels, on=eid, how="inner")
+        joined = preds.dropna(subset=[eid]).merge(labels[[eid, spec.target.name]], on=eid, how="inner")
     else:
         joined = preds.iloc[0:0]
     report["labelled_predictions"] = int(len(joined))
