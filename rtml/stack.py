@@ -208,6 +208,20 @@ class Proc:
     ready: Callable[[], bool] | None = None
 
 
+def process_family(pids: Iterable[int]) -> list[Any]:
+    """The live processes ``pids`` and all their descendants (psutil.Process objects)."""
+    import psutil
+
+    family: list[Any] = []
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            family += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    return family
+
+
 def _read_secret(path: Path, nbytes: int = 32) -> str:
     """A secret generated once and kept under the state folder, readable only by its owner."""
     if path.exists():
@@ -601,14 +615,8 @@ class Stack:
         """SIGTERM every target's process group and descendants at once, SIGKILL what outlives ``grace``."""
         import psutil
 
-        family: list[Any] = []
-        for pid in targets.values():
-            try:
-                root = psutil.Process(pid)
-                # Children may have left the group (or started their own session): collect them too.
-                family += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
+        # Children may have left the group (or started their own session): collect them too.
+        family = process_family(targets.values())
         for pid in targets.values():
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -844,13 +852,7 @@ class TestStack:
         import psutil
 
         # Children of the recorded processes too (uvicorn workers, task runners).
-        family: list[Any] = []
-        for pid in self.pids_seen.values():
-            try:
-                root = psutil.Process(pid)
-                family += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                pass
+        family = process_family(self.pids_seen.values())
         self.stack.down()
         psutil.wait_procs(family, timeout=10)
         left = []

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from rtml.settings import Settings
-from rtml.stack import Stack, free_port_block, port_open, seaweed_ports
+from rtml.stack import Stack, free_port_block, port_open, process_family, seaweed_ports
 from rtml.storage import open_store
 
 pytestmark = pytest.mark.integration
@@ -46,10 +46,7 @@ def test_status_reports_every_service_healthy(airflow_settings: Settings):
 
 def test_every_port_is_on_loopback(airflow_settings: Settings):
     stack = Stack(airflow_settings)
-    pids = set()
-    for pid in stack.pids_started().values():
-        proc = psutil.Process(pid)
-        pids |= {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+    pids = _family(stack.pids_started().values())
     listening = [
         c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids
     ]
@@ -166,14 +163,7 @@ def small_stack(tmp_path_factory: pytest.TempPathFactory, s3_settings: Settings)
 
 
 def _family(pids) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
-            out |= {p.pid, *(c.pid for c in p.children(recursive=True))}
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return {p.pid for p in process_family(pids)}
 
 
 def _processes_using(home: Path) -> list[str]:
