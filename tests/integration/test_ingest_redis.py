@@ -88,10 +88,9 @@ def test_batches_conserve_and_ack_only_after_manifest(settings, stream):
     assert again["batches"] == [] and len(lake.manifests(DS, "events")) == 3
 
 
-@pytest.mark.parametrize("crash_at", ["1", "data"])
-def test_crash_between_write_and_ack_loses_and_duplicates_nothing(settings, stream, tmp_path, crash_at):
-    send(settings, stream, 120)
-    env = {
+def _crashing_env(settings, tmp_path, crash_at: str) -> dict[str, str]:
+    """The environment of an `rtml ingest` subprocess that dies at ``crash_at`` (before XACK)."""
+    return {
         **os.environ,
         "RTML_STORAGE": "local",
         "RTML_HOME": str(tmp_path),
@@ -99,6 +98,12 @@ def test_crash_between_write_and_ack_loses_and_duplicates_nothing(settings, stre
         "RTML_REDIS_URL": settings.redis_url,
         "RTML_TEST_CRASH_AFTER_WRITE": crash_at,
     }
+
+
+@pytest.mark.parametrize("crash_at", ["1", "data"])
+def test_crash_between_write_and_ack_loses_and_duplicates_nothing(settings, stream, tmp_path, crash_at):
+    send(settings, stream, 120)
+    env = _crashing_env(settings, tmp_path, crash_at)
     cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--source", "redis", "--kind", "events", "--stream", stream,
            "--group", GROUP, "--max-records", "50", "--max-batches", "10", "--json"]
     crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -168,14 +173,7 @@ def test_pending_entries_of_a_committed_batch_plus_new_ones(settings, stream, tm
     """A crash after the manifest of batch A, then a second consumer died holding newer entries:
     the retry acknowledges A's entries without writing them again and ingests only the others."""
     send(settings, stream, 120)
-    env = {
-        **os.environ,
-        "RTML_STORAGE": "local",
-        "RTML_HOME": str(tmp_path),
-        "RTML_LAKE_URI": settings.lake_uri,
-        "RTML_REDIS_URL": settings.redis_url,
-        "RTML_TEST_CRASH_AFTER_WRITE": "1",
-    }
+    env = _crashing_env(settings, tmp_path, "1")
     cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--source", "redis", "--kind", "events", "--stream", stream,
            "--group", GROUP, "--max-records", "50", "--json"]
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 75
