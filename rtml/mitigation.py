@@ -142,6 +142,7 @@ def register_mitigated(
         TRAIN_FILE,
         _frame_to_parquet,
         code_version,
+        log_datasets,
         model_requirements,
         setup_mlflow,
     )
@@ -200,25 +201,8 @@ def register_mitigated(
                 }
             )
             # the same rows as the base version (lineage), with the variant's decisions on the holdout
-            src = base.lineage.get("lake_uri", "")
-            mlflow.log_input(
-                mlflow.data.from_pandas(
-                    train.drop(columns=[OOF_SCORE]),
-                    source=src,
-                    name=f"{spec.dataset.name}-train",
-                    targets=spec.target.name,
-                ),
-                context="training",
-            )
-            mlflow.log_input(
-                mlflow.data.from_pandas(
-                    hold.drop(columns=[SCORE]),
-                    source=src,
-                    name=f"{spec.dataset.name}-holdout",
-                    targets=spec.target.name,
-                ),
-                context="holdout",
-            )
+            log_datasets(spec, base.lineage.get("lake_uri", ""), train.drop(columns=[OOF_SCORE]),
+                         hold.drop(columns=[SCORE]))
             hold_out = hold.copy()
             hold_out[LABEL] = hold_labels
             _frame_to_parquet(train, tmpdir / TRAIN_FILE)

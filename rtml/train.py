@@ -264,6 +264,25 @@ def log_model(pipe, spec: ProjectSpec, X_example: pd.DataFrame, register: bool =
     )
 
 
+def log_datasets(
+    spec: ProjectSpec,
+    source: str,
+    train_df: pd.DataFrame,
+    hold_df: pd.DataFrame,
+    train_tags: dict[str, str] | None = None,
+    holdout_tags: dict[str, str] | None = None,
+):
+    """Log the training window and the holdout as MLflow datasets of the active run (lineage)."""
+    import mlflow
+
+    name, target = spec.dataset.name, spec.target.name
+    train_ds = mlflow.data.from_pandas(train_df, source=source, name=f"{name}-train", targets=target)
+    hold_ds = mlflow.data.from_pandas(hold_df, source=source, name=f"{name}-holdout", targets=target)
+    mlflow.log_input(train_ds, context="training", tags=train_tags)
+    mlflow.log_input(hold_ds, context="holdout", tags=holdout_tags)
+    return train_ds, hold_ds
+
+
 def _frame_to_parquet(df: pd.DataFrame, path: Path) -> None:
     from rtml.lake import to_parquet_bytes
 
@@ -350,14 +369,11 @@ def train(
             )
             # Dataset lineage: the rows actually used, pointing at the lake they came from.
             src = lake.uri
-            train_ds = mlflow.data.from_pandas(
-                train_df[keep], source=src, name=f"{spec.dataset.name}-train", targets=spec.target.name
+            train_ds, hold_ds = log_datasets(
+                spec, src, train_df[keep], hold_df[keep],
+                train_tags={"window_end": lineage["window_end"]},
+                holdout_tags={"holdout_start": lineage["holdout_start"]},
             )
-            hold_ds = mlflow.data.from_pandas(
-                hold_df[keep], source=src, name=f"{spec.dataset.name}-holdout", targets=spec.target.name
-            )
-            mlflow.log_input(train_ds, context="training", tags={"window_end": lineage["window_end"]})
-            mlflow.log_input(hold_ds, context="holdout", tags={"holdout_start": lineage["holdout_start"]})
             lineage["dataset_digests"] = {"train": train_ds.digest, "holdout": hold_ds.digest}
 
             with tempfile.TemporaryDirectory(prefix="rtml-train-") as tmp:
