@@ -136,10 +136,21 @@ class Lake:
                     frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def read_batches(self, dataset: str, kind: str, batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """The accepted rows of the given committed batches (all when None), in batch order."""
+    def read_batches(
+        self,
+        dataset: str,
+        kind: str,
+        batch_ids: Iterable[str] | None = None,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> pd.DataFrame:
+        """The accepted rows of the given committed batches (all when None, or those whose manifest
+        ``keep`` accepts), in batch order."""
         wanted = None if batch_ids is None else set(batch_ids)
-        df = self._read(dataset, kind, None if wanted is None else (lambda m: m["batch_id"] in wanted))
+
+        def chosen(m: dict[str, Any]) -> bool:
+            return (wanted is None or m["batch_id"] in wanted) and (keep is None or keep(m))
+
+        df = self._read(dataset, kind, chosen)
         return df.drop(columns="_batch") if not df.empty else df
 
     def latest_labels(self, spec: ProjectSpec) -> pd.DataFrame:

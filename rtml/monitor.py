@@ -83,7 +83,10 @@ def monitor(
         "reasons": [],
     }
 
-    preds = lake.read_batches(ds, "predictions")
+    # A batch whose newest prediction (watermark) is older than the window has nothing for it.
+    preds = lake.read_batches(
+        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since
+    )
     if not preds.empty:
         preds["time"] = pd.to_datetime(preds["time"], utc=True)
         preds = preds[(preds["time"] >= since) & (preds["time"] < now)]
