@@ -1,9 +1,11 @@
 """The embedded local stack: SeaweedFS (S3), an MLflow server and Airflow 3, all on loopback, no Docker.
 
-Every process runs detached in its own process group, logs to ``<home>/logs/<name>.log`` and is
-recorded in ``<home>/pids/<name>.json``; ``down`` stops only the processes those files name (and
-their children). Data stays on disk under ``<home>`` (``seaweedfs/``, ``mlflow/``, ``airflow/``), so
-``up`` after ``down`` finds the lake, the runs and the registry as they were.
+Every process runs under the state folder's supervisor (:mod:`rtml.supervisor`): in its own process
+group, logging to ``<home>/logs/<name>.log``, restarted with backoff when it dies (``status`` shows
+each restart and the last exit's reason). ``down`` stops only what this state folder's supervisor
+runs, whole process groups and orphans included. Data stays on disk under ``<home>``
+(``seaweedfs/``, ``mlflow/``, ``airflow/``), so ``up`` after ``down`` finds the lake, the runs and
+the registry as they were.
 
 Every port is derived from the settings (``s3_port``, ``mlflow_port``, ``airflow_port``), including
 the ones SeaweedFS and Airflow open for themselves (master, volume, filer, log servers), so two
@@ -19,7 +21,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtml import supervisor
 from rtml.settings import Settings, get_settings
 
 SERVICES = ("s3", "mlflow", "airflow", "serve")
@@ -234,18 +236,6 @@ def _read_secret(path: Path, nbytes: int = 32) -> str:
     return value
 
 
-def _pid_info(pid: int) -> Any:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 class Stack:
     """The local stack of one state folder (``settings.home``)."""
 
@@ -253,10 +243,7 @@ class Stack:
         self.settings = settings or get_settings()
         self.home = self.settings.home
         self.logs = self.home / "logs"
-        self.pids = self.home / "pids"
         self.airflow_home = self.home / "airflow"
-        # Popen handles of processes started by this object, so they can be reaped (no zombies).
-        self._children: dict[str, subprocess.Popen] = {}
 
     # --- layout ----------------------------------------------------------------------------------
     @property
@@ -437,69 +424,36 @@ class Stack:
         except httpx.HTTPError:
             return False
 
-    # --- pid files -------------------------------------------------------------------------------
-    def _pidfile(self, name: str) -> Path:
-        return self.pids / f"{name}.json"
-
-    def _recorded(self, name: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._pidfile(name).read_text())
-        except (OSError, ValueError):
-            return None
+    # --- what the supervisor runs ----------------------------------------------------------------
+    def programs(self) -> dict[str, dict[str, Any]]:
+        """The supervisor's view of each program (pid, state, restarts, last exit); {} when none runs."""
+        return supervisor.read_state(self.home).get("programs", {})
 
     def running_pid(self, name: str) -> int | None:
-        """The pid of ``name`` if its pid file names a live process running the recorded command."""
-        rec = self._recorded(name)
-        if not rec:
-            return None
-        proc = _pid_info(int(rec["pid"]))
-        if proc is None:
-            return None
-        try:
-            # Guard against pid reuse: the live process must still run the recorded executable.
-            cmdline = proc.cmdline()
-        except Exception:
-            return None
-        exe = Path(rec["cmd"][0]).name
-        if not any(Path(part).name == exe or exe in part for part in cmdline[:3]):
-            return None
-        return int(rec["pid"])
+        """The pid of ``name`` if this state folder's supervisor runs it now."""
+        pid = self.programs().get(name, {}).get("pid")
+        return int(pid) if pid else None
+
+    def _recorded(self, name: str) -> bool:
+        return (supervisor.programs_dir(self.home) / f"{name}.json").exists()
 
     # --- start -----------------------------------------------------------------------------------
-    def _spawn(self, proc: Proc) -> int:
+    def _spawn(self, proc: Proc) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.pids.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{proc.name}.log", "ab")  # noqa: SIM115 - handed to the child
-        log.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(proc.cmd)}\n".encode())
-        log.flush()
-        try:
-            # A new session: the process survives the CLI exiting and its whole group can be signalled.
-            child = subprocess.Popen(
-                proc.cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=proc.env,
-                cwd=str(self.home),
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self._children[proc.name] = child
-        self._pidfile(proc.name).write_text(
-            json.dumps({"pid": child.pid, "cmd": proc.cmd, "port": proc.port, "started": time.time()})
-        )
-        return child.pid
+        supervisor.start_supervisor(self.home, env=self.base_env())
+        supervisor.write_program(self.home, proc.name, proc.cmd, proc.env, self.logs / f"{proc.name}.log", self.home)
 
-    def _wait(self, proc: Proc, deadline: float) -> None:
+    def _wait(self, proc: Proc, deadline: float, since: float) -> None:
         while True:
-            child = self._children.get(proc.name)
-            if child is not None and child.poll() is not None:
+            info = self.programs().get(proc.name, {})
+            last = info.get("last_exit")
+            if last and last["at"] >= since:
+                # It died while starting: stop the supervisor's retries and say why.
+                supervisor.remove_program(self.home, proc.name)
                 raise StackError(
-                    f"{proc.name} exited with code {child.returncode} while starting; see its log:\n"
-                    + self.log_tail(proc.name)
+                    f"{proc.name} {last['reason']} while starting; see its log:\n" + self.log_tail(proc.name)
                 )
-            answered = proc.port is None or port_open(self.settings.host, proc.port)
+            answered = info.get("pid") and (proc.port is None or port_open(self.settings.host, proc.port))
             if answered and (proc.ready is None or proc.ready()):
                 return
             if time.monotonic() > deadline:
@@ -559,10 +513,11 @@ class Stack:
             procs = self.procs(service)
             if service == "airflow" and any(self.running_pid(p.name) is None for p in procs):
                 self._airflow_migrate(procs[0].env, timeout=max(30.0, deadline - time.monotonic()))
+            since = time.time()
             for proc in procs:
                 actions[proc.name] = self._start(proc)
             for proc in procs:
-                self._wait(proc, deadline)
+                self._wait(proc, deadline, since)
             if service == "s3":
                 self._ensure_buckets()
                 self._wait_s3_rw(deadline)
@@ -600,73 +555,50 @@ class Stack:
             health = airflow_health(self.settings)
             if health["ok"] and health.get("components"):
                 return
-            for proc in self.procs("airflow"):
-                child = self._children.get(proc.name)
-                if child is not None and child.poll() is not None:
-                    raise StackError(
-                        f"{proc.name} exited with code {child.returncode}:\n" + self.log_tail(proc.name)
-                    )
             if time.monotonic() > deadline:
                 raise StackError(f"Airflow components not healthy in time: {health}")
             time.sleep(1)
 
     # --- stop ------------------------------------------------------------------------------------
-    def _stop(self, targets: dict[str, int], grace: float) -> None:
-        """SIGTERM every target's process group and descendants at once, SIGKILL what outlives ``grace``."""
+    @staticmethod
+    def _kill_family(family: list[Any], grace: float) -> None:
+        """What outlived the supervisor's stop (it should be nothing): SIGTERM, then SIGKILL."""
         import psutil
 
-        # Children may have left the group (or started their own session): collect them too.
-        family = process_family(targets.values())
-        for pid in targets.values():
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
         for p in family:
             try:
                 p.terminate()
             except psutil.NoSuchProcess:
                 pass
         _, alive = psutil.wait_procs(family, timeout=grace)
-        if alive:
-            # weed and uvicorn workers sometimes ignore SIGTERM while draining: force them.
-            for pid in targets.values():
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            for p in alive:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(alive, timeout=5)
-        for name in targets:
-            child = self._children.pop(name, None)
-            if child is not None:
-                try:
-                    child.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
 
     def down(self, services: Iterable[str] | None = None, grace: float = 10) -> dict[str, Any]:
-        """Stop what this state folder's pid files name (all at once; SIGKILL after ``grace`` s)."""
+        """Stop what this state folder's supervisor runs (whole process groups; SIGKILL after ``grace`` s)."""
         wanted = set(services or SERVICES)
         stopped: dict[str, str] = {}
-        targets: dict[str, int] = {}
+        running = self.programs()
         for service in [s for s in reversed(SERVICES) if s in wanted]:
             for proc in reversed(self._proc_names(service)):
-                if self._recorded(proc.name) is None:
+                if not self._recorded(proc.name) and proc.name not in running:
                     continue
-                pid = self.running_pid(proc.name)
-                if pid is not None:
-                    targets[proc.name] = pid
-                    stopped[proc.name] = "stopped"
-                else:
-                    stopped[proc.name] = "was not running"
-        self._stop(targets, grace)
-        for name in stopped:
-            self._pidfile(name).unlink(missing_ok=True)
+                stopped[proc.name] = "stopped" if running.get(proc.name, {}).get("pid") else "was not running"
+                supervisor.remove_program(self.home, proc.name)
+        if list(supervisor.programs_dir(self.home).glob("*.json")):
+            # Other services keep running: the supervisor stops these (their groups, then SIGKILL).
+            deadline = time.monotonic() + grace + 10
+            while any(self.running_pid(n) for n in stopped) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        else:
+            sup = supervisor.supervisor_pid(self.home)
+            family = process_family([sup] if sup else [])
+            supervisor.stop_supervisor(self.home, timeout=grace + 20)
+            self._kill_family([p for p in family if p.is_running()], grace=2)
         return {"ok": True, "stopped": stopped}
 
     def _proc_names(self, service: str) -> list[Proc]:
@@ -684,8 +616,11 @@ class Stack:
 
     # --- status ----------------------------------------------------------------------------------
     def pids_started(self) -> dict[str, int]:
-        """Live processes started by this stack (name -> pid)."""
+        """Live processes started by this stack (name -> pid), the supervisor included."""
         out = {}
+        sup = supervisor.supervisor_pid(self.home)
+        if sup:
+            out["supervisor"] = sup
         for service in SERVICES:
             for proc in self._proc_names(service):
                 pid = self.running_pid(proc.name)
@@ -695,7 +630,18 @@ class Stack:
 
     def status(self) -> dict[str, Any]:
         s = self.settings
-        result: dict[str, Any] = {"home": str(self.home), "logs": str(self.logs), "services": {}}
+        programs = self.programs()
+        result: dict[str, Any] = {
+            "home": str(self.home),
+            "logs": str(self.logs),
+            "supervisor": supervisor.supervisor_pid(self.home),
+            "services": {},
+            # Per process: pid, state, restarts, last exit (reason, time) as the supervisor saw them.
+            "processes": {
+                name: {k: info.get(k) for k in ("pid", "state", "restarts", "last_exit")}
+                for name, info in programs.items()
+            },
+        }
         services = result["services"]
         if s.storage == "s3":
             health = check_s3(s)
@@ -737,9 +683,19 @@ class Stack:
             "healthy": health["ok"],
             "detail": health.get("error") or health.get("detail", ""),
         }
+        for name, info in services.items():
+            procs = [p.name for p in self._proc_names(name)]
+            info["restarts"] = sum(programs.get(p, {}).get("restarts", 0) for p in procs)
+            exits = [(programs[p]["last_exit"], p) for p in procs if programs.get(p, {}).get("last_exit")]
+            last = max(exits, key=lambda e: e[0]["at"]) if exits else None
+            info["last_exit"] = f"{last[1]} {last[0]['reason']} at {_clock(last[0]['at'])}" if last else None
         # The endpoint counts only once started: `up --only s3,mlflow,airflow` is a healthy stack.
         result["ok"] = all(v["healthy"] for k, v in services.items() if k != "serve" or v["pid"])
         return result
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 # --- CLI -----------------------------------------------------------------------------------------
@@ -757,6 +713,8 @@ def _format_status(st: dict[str, Any]) -> str:
         if isinstance(pid, dict):
             pid = ", ".join(f"{k.removeprefix('airflow-')}={v}" for k, v in pid.items())
         lines.append(f"  {name:<8} {mark:<8} {info['url']}  pid {pid}")
+        if info.get("restarts"):
+            lines.append(f"           restarted {info['restarts']}x, last: {info['last_exit']}")
         if info.get("detail"):
             lines.append(f"           {info['detail']}")
         if name == "mlflow":
@@ -818,53 +776,6 @@ def add_commands(sub: Any) -> None:
 
 
 # --- helpers for tests, scripts and benchmarks ---------------------------------------------------
-class TestStack:
-    """A stack for one test session: services start on first ``ensure`` and stop in ``close``."""
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.stack = Stack(settings)
-        self.started: set[str] = set()
-        self.pids_seen: dict[str, int] = {}
-        self.failed: dict[str, str] = {}
-
-    def ensure(self, service: str, timeout: float = 300) -> Settings:
-        """Start ``service`` ("s3", "mlflow" or "airflow") and what it needs; return the settings."""
-        needed = self.stack.services([service])
-        if not set(needed) <= self.started:
-            if service in self.failed:
-                # Fail fast for every later test instead of waiting for the same timeout again.
-                raise StackError(f"{service} failed to start earlier in this session: {self.failed[service]}")
-            try:
-                self.stack.up(needed, timeout=timeout)
-            except Exception as err:
-                self.failed[service] = str(err)
-                raise
-            finally:
-                self.pids_seen.update(self.stack.pids_started())
-            self.started |= set(needed)
-        return self.settings
-
-    def close(self) -> list[str]:
-        """Stop everything; return the descriptions of processes still alive (should be none)."""
-        import psutil
-
-        # Children of the recorded processes too (uvicorn workers, task runners).
-        family = process_family(self.pids_seen.values())
-        self.stack.down()
-        psutil.wait_procs(family, timeout=10)
-        left = []
-        for p in family:
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    left.append(f"{p.pid} {' '.join(p.cmdline()[:3])}")
-            except psutil.NoSuchProcess:
-                pass
-        return left
-
-
 def free_port_block(size: int, host: str = "127.0.0.1", start: int = 20000, end: int = 60000) -> int:
     """A base port such that ``base .. base+size-1`` are all free right now on ``host``."""
     import random

@@ -74,7 +74,7 @@ def rtml_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
 @pytest.fixture(scope="session")
 def stack(rtml_session_env: Settings) -> Iterator[object]:
     """The session's local stack; services start on ``ensure``; everything is stopped at the end."""
-    from rtml.stack import TestStack
+    from support.stack import TestStack
 
     settings = get_settings(refresh=True)
     mp = pytest.MonkeyPatch()

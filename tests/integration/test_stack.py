@@ -143,6 +143,80 @@ def test_s3_refuses_wrong_credentials(s3_settings: Settings):
         client.list_objects_v2(Bucket=s3_settings.lake_bucket)
 
 
+# --- supervision: every component killed with SIGKILL comes back within 30 s ---------------------
+def _heartbeat_after(settings: Settings, component: str, t: float) -> bool:
+    """Airflow's own health endpoint reports a heartbeat of ``component`` newer than ``t``."""
+    from datetime import datetime
+
+    try:
+        health = httpx.get(f"{settings.airflow_url}/api/v2/monitor/health", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    part = health.get(component) or {}
+    beat = part.get(f"latest_{component}_heartbeat")
+    return part.get("status") == "healthy" and bool(beat) and datetime.fromisoformat(beat).timestamp() > t
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "seaweedfs",
+        "mlflow",
+        "rtml-serve",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+    ],
+)
+def test_a_component_killed_with_sigkill_is_restarted_healthy(stack, airflow_settings: Settings, name: str):
+    import time
+
+    from rtml.stack import check_mlflow, check_s3, check_serve
+
+    stack.ensure("serve")
+    s = airflow_settings
+    st = Stack(s)
+    before = st.programs()[name]
+    pid = before["pid"]
+    family = _family([pid])
+    killed_at = time.time()
+    os.kill(pid, 9)
+
+    healthy = {
+        "seaweedfs": lambda: check_s3(s)["ok"],
+        "mlflow": lambda: check_mlflow(s)["ok"],
+        "rtml-serve": lambda: check_serve(s)["ok"],
+        "airflow-api-server": lambda: httpx.get(f"{s.airflow_url}/api/v2/version", timeout=5).status_code == 200,
+        "airflow-scheduler": lambda: _heartbeat_after(s, "scheduler", killed_at),
+        "airflow-dag-processor": lambda: _heartbeat_after(s, "dag_processor", killed_at),
+        "airflow-triggerer": lambda: _heartbeat_after(s, "triggerer", killed_at),
+    }[name]
+    deadline = time.monotonic() + 30
+    while True:
+        now = st.programs().get(name, {})
+        try:
+            ok = bool(now.get("pid")) and now["pid"] != pid and healthy()
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            break
+        assert time.monotonic() < deadline, f"{name} not healthy again 30 s after SIGKILL: {now}"
+        time.sleep(0.5)
+    assert now["restarts"] == before["restarts"] + 1
+    assert now["last_exit"]["reason"] == "killed by SIGKILL" and now["last_exit"]["pid"] == pid
+    # The old process group went with its leader (MLflow's uvicorn workers, the scheduler's workers).
+    psutil.wait_procs([psutil.Process(p) for p in family if psutil.pid_exists(p)], timeout=10)
+    assert not [p for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    status = json.loads(_rtml("stack", "status", "--json").stdout)
+    assert status["processes"][name]["restarts"] == now["restarts"]
+    service = {"seaweedfs": "s3", "mlflow": "mlflow", "rtml-serve": "serve"}.get(name, "airflow")
+    assert status["services"][service]["restarts"] >= 1
+    assert "killed by SIGKILL" in status["services"][service]["last_exit"]
+    assert "restarted" in _rtml("stack", "status").stdout
+
+
 # --- a small stack of its own: idempotent up, persistence, down leaves nothing ----------------------
 @pytest.fixture
 def small_stack(tmp_path_factory: pytest.TempPathFactory, s3_settings: Settings):
@@ -222,7 +296,8 @@ def test_up_twice_no_twins_then_down_leaves_nothing(small_stack):
         port_open(settings.host, p)
         for p in [*seaweed_ports(settings).values(), settings.mlflow_port, settings.serve_port]
     )
-    assert not list((settings.home / "pids").glob("*.json"))
+    assert not (settings.home / "supervisor" / "state.json").exists()
+    assert not list((settings.home / "supervisor" / "programs").glob("*.json"))
 
     again = _rtml("stack", "up", "--only", "s3", "--json", env=env)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from rtml import supervisor
 from rtml.settings import Settings
 from rtml.stack import (
     REPO_ROOT,
@@ -117,19 +122,17 @@ def test_nothing_running_means_no_pids_and_nothing_to_stop(settings):
     assert stack.airflow_password() is None
 
 
-def test_stale_pid_file_is_not_running(settings):
+def test_a_dead_supervisors_state_is_not_running(settings):
     stack = Stack(settings)
-    stack.pids.mkdir(parents=True)
-    # A pid that exists (this test process) but runs another program must not count as ours.
-    import json
-    import os
-
-    (stack.pids / "mlflow.json").write_text(
-        json.dumps({"pid": os.getpid(), "cmd": ["/x/bin/mlflow"], "port": 1})
-    )
+    state = supervisor.state_path(settings.home)
+    state.parent.mkdir(parents=True)
+    # The state file of a supervisor that is gone (a pid that no longer exists) names nothing running.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    state.write_text(json.dumps({"pid": dead.pid, "programs": {"mlflow": {"pid": os.getpid(), "state": "running"}}}))
     assert stack.running_pid("mlflow") is None
-    assert stack.down()["stopped"] == {"mlflow": "was not running"}
-    assert not (stack.pids / "mlflow.json").exists()
+    assert stack.pids_started() == {}
+    assert stack.down() == {"ok": True, "stopped": {}}
 
 
 def test_free_port_block_is_free():

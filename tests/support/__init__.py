@@ -1,0 +1,1 @@
+"""Test support shared by the test modules: the session stack, synthetic data, service helpers."""

@@ -1,0 +1,53 @@
+"""The local stack of one test session (used by the ``stack`` fixture in ``tests/conftest.py``)."""
+
+from __future__ import annotations
+
+from rtml.settings import Settings
+from rtml.stack import Stack, StackError, process_family
+
+
+class TestStack:
+    """A stack for one test session: services start on first ``ensure`` and stop in ``close``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stack = Stack(settings)
+        self.started: set[str] = set()
+        self.pids_seen: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
+
+    def ensure(self, service: str, timeout: float = 300) -> Settings:
+        """Start ``service`` ("s3", "mlflow" or "airflow") and what it needs; return the settings."""
+        needed = self.stack.services([service])
+        if not set(needed) <= self.started:
+            if service in self.failed:
+                # Fail fast for every later test instead of waiting for the same timeout again.
+                raise StackError(f"{service} failed to start earlier in this session: {self.failed[service]}")
+            try:
+                self.stack.up(needed, timeout=timeout)
+            except Exception as err:
+                self.failed[service] = str(err)
+                raise
+            finally:
+                self.pids_seen.update(self.stack.pids_started())
+            self.started |= set(needed)
+        return self.settings
+
+    def close(self) -> list[str]:
+        """Stop everything; return the descriptions of processes still alive (should be none)."""
+        import psutil
+
+        # Children of the recorded processes too (uvicorn workers, task runners).
+        family = process_family(self.pids_seen.values())
+        self.stack.down()
+        psutil.wait_procs(family, timeout=10)
+        left = []
+        for p in family:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.pid} {' '.join(p.cmdline()[:3])}")
+            except psutil.NoSuchProcess:
+                pass
+        return left
