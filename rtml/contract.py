@@ -11,7 +11,22 @@ still gets its own list of reasons.
 Reasons are strings ``"<category>: <detail>"``; manifests count them by category. Categories:
 ``malformed JSON``, ``not a JSON object``, ``malformed CSV row``, ``oversized record``,
 ``file refused``, ``missing field``, ``wrong type``, ``NaN``, ``infinite``, ``out of range``,
-``unknown category``, ``invalid timestamp``, ``duplicate event_id``.
+``unknown category``, ``invalid timestamp``, ``invalid text``, ``unknown field``, ``duplicate event_id``,
+``unprocessable record``.
+
+Hostile input is handled where it is cheap: the parsers turn what pandas cannot hold into markers
+(a number beyond float64 becomes a :class:`BigNumber`, see :mod:`rtml.sources`) and refuse what
+cannot become a row (invalid UTF-8, lone UTF-16 surrogates, duplicate keys, nesting deeper than
+:data:`MAX_DEPTH`); timestamps outside years 1..9999 are invalid. As a last resort,
+:meth:`Contract.validate` isolates any row that still makes validation raise (by bisection, so a
+clean batch pays nothing) and quarantines it as ``unprocessable record``: a batch never crashes
+because of what is in it.
+
+Schema drift: fields that are not in the contract (``unknown_fields``) and contract fields without a
+value (``missing_fields``) are counted per batch; ``ingestion.unknown_fields`` says whether a record
+carrying an unknown field is accepted and reported (``record``, the default), quarantined
+(``quarantine``) or accepted silently (``ignore``: still counted, no alert). An unknown field that
+appears exactly where a contract field is missing is reported as a probable rename.
 
 Conventions a reader must follow: a value that is the string ``"NaN"`` (any case) in an ``object``
 column stands for an IEEE NaN in the input (JSON ``NaN`` literals, Parquet NaN, CSV ``nan``), so
@@ -38,6 +53,26 @@ if TYPE_CHECKING:
 
 LABEL_TIME = "label_time"
 RAW_PREVIEW = 2048  # characters of a refused raw item kept in quarantine
+MAX_DEPTH = 64  # JSON nesting deeper than this is refused at parse time (records are flat)
+# Timestamps a reader can turn into Python datetimes (years 1..9999), in microseconds since the epoch.
+TS_MIN_US = -62135596800 * 1_000_000
+TS_MAX_US = 253402300799 * 1_000_000 + 999_999
+
+
+class BigNumber(str):
+    """A JSON/CSV number that float64 cannot hold (e.g. an integer of 400 digits), kept as its text.
+
+    pandas overflows on such ints, so the parser hands this marker over instead; the contract
+    reports it as ``out of range``."""
+
+    def __repr__(self) -> str:
+        text = str(self)
+        return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates as ``\\udXXX`` escapes (safe to print, log and encode)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class Positions:
@@ -141,11 +176,21 @@ class Column:
 class Validated:
     """The outcome of one validation: accepted rows (as Arrow, written as is), rejects with reasons."""
 
-    def __init__(self, columns: dict[str, pd.Series], schema, rejects: list[dict[str, Any]], records_in: int) -> None:
+    def __init__(
+        self,
+        columns: dict[str, pd.Series],
+        schema,
+        rejects: list[dict[str, Any]],
+        records_in: int,
+        drift: dict[str, Any] | None = None,
+    ) -> None:
         self.columns = columns
         self.schema = schema
         self.rejects = rejects
         self.records_in = records_in
+        # {"unknown_fields": {name: records}, "missing_fields": {name: records}, "renamed": {...},
+        #  "alerts": [...]}: see the module docstring.
+        self.drift = drift or {"unknown_fields": {}, "missing_fields": {}, "renamed": {}, "alerts": []}
         self._table = None
         self._frame = None
 
@@ -179,7 +224,12 @@ class Validated:
 
 
 def _preview(v: Any) -> str:
-    text = repr(v.item() if isinstance(v, np.generic) else v)
+    try:
+        if hasattr(v, "asm8"):  # a pandas Timestamp, maybe of a year Python cannot print
+            v = str(v.asm8) + ("Z" if getattr(v, "tzinfo", None) is not None else "")
+        text = printable(repr(v.item() if isinstance(v, np.generic) else v))
+    except Exception:  # noqa: BLE001 - a preview must never fail a batch
+        text = f"<{type(v).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -197,6 +247,7 @@ class Contract:
         self.kind = kind
         self.event_id = spec.event_id
         self.max_record_bytes = max_record_bytes or spec.ingestion.max_record_bytes
+        self.unknown_fields = spec.ingestion.unknown_fields
         cols: list[Column] = [Column(spec.event_id, "id")]
         if kind == "events":
             cols.append(Column(spec.entity_id, "id"))
@@ -255,8 +306,54 @@ class Contract:
     # --- validation ---------------------------------------------------------------------------
     def validate(self, raw: RawBatch, committed: dict[str, Any] | None = None) -> Validated:
         """Check every row; ``committed`` maps event ids already in the lake to their batch id
-        (for labels: to ``(batch_id, label)``, so that a *different* label is a correction)."""
+        (for labels: to ``(batch_id, label)``, so that a *different* label is a correction).
 
+        Never raises because of the data: a row that makes the checks (or the Arrow conversion of
+        the accepted rows) fail is found by bisection and quarantined as ``unprocessable record``."""
+        try:
+            res = self._validate(raw, committed)
+            res.table  # noqa: B018 - converting now, so that a bad value cannot fail the write later
+            return res
+        except Exception:  # noqa: BLE001 - isolate the rows, below
+            pass
+        n = len(raw.frame)
+        errors: dict[int, str] = {}
+
+        def fails(rows: list[int]) -> bool:
+            try:
+                self._validate(_subset(raw, rows), committed).table  # noqa: B018
+                return False
+            except Exception as err:  # noqa: BLE001
+                if len(rows) == 1:
+                    errors[rows[0]] = f"{type(err).__name__}: {printable(str(err))[:200]}"
+                return True
+
+        def culprits(rows: list[int]) -> list[int]:
+            if not rows or not fails(rows):
+                return []
+            if len(rows) == 1:
+                return rows
+            mid = len(rows) // 2
+            found = culprits(rows[:mid]) + culprits(rows[mid:])
+            # Rows that fail only together: quarantine them all rather than guess.
+            return found or rows
+
+        bad = sorted(culprits(list(range(n))))
+        bad_set = set(bad)
+        res = self._validate(_subset(raw, [i for i in range(n) if i not in bad_set]), committed)
+        res.table  # noqa: B018
+        extra = []
+        for i in bad:
+            try:
+                record = _records(raw.frame, [i])[0]
+                json.dumps(record, default=str)
+            except Exception:  # noqa: BLE001 - keep what can be kept
+                record = {"repr": printable(repr(raw.frame.iloc[i].to_dict()))[:RAW_PREVIEW]}
+            why = errors.get(i, "fails only together with its neighbours")
+            extra.append({"source": raw.source[i], "reasons": [f"unprocessable record: {why}"], "record": record})
+        return Validated(res.columns, res.schema, list(raw.rejects) + res.rejects + extra, raw.records_in, res.drift)
+
+    def _validate(self, raw: RawBatch, committed: dict[str, Any] | None = None) -> Validated:
         frame = raw.frame
         n = len(frame)
         reasons: dict[int, list[str]] = {}
@@ -271,13 +368,16 @@ class Contract:
             limit = self.max_record_bytes
             flag(size > limit, lambda i: f"oversized record: {int(size[i])} bytes > limit {limit}")
 
+        missing: dict[str, np.ndarray] = {}
         for col in self.columns:
             if col.name not in frame.columns:
                 if n and col.required:
                     flag(np.ones(n, dtype=bool), lambda i, c=col.name: f"missing field: {c}")
                 out[col.name] = self._null_column(col, n)
+                missing[col.name] = np.ones(n, dtype=bool)
                 continue
-            out[col.name] = self._check_column(col, frame[col.name], flag)
+            out[col.name], missing[col.name] = self._check_column(col, frame[col.name], flag)
+        drift = self._drift(frame, missing, flag)
 
         ids = out[self.event_id]
         ok = np.ones(n, dtype=bool)
@@ -323,7 +423,46 @@ class Contract:
                 rejects.append({"source": raw.source[i], "reasons": reasons[i], "record": rec})
         # Items refused before parsing go first (they are file- or line-level), then rows in order.
         all_rejects = list(raw.rejects) + rejects
-        return Validated(cols, self.output_schema(), all_rejects, raw.records_in)
+        return Validated(cols, self.output_schema(), all_rejects, raw.records_in, drift)
+
+    def _drift(self, frame: pd.DataFrame, missing: dict[str, np.ndarray], flag) -> dict[str, Any]:
+        """Unknown and missing fields of this batch, probable renames, and the alerts to show."""
+        names = set(self.column_names)
+        unknown: dict[str, int] = {}
+        masks: dict[str, np.ndarray] = {}
+        for c in frame.columns:
+            if c in names:
+                continue
+            present = frame[c].notna().to_numpy(dtype=bool)
+            if present.any():
+                key = printable(str(c))
+                unknown[key] = int(present.sum())
+                masks[key] = present
+        missing_counts = {k: int(v.sum()) for k, v in missing.items() if v.any()}
+        renamed: dict[str, str] = {}
+        for u, present in masks.items():
+            # A contract field missing in every record that carries ``u``: probably ``u`` renamed.
+            for c in self.column_names:
+                m = missing.get(c)
+                if m is not None and m.any() and not (present & ~m).any() and c not in renamed:
+                    renamed[c] = u
+                    break
+        alerts: list[str] = []
+        if self.unknown_fields != "ignore":
+            for u, count in sorted(unknown.items()):
+                was = [c for c, v in renamed.items() if v == u]
+                hint = f" (probably {was[0]!r} renamed: {was[0]!r} is missing in those records)" if was else ""
+                act = "quarantined" if self.unknown_fields == "quarantine" else "accepted, field dropped"
+                alerts.append(f"schema drift: unknown field {u!r} in {count} record(s), {act}{hint}")
+            if self.unknown_fields == "quarantine":
+                for u, present in masks.items():
+                    flag(present, lambda i, u=u: f"unknown field: {u}")
+        return {
+            "unknown_fields": dict(sorted(unknown.items())),
+            "missing_fields": dict(sorted(missing_counts.items())),
+            "renamed": dict(sorted(renamed.items())),
+            "alerts": alerts,
+        }
 
     @staticmethod
     def _null_column(c: Column, n: int) -> pd.Series:
@@ -336,7 +475,8 @@ class Contract:
             return pd.Series(np.nan, index=range(n), dtype="float64")
         return pd.Series([None] * n, dtype=object)
 
-    def _check_column(self, col: Column, s: pd.Series, flag) -> pd.Series:
+    def _check_column(self, col: Column, s: pd.Series, flag) -> tuple[pd.Series, np.ndarray]:
+        """The column in its lake type, and the mask of rows without a value (null or absent)."""
         import pandas as pd
         import pyarrow as pa
 
@@ -357,7 +497,7 @@ class Contract:
             candidates = np.flatnonzero(~null)
             if col.type in ("numeric", "integer") and len(candidates):
                 strs = s.iloc[candidates]
-                strs = strs[strs.map(type).eq(str).to_numpy()] if len(strs) else strs
+                strs = strs[strs.map(lambda v: isinstance(v, str)).to_numpy()] if len(strs) else strs
                 hit = strs.str.strip().str.lower().eq("nan")
                 nan_marker[strs.index[hit.to_numpy()]] = True
         else:
@@ -367,11 +507,18 @@ class Contract:
             flag(null, lambda i: f"missing field: {name}")
 
         if col.type in ("numeric", "integer"):
+            big = np.zeros(len(s), dtype=bool)
             if is_obj:
                 types = s.map(type)
                 bad_type = types.isin([bool, dict, list]).to_numpy()
-                num = pd.to_numeric(s.where(~bad_type & ~nan_marker), errors="coerce")
-                bad_type |= (~null) & num.isna().to_numpy() & ~nan_marker
+                big = types.eq(BigNumber).to_numpy()
+                num = pd.to_numeric(s.where(~bad_type & ~nan_marker & ~big), errors="coerce")
+                bad_type |= (~null) & num.isna().to_numpy() & ~nan_marker & ~big
+                for i in np.flatnonzero(bad_type):
+                    # A numeric string beyond float64 (CSV "1e400", 400 digits) is out of range, not text.
+                    v = s.iat[i]
+                    if isinstance(v, str) and _overflows(v):
+                        big[i], bad_type[i] = True, False
             elif s.dtype == bool:
                 bad_type = np.ones(len(s), dtype=bool)
                 num = pd.Series(np.nan, index=s.index)
@@ -380,6 +527,7 @@ class Contract:
                 bad_type = np.zeros(len(s), dtype=bool)
             flag(bad_type, lambda i: f"wrong type: {name} expected {col.type}, got {_preview(s.iat[i])}")
             flag(nan_marker, lambda i: f"NaN: {name} is NaN")
+            flag(big, lambda i: f"out of range: {name}={_preview(s.iat[i])} is beyond float64")
             values = num.to_numpy(dtype="float64", na_value=np.nan)
             with np.errstate(invalid="ignore"):
                 inf = np.isinf(values)
@@ -394,7 +542,7 @@ class Contract:
             if rng.any():
                 bounds = f"[{_fmt(lo) if col.min is not None else '-inf'}, {_fmt(hi) if col.max is not None else 'inf'}]"
                 flag(rng, lambda i: f"out of range: {name}={_fmt(values[i])} not in {bounds}")
-            return pd.Series(np.where(finite, values, np.nan), dtype="float64")
+            return (pd.Series(np.where(finite, values, np.nan), dtype="float64")), null
 
         if col.type in ("categorical", "label"):
             allowed = list(col.values or ())
@@ -405,7 +553,7 @@ class Contract:
                 known = low.isin(list(keys)).to_numpy()
                 unknown = ~null & ~known
                 flag(unknown, lambda i: f"unknown category: {name}={_preview(s.iat[i])} (allowed: {allowed})")
-                return low.map(keys).where(known, None).astype(object)
+                return (low.map(keys).where(known, None).astype(object)), null
             known = s.isin(allowed)
             known = known.fillna(False).to_numpy(dtype=bool) if arrow_str else known.to_numpy()
             unknown = ~null & ~known
@@ -420,21 +568,21 @@ class Contract:
                     ),
                 )
             if not unknown.any():
-                return s if arrow_str else s.astype(object)
-            return s.where(known, None) if arrow_str else s.where(known, None).astype(object)
+                return (s if arrow_str else s.astype(object)), null
+            return (s.where(known, None) if arrow_str else s.where(known, None).astype(object)), null
 
         if col.type == "boolean":
             mapping = {True: True, False: False, "true": True, "false": False, "1": True, "0": False}
             mapped = s.map(lambda v: mapping.get(v.lower() if isinstance(v, str) else v) if v is not None else None)
             bad = ~null & mapped.isna().to_numpy()
             flag(bad, lambda i: f"wrong type: {name} expected boolean, got {_preview(s.iat[i])}")
-            return mapped.astype(object)
+            return (mapped.astype(object)), null
 
         if col.type == "id":
             if arrow_str:
                 empty = s.eq("").fillna(False).to_numpy(dtype=bool)
                 flag(empty, lambda i: f"missing field: {name} is empty")
-                return s.where(~empty, None) if empty.any() else s
+                return (s.where(~empty, None) if empty.any() else s), null
             if is_obj:
                 types = s.map(type)
                 good = types.isin([str, int, np.int64]).to_numpy()
@@ -450,7 +598,7 @@ class Contract:
                     text = pd.Series([None] * len(s), dtype=object)
             empty = text.eq("").to_numpy()
             flag(empty, lambda i: f"missing field: {name} is empty")
-            return text.where(~empty, None).astype(object)
+            return (text.where(~empty, None).astype(object)), null
 
         if col.type == "timestamp":
             if s.dtype.kind == "M":
@@ -460,12 +608,49 @@ class Contract:
                 # Strings and datetimes (a typed part concatenated with an untyped one); a number is
                 # not a time here (epoch units are ambiguous).
                 strs = s.where(s.map(lambda v: isinstance(v, (str, datetime))), None) if is_obj else s
-                ts = pd.to_datetime(strs, utc=True, errors="coerce", format="ISO8601")
+                try:
+                    ts = pd.to_datetime(strs, utc=True, errors="coerce", format="ISO8601")
+                except Exception:  # noqa: BLE001 - one odd value must not fail the column: one by one
+                    ts = pd.to_datetime(strs.map(_one_time), utc=True)
             bad = ~null & ts.isna().to_numpy()
             flag(bad, lambda i: f"invalid timestamp: {name}={_preview(s.iat[i])} is not an ISO 8601 time")
-            return ts.astype("datetime64[us, UTC]")
+            # Arrow and pandas hold years 0 and 10000+; Python datetimes (and readers) do not.
+            ts = ts.astype("datetime64[us, UTC]")
+            us = np.asarray(ts.array.asi8)
+            far = ~ts.isna().to_numpy() & ((us < TS_MIN_US) | (us > TS_MAX_US))
+            if far.any():
+                flag(far, lambda i: f"invalid timestamp: {name}={_preview(s.iat[i])} is outside years 1..9999")
+                ts = ts.where(~far, pd.NaT)
+            return (ts.astype("datetime64[us, UTC]")), null
 
         raise ValueError(f"unknown column type {col.type!r} for {name!r}")
+
+
+def _overflows(text: str) -> bool:
+    """A finite numeric literal that float64 cannot hold."""
+    t = text.strip().lower().lstrip("+-")
+    if t in ("inf", "infinity", "nan") or not t:
+        return False
+    try:
+        return math.isinf(float(t))
+    except (ValueError, OverflowError):
+        return False
+
+
+def _one_time(v: Any) -> Any:
+    import pandas as pd
+
+    try:
+        return pd.to_datetime(v, utc=True, format="ISO8601")
+    except Exception:  # noqa: BLE001
+        return pd.NaT
+
+
+def _subset(raw: RawBatch, rows: list[int]) -> RawBatch:
+    """The given rows of a batch (for isolating a row that makes validation fail)."""
+    frame = raw.frame.iloc[rows].reset_index(drop=True)
+    size = None if raw.size is None else np.asarray(raw.size)[rows]
+    return RawBatch(frame, Positions().add_names([raw.source[i] for i in rows]), size)
 
 
 def _as_bool(mask: pd.Series) -> np.ndarray:
@@ -525,5 +710,27 @@ def _is_missing(v: Any) -> bool:
 
 def quarantine_lines(rejects: list[dict[str, Any]]) -> bytes:
     """Rejected items as JSON lines with fixed key order (same input, same bytes)."""
-    lines = [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str, allow_nan=False) for r in rejects]
-    return ("\n".join(lines) + "\n").encode() if lines else b""
+    lines = [_dump(r) for r in rejects]
+    # Lone surrogates (only possible inside JSON strings) become \\udXXX escapes: the line stays
+    # valid JSON and reads back as the very same string.
+    return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace") if lines else b""
+
+
+def _dump(item: dict[str, Any]) -> str:
+    try:
+        return json.dumps(item, sort_keys=True, ensure_ascii=False, default=str, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(_safe(item), sort_keys=True, ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _safe(v: Any, depth: int = 0) -> Any:
+    """A JSON-compliant copy: non-finite floats as strings, nesting cut at MAX_DEPTH."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        return printable(repr(v))[:RAW_PREVIEW]
+    if isinstance(v, dict):
+        return {str(k): _safe(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_safe(x, depth + 1) for x in v]
+    return v

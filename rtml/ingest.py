@@ -185,6 +185,9 @@ def ingest_batch(
         "watermark": _iso(span["max"]),
         "columns": table.column_names,
         "schema_hash": spec.schema_hash(),
+        "unknown_fields": result.drift["unknown_fields"],
+        "missing_fields": result.drift["missing_fields"],
+        "renamed": result.drift["renamed"],
         "source": batch.position,
     }
     ref = lake.write_manifest(ds, kind, bid, manifest)
@@ -195,6 +198,9 @@ def ingest_batch(
         f"{ds}/{kind} batch {bid}: {result.records_in} in, {n_acc} accepted, {len(rejects)} quarantined"
         + (f" ({', '.join(f'{k}: {v}' for k, v in result.reason_counts.items())})" if rejects else "")
     )
+    alerts = list(result.drift["alerts"])
+    if alerts:
+        msg += "".join(f"\n  ALERT {a}" for a in alerts)
     return {
         "ok": True,
         "dataset": ds,
@@ -209,6 +215,10 @@ def ingest_batch(
         "quarantined": len(rejects),
         "reasons": result.reason_counts,
         "watermark": manifest["watermark"],
+        "unknown_fields": manifest["unknown_fields"],
+        "missing_fields": manifest["missing_fields"],
+        "renamed": manifest["renamed"],
+        "alerts": alerts,
         "source": {k: v for k, v in batch.position.items() if k != "files"} | batch.info,
         "message": msg,
     }

@@ -31,12 +31,15 @@ ranges; ``commit`` calls ``consumer.commit(offsets=..., asynchronous=False)`` af
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import math
 import os
 import re
 import socket
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from rtml.contract import Contract, Positions, RawBatch, refused
+from rtml.contract import BigNumber, Contract, Positions, RawBatch, printable, refused
 from rtml.settings import Settings, get_settings
 from rtml.storage import ObjectStore, open_store
 
@@ -55,6 +58,9 @@ LANDING_PREFIX = "landing"
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 KEY_TIME_RE = re.compile(r"^(\d{8}T\d{6})(?:\.(\d{1,6}))?Z")
 DEFAULT_GROUP = "rtml-ingest"
+MAX_GUNZIP_BYTES = 1 << 30  # a gzip landing file may not decompress to more than this
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # --- parsing one file / payload -------------------------------------------------------------------
@@ -89,10 +95,91 @@ def _nan_to_marker(table) -> pd.DataFrame:
     return frame
 
 
+class NaNMarker(str):
+    """A JSON ``NaN`` literal (the contract's NaN marker, see :mod:`rtml.contract`), told apart from
+    the string ``"NaN"`` where that matters (ids)."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+NAN = NaNMarker("NaN")
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, float) and v != v:
-        return "NaN"
+        return NAN
     return v
+
+
+class _Refuse(ValueError):
+    """A line that parses but cannot be a record; the message is the quarantine reason."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Refuse(f"malformed JSON: duplicate key {printable(dup)!r}")
+    return d
+
+
+def _parse_int(text: str) -> Any:
+    # Ints beyond int64 overflow pandas (and 4300+ digits overflow int()): keep them as text.
+    return int(text) if len(text) < 19 else (BigNumber(text) if len(text) > 300 else _bounded_int(text))
+
+
+def _bounded_int(text: str) -> Any:
+    v = int(text)
+    return v if -(2**63) <= v < 2**63 else BigNumber(text)
+
+
+def _parse_float(text: str) -> Any:
+    v = float(text)
+    return BigNumber(text) if math.isinf(v) else v
+
+
+def _lone_surrogate(rec: Any) -> str | None:
+    """The path of the first string (key or value) holding a lone UTF-16 surrogate, if any."""
+    stack: list[tuple[Any, str]] = [(rec, "")]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return path or "(value)"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                name = f"{path}.{k}" if path else k
+                if _SURROGATE.search(k):
+                    return f"key {name!r}"
+                stack.append((x, name))
+        elif isinstance(v, list):
+            stack.extend((x, f"{path}[{j}]") for j, x in enumerate(v))
+    return None
+
+
+def _load_record(raw: bytes) -> dict[str, Any]:
+    """One JSON line -> a flat record, or :class:`_Refuse` with the quarantine reason."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _Refuse(f"malformed JSON: invalid UTF-8 at byte {err.start}") from None
+    try:
+        rec = json.loads(text, object_pairs_hook=_pairs, parse_int=_parse_int, parse_float=_parse_float)
+    except _Refuse:
+        raise
+    except RecursionError:
+        raise _Refuse("malformed JSON: nested too deeply") from None
+    except ValueError as err:
+        raise _Refuse(f"malformed JSON: {printable(str(err))}") from None
+    if not isinstance(rec, dict):
+        raise _Refuse(f"not a JSON object: got {type(rec).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate(rec)
+        if where is not None:
+            raise _Refuse(f"invalid text: lone UTF-16 surrogate in {where} (not encodable as UTF-8)")
+    return {k: _json_value(v) for k, v in rec.items()}
 
 
 def parse_jsonl(data: bytes, label: str, contract: Contract, names: list[str] | None = None) -> RawBatch:
@@ -104,18 +191,17 @@ def parse_jsonl(data: bytes, label: str, contract: Contract, names: list[str] | 
     starts, lengths = _line_spans(data)
     limit = contract.max_record_bytes
     n = len(lengths)
-    if n and lengths.min() > 0 and lengths.max() <= limit:
+    if n and lengths.min() > 0 and lengths.max() <= limit and _is_utf8(data):
         try:
             import pyarrow.json as pj
 
             table = pj.read_json(
                 io.BytesIO(data),
                 read_options=pj.ReadOptions(block_size=max(1 << 20, min(len(data) + 1, 1 << 26))),
-                parse_options=pj.ParseOptions(
-                    explicit_schema=contract.arrow_schema(), unexpected_field_behavior="ignore"
-                ),
+                # Unknown fields are inferred (not dropped), so that schema drift is counted.
+                parse_options=pj.ParseOptions(explicit_schema=contract.arrow_schema(), unexpected_field_behavior="infer"),
             )
-            if table.num_rows == n:
+            if table.num_rows == n and not _has_inf(table) and not _null_lines(table, data, starts, lengths):
                 pos = Positions().add_names(names) if names else Positions().add_lines(label, np.arange(1, n + 1))
                 return RawBatch(_nan_to_marker(table), pos, lengths.astype(np.int64))
         except Exception:  # noqa: BLE001 - anything odd: take the careful path below
@@ -137,14 +223,14 @@ def parse_jsonl(data: bytes, label: str, contract: Contract, names: list[str] | 
             rejects.append(refused(where, f"oversized record: {ln} bytes > limit {limit}", raw))
             continue
         try:
-            rec = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            rejects.append(refused(where, f"malformed JSON: {err}", raw))
+            rec = _load_record(raw)
+        except _Refuse as err:
+            rejects.append(refused(where, str(err), raw))
             continue
-        if not isinstance(rec, dict):
-            rejects.append(refused(where, f"not a JSON object: got {type(rec).__name__}", raw))
+        except Exception as err:  # noqa: BLE001 - whatever else a line does, it is refused alone
+            rejects.append(refused(where, f"malformed JSON: {type(err).__name__}: {printable(str(err))[:200]}", raw))
             continue
-        records.append({k2: _json_value(v) for k2, v in rec.items()})
+        records.append(rec)
         sizes.append(ln)
         if names:
             kept_names.append(where)
@@ -157,12 +243,65 @@ def parse_jsonl(data: bytes, label: str, contract: Contract, names: list[str] | 
     return RawBatch(frame, pos, np.asarray(sizes, dtype=np.int64), rejects)
 
 
+def _is_utf8(data: bytes) -> bool:
+    # Arrow's JSON reader does not check the UTF-8 of string values: the careful path does, per line.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _null_lines(table, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> bool:
+    """Arrow reads a ``null`` line as a row of nulls: is there one (the careful path refuses it)?"""
+    import pyarrow.compute as pc
+
+    empty = None
+    for col in table.columns:
+        nul = pc.is_null(col)
+        empty = nul if empty is None else pc.and_(empty, nul)
+    if empty is None or not pc.any(empty).as_py():
+        return False
+    rows = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
+    return any(data[starts[i] : starts[i] + lengths[i]].strip() != b"{}" for i in rows)
+
+
+def _has_inf(table) -> bool:
+    """Infinity in a float column of a JSON read: JSON has no such value, so a literal overflowed
+    float64; the careful path tells it apart (out of range) from real infinities."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for col in table.columns:
+        if pa.types.is_floating(col.type) and pc.any(pc.is_inf(col)).as_py():
+            return True
+    return False
+
+
 def parse_csv(data: bytes, label: str, contract: Contract) -> RawBatch:
     """CSV with a header row; every value read as text and typed by the contract."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
+    # Lines that are not UTF-8 are refused one by one; the rest of the file goes on.
+    old_line: np.ndarray | None = None  # physical line number (1-based) of each line of ``data``
+    bad_text: list[tuple[int, bytes]] = []
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        lines_ = data.split(b"\n")
+        keep = []
+        for k, ln in enumerate(lines_):
+            try:
+                ln.decode("utf-8")
+                keep.append(k)
+            except UnicodeDecodeError:
+                bad_text.append((k + 1, ln))
+        if bad_text and bad_text[0][0] == 1:
+            return RawBatch.concat([_refuse_file(label, "the CSV header row is not UTF-8 text", data)])
+        data = b"\n".join(lines_[k] for k in keep)
+        old_line = np.asarray(keep, dtype=np.int64) + 1
     header_line = data.split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
     header = next(csv.reader([header_line]), [])
     if not header or any(not h for h in header):
@@ -194,9 +333,17 @@ def parse_csv(data: bytes, label: str, contract: Contract) -> RawBatch:
         if line not in skipped:
             lines.append(line)
         line += 1
+
+    def physical(num: int | None) -> int | None:
+        return num if old_line is None or num is None or num > len(old_line) else int(old_line[num - 1])
+
     rejects = [
-        refused(f"{label}:{num}", f"malformed CSV row: expected {len(header)} fields", text) for num, text in bad_rows
+        refused(f"{label}:{physical(num)}", f"malformed CSV row: expected {len(header)} fields", text)
+        for num, text in bad_rows
     ]
+    rejects += [refused(f"{label}:{num}", "malformed CSV row: not UTF-8 text", text) for num, text in bad_text]
+    if old_line is not None:
+        lines = [physical(x) for x in lines]
     frame = table.to_pandas()
     return RawBatch(frame, Positions().add_lines(label, np.asarray(lines)), size, rejects)
 
@@ -237,14 +384,61 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
+def _gunzip(key: str, data: bytes) -> tuple[bytes | None, RawBatch | None]:
+    """The content of a ``.gz`` file, and what to refuse of it (a truncated or corrupt tail)."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, MAX_GUNZIP_BYTES)
+    except zlib.error as err:
+        return None, _refuse_file(key, f"corrupt gzip file: {err}", data)
+    if d.unconsumed_tail:
+        return None, _refuse_file(key, f"gzip file decompresses to more than {MAX_GUNZIP_BYTES} bytes")
+    if d.eof:
+        return out, None
+    # Truncated: keep the complete lines, refuse the unfinished last one (and say so).
+    cut = out.rfind(b"\n") + 1
+    tail = out[cut:]
+    return out[:cut], _refuse_file(
+        key, f"truncated gzip file: {len(data)} bytes give {len(out)} bytes before the end; the unfinished "
+        f"last line ({len(tail)} bytes) is refused", tail or None)
+
+
 def parse_file(key: str, data: bytes, contract: Contract) -> RawBatch:
-    """One landing file -> RawBatch, refusing files whose content is not what the name says."""
-    ext = os.path.splitext(key)[1].lower()
+    """One landing file -> RawBatch, refusing what cannot be read (a whole file, a line, a row)
+    with a reason; never raises because of the content."""
+    try:
+        return _parse_file(key, data, contract)
+    except Exception as err:  # noqa: BLE001 - a parser bug must not fail the batch: refuse the file
+        return _refuse_file(key, f"unreadable file: {type(err).__name__}: {printable(str(err))[:200]}")
+
+
+def _parse_file(key: str, data: bytes, contract: Contract) -> RawBatch:
+    name = key.lower()
+    gz = name.endswith(".gz")
+    ext = os.path.splitext(name[:-3] if gz else name)[1]
     fmt = FORMATS.get(ext)
     if fmt is None:
-        return _refuse_file(key, f"unsupported file type {ext or '(none)'!r}; expected .jsonl, .csv or .parquet")
+        return _refuse_file(
+            key, f"unsupported file type {ext or '(none)'!r}; expected .jsonl, .csv or .parquet (optionally .gz)"
+        )
     if not data:
         return RawBatch.concat([])
+    if not gz:
+        return _parse_content(key, ext, fmt, data, contract)
+    content, tail = _gunzip(key, data)
+    if content is None:
+        return tail
+    if tail is not None and fmt == "parquet":
+        return tail
+    body = _parse_content(key, ext, fmt, content, contract) if content else RawBatch.concat([])
+    return RawBatch.concat([body, tail]) if tail is not None else body
+
+
+def _parse_content(key: str, ext: str, fmt: str, data: bytes, contract: Contract) -> RawBatch:
+    if fmt != "parquet" and data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]  # a byte order mark is not part of the first record
+        if not data:
+            return RawBatch.concat([])
     sniffed = _sniff(data)
     if fmt == "parquet":
         if not (data[:4] == b"PAR1" and data[-4:] == b"PAR1"):
@@ -253,26 +447,29 @@ def parse_file(key: str, data: bytes, contract: Contract) -> RawBatch:
         try:
             return parse_parquet(data, key, contract)
         except Exception as err:  # noqa: BLE001 - a corrupt file is refused, the batch goes on
-            return _refuse_file(key, f"unreadable Parquet file: {err}")
+            return _refuse_file(key, f"unreadable Parquet file: {printable(str(err))[:300]}")
     if sniffed in ("parquet", "gzip", "zip"):
         return _refuse_file(key, f"named {ext} but is a {sniffed} file", data)
-    if not _is_text(data):
-        return _refuse_file(key, f"named {ext} but is not UTF-8 text", data)
+    if not _is_text(data, strict=False):
+        return _refuse_file(key, f"named {ext} but is not text (it holds NUL bytes)", data)
     if fmt == "csv":
         if sniffed == "jsonl":
             return _refuse_file(key, f"named {ext} but looks like JSON lines, not CSV", data)
         try:
             return parse_csv(data, key, contract)
         except Exception as err:  # noqa: BLE001
-            return _refuse_file(key, f"unreadable CSV file: {err}", data)
+            return _refuse_file(key, f"unreadable CSV file: {printable(str(err))[:300]}", data)
     return parse_jsonl(data, key, contract)
 
 
-def _is_text(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+def _is_text(data: bytes, strict: bool = True) -> bool:
+    """Text (not binary data); ``strict``: valid UTF-8 throughout. Non-strict callers refuse the
+    lines that are not UTF-8 one by one."""
+    if strict:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
     return b"\x00" not in data[:4096]
 
 
@@ -526,7 +723,13 @@ class RedisStreamSource:
         parts = []
         for k, (i, fields) in enumerate(entries):
             if k in flat:
-                rec = {_s(a): _s(b) for a, b in fields.items()}
+                try:
+                    rec = {_s(a): _s(b) for a, b in fields.items()}
+                except UnicodeDecodeError as err:
+                    raw = b" ".join(bytes(a) + b"=" + bytes(b) for a, b in fields.items())
+                    parts.append(RawBatch(pd.DataFrame(), Positions(), np.zeros(0, dtype=np.int64),
+                                          [refused(i, f"malformed record: invalid UTF-8 in a field ({err.reason})", raw)]))
+                    continue
                 size = sum(len(a) + len(b) for a, b in fields.items())
                 parts.append(RawBatch(pd.DataFrame([rec]), Positions().add_names([i]), np.asarray([size])))
             else:

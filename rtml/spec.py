@@ -131,6 +131,12 @@ class Ingestion(_Model):
     interval_minutes: int = Field(default=5, ge=1)
     max_record_bytes: int = Field(default=65536, ge=64)
     formats: list[Literal["jsonl", "csv", "parquet"]] = ["jsonl", "csv", "parquet"]
+    # Fields not in the contract: accept and report them (record), quarantine the records that carry
+    # them (quarantine), or accept them silently (ignore: still counted in the manifest, no alert).
+    unknown_fields: Literal["quarantine", "record", "ignore"] = "record"
+    # Redis: an entry delivered this many times without being committed is quarantined as a dead
+    # letter and acknowledged, so one poison entry cannot wedge the stream.
+    max_deliveries: int = Field(default=3, ge=1)
 
 
 class Dataset(_Model):
