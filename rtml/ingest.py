@@ -235,19 +235,29 @@ def ingest_interval(
     landing_uri: str | None = None,
     settle_seconds: float = SETTLE_SECONDS,
 ) -> dict[str, Any]:
-    """The landing-zone batch of the data interval ``[start, end)``.
+    """The landing-zone batch of the data interval ``[start, end)``: every landing file keyed
+    before ``end`` that no committed batch consumed yet (see :mod:`rtml.sources`, the ledger).
 
-    A run that starts right at the end of its interval first waits ``settle_seconds`` past it, so
-    a file keyed just before the end whose upload is still finishing is not missed."""
+    An interval that has not closed yet is refused (:class:`~rtml.sources.IntervalNotClosed`). A run
+    that starts right at the end of its interval first waits ``settle_seconds`` past it, so a file
+    keyed just before the end whose upload is still finishing is not left to the next batch."""
     import time
 
-    from rtml.sources import LandingSource, landing_store
+    from rtml.lake import Lake
+    from rtml.sources import IntervalNotClosed, LandingSource, landing_store
 
-    wait = (end + timedelta(seconds=settle_seconds) - datetime.now(UTC)).total_seconds()
+    now = datetime.now(UTC)
+    if end > now:
+        raise IntervalNotClosed(
+            f"the interval [{start.isoformat()}, {end.isoformat()}) has not closed yet (it ends in "
+            f"{(end - now).total_seconds():.0f}s): files may still arrive in it; ingest it after its end"
+        )
+    wait = (end + timedelta(seconds=settle_seconds) - now).total_seconds()
     if 0 < wait <= settle_seconds:
         time.sleep(wait)
     settings = settings or get_settings()
-    source = LandingSource(landing_store(settings, landing_uri), spec.dataset.name, kind, start, end)
+    lake = lake or Lake(settings)
+    source = LandingSource(landing_store(settings, landing_uri), spec.dataset.name, kind, start, end, lake.store)
     return ingest_batch(spec, kind, source, lake=lake, settings=settings)
 
 

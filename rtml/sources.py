@@ -8,12 +8,30 @@ A :class:`Source` hands out one batch at a time and is told when that batch is d
 * ``commit(batch)``: called after the batch manifest is written; the source may then forget it.
 
 **Landing zone** (:class:`LandingSource`): producers drop files under
-``landing/<dataset>/<kind>/date=YYYY-MM-DD/<YYYYMMDDTHHMMSS.ffffff>Z-<tag>.<jsonl|csv|parquet>`` in
-the lake's object store. The timestamp in the key is the file's *arrival time*; the batch for the
-data interval ``[start, end)`` is exactly the files whose key time is in the interval, so re-running
-(or backfilling) an interval reads the same files. Files are immutable and never moved: ``commit``
-does nothing, the manifest lists the files it consumed. Keys without a leading timestamp are not
-part of any interval.
+``landing/<dataset>/<kind>/date=YYYY-MM-DD/<YYYYMMDDTHHMMSS.ffffff>Z-<tag>.<jsonl|csv|parquet>[.gz]``
+in the lake's object store; the timestamp in the key is the file's *arrival time*. Files are
+immutable and never moved. No file is ever skipped, whatever happened to the schedule:
+
+* **The ledger.** Every landing batch manifest lists the files it consumed; the set of ingested
+  files is the union of those lists over the *committed* manifests of the kind. Because the manifest
+  is the commit point, the ledger can never disagree with the lake: a batch that crashed before its
+  manifest consumed nothing. ``<dataset>/_ledger/<kind>/landing.json`` is only a cache of that union
+  (the manifests already read), rebuilt from the manifests when missing or unreadable.
+* **A batch sweeps.** The batch of the data interval ``[start, end)`` is every landing file whose key
+  time is *before* ``end`` and that is not in the ledger: the files of its own interval, plus any
+  file an earlier interval missed (the scheduler was down, the DAG paused, a run failed for good,
+  an upload finished after its interval was ingested). So ``catchup=False`` loses nothing: the next
+  run takes it all, exactly once.
+* **Idempotent retries.** A batch whose manifest exists is re-run on exactly the files its manifest
+  lists (same keys, same bytes); its file list never changes after the first commit, so a later
+  file goes to the next batch, never to two. A backfill of an interval never ingested takes only
+  the files before its end that nothing consumed yet (often none: later runs swept them).
+* Ingest one kind at a time (the DAG runs one run at a time): two concurrent sweeps could both take
+  a new file. An interval that has not closed yet is refused (:class:`IntervalNotClosed`).
+
+Costs: each batch lists the landing prefix and the manifest names of its kind, and reads the
+manifests that are not in the cache yet (usually one). Keys without a leading timestamp are not
+part of any batch (they are reported in ``position["unkeyed"]``).
 
 **Redis Streams** (:class:`RedisStreamSource`): one stream per dataset and kind
 (``rtml:<dataset>:<kind>``), one entry per record (field ``data`` = the JSON record; entries without
@@ -524,25 +542,80 @@ def key_time(key: str) -> datetime | None:
     return base + timedelta(microseconds=int(frac.ljust(6, "0"))) if frac else base
 
 
-class LandingSource:
-    """The files that arrived in the data interval ``[start, end)``."""
+class IntervalNotClosed(ValueError):
+    """An interval whose end is still in the future: its files may still arrive."""
 
-    def __init__(self, store: ObjectStore, dataset: str, kind: str, start: datetime, end: datetime) -> None:
+
+class LandingSource:
+    """The landing files of the batch of the data interval ``[start, end)``: see the module docstring."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        dataset: str,
+        kind: str,
+        start: datetime,
+        end: datetime,
+        lake_store: ObjectStore | None = None,
+    ) -> None:
         self.store, self.dataset, self.kind = store, dataset, kind
         self.start, self.end = _as_utc(start), _as_utc(end)
         if self.end <= self.start:
             raise ValueError(f"empty data interval: end {self.end.isoformat()} is not after start {self.start.isoformat()}")
+        # Where the manifests (the ledger) are: the lake's store, by default the landing one.
+        self.lake_store = lake_store or store
+        self.batch_id = batch_id_for_interval(self.start, self.end)
+        self.unkeyed: list[str] = []
+
+    # --- the ledger -----------------------------------------------------------------------------
+    def _manifest_key(self, batch_id: str) -> str:
+        return f"{self.dataset}/_manifests/{self.kind}/{batch_id}.json"
+
+    def _ledger_key(self) -> str:
+        return f"{self.dataset}/_ledger/{self.kind}/landing.json"
+
+    def _manifest_files(self, batch_id: str) -> list[str] | None:
+        """The landing files a committed manifest lists (None: not a landing batch)."""
+        try:
+            m = json.loads(self.lake_store.get(self._manifest_key(batch_id)))
+        except Exception:  # noqa: BLE001 - unreadable manifests are not part of the lake
+            return None
+        src = m.get("source") or {}
+        if src.get("type") != "landing":
+            return None
+        return [f["key"] for f in src.get("files", [])]
+
+    def ledger(self) -> dict[str, str]:
+        """Every landing file consumed by a committed batch of this kind -> that batch's id."""
+        prefix = f"{self.dataset}/_manifests/{self.kind}/"
+        committed = sorted(k[len(prefix) : -len(".json")] for k in self.lake_store.list(prefix) if k.endswith(".json"))
+        try:
+            cache = json.loads(self.lake_store.get(self._ledger_key()))["batches"]
+            assert isinstance(cache, dict)
+        except Exception:  # noqa: BLE001 - missing or unreadable: rebuilt from the manifests
+            cache = {}
+        known = {b: cache[b] for b in committed if b in cache}
+        new = [b for b in committed if b not in known]
+        for b in new:
+            known[b] = self._manifest_files(b) or []
+        if new or len(known) != len(cache):
+            body = json.dumps({"batches": known}, sort_keys=True, separators=(",", ":")).encode()
+            self.lake_store.put(self._ledger_key(), body)
+        return {key: b for b, keys in known.items() for key in keys}
 
     def keys(self) -> list[str]:
-        out = []
-        day = self.start.date()
-        last = (self.end - timedelta(microseconds=1)).date()
-        while day <= last:
-            for key in self.store.list(f"{landing_prefix(self.dataset, self.kind)}/date={day:%Y-%m-%d}"):
-                t = key_time(key)
-                if t is not None and self.start <= t < self.end:
-                    out.append(key)
-            day += timedelta(days=1)
+        """The files of this batch, oldest key time first."""
+        own = self._manifest_files(self.batch_id) if self.lake_store.exists(self._manifest_key(self.batch_id)) else None
+        if own is not None:
+            return sorted(own, key=lambda k: (key_time(k) or self.end, k))  # a re-run: the same files
+        consumed = self.ledger()
+        out, self.unkeyed = [], []
+        for key in self.store.list(landing_prefix(self.dataset, self.kind)):
+            t = key_time(key)
+            if t is None:
+                self.unkeyed.append(key)
+            elif t < self.end and key not in consumed:
+                out.append(key)
         return sorted(out, key=lambda k: (key_time(k), k))
 
     def read(self, contract: Contract) -> SourceBatch:
@@ -560,10 +633,12 @@ class LandingSource:
             "interval": [self.start.isoformat(), self.end.isoformat()],
             "files": files,
         }
-        return SourceBatch(batch_id_for_interval(self.start, self.end), raw, position)
+        late = [f["key"] for f in files if key_time(f["key"]) < self.start]
+        info = {"files": len(files), "late_files": len(late), "unkeyed_files": len(self.unkeyed)}
+        return SourceBatch(self.batch_id, raw, position, info)
 
     def commit(self, batch: SourceBatch) -> None:
-        """Landing files are immutable and stay where they are; the manifest lists them."""
+        """Landing files are immutable and stay where they are; the manifest lists them (the ledger)."""
 
 
 # --- Redis Streams ------------------------------------------------------------------------------------

@@ -217,3 +217,99 @@ def test_producer_is_seeded_and_scenarios_apply():
 def test_last_interval_is_aligned():
     start, end = last_interval(datetime(2026, 11, 25, 12, 7, 31, tzinfo=UTC), 5)
     assert (start, end) == (datetime(2026, 11, 25, 12, 0, tzinfo=UTC), datetime(2026, 11, 25, 12, 5, tzinfo=UTC))
+
+
+# --- the landing ledger: no file skipped, none taken twice ------------------------------------------
+def _ingested_files(lake: Lake) -> list[str]:
+    return [f["key"] for m in lake.manifests(DS, "events") for f in m["source"]["files"]]
+
+
+def test_missed_intervals_are_swept_by_the_next_run_exactly_once(settings):
+    """The scheduler was down for 12:00-12:10: the 12:10 run takes every file keyed before its end."""
+    produce(settings, rows=900, bad_fraction=0.02)  # 12:00-12:15, one file a minute
+    lake = Lake(settings)
+    third = ingest_interval(SPEC, "events", T0 + 2 * FIVE, T0 + 3 * FIVE, settings=settings, lake=lake)
+    assert third["records_in"] == 900 and third["source"]["late_files"] == 10
+    # Backfilling the missed intervals afterwards finds nothing left: no file is taken twice.
+    for k in range(2):
+        again = ingest_interval(SPEC, "events", T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+        assert again["records_in"] == 0
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 15
+    events = lake.read_batches(DS, "events")
+    assert len(events) == third["accepted"] and events[SPEC.event_id].is_unique
+    assert sum(m["records_in"] for m in lake.manifests(DS, "events")) == 900
+
+
+def test_a_file_landing_in_an_ingested_interval_goes_to_the_next_batch(settings):
+    produce(settings, rows=300)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    before = lake_bytes(settings)
+    # A slow upload: keyed inside the first interval, visible only after that interval was ingested.
+    late = prod.build(SPEC, rows=20, start=T0 + timedelta(seconds=100), seed=99)[0]
+    landing_store(settings).put(landing_key(DS, "events", T0 + timedelta(seconds=120), "slow", "jsonl"),
+                                late.to_json(orient="records", lines=True, date_format="iso").encode())
+    # A retry of the first interval rewrites the same batch (its file list is fixed once committed)...
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    assert lake_bytes(settings) == {**before, **{k: v for k, v in lake_bytes(settings).items() if "_ledger" in k}}
+    # ...and the next interval takes the late file.
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert (nxt["records_in"], nxt["accepted"], nxt["source"]["late_files"]) == (20, 20, 1)
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 6
+    assert len(lake.read_batches(DS, "events")) == 320
+
+
+def test_crashed_interval_is_taken_by_a_later_run_and_its_retry_takes_nothing(settings, tmp_path):
+    produce(settings, rows=300)
+    env = {**os.environ, "RTML_STORAGE": "local", "RTML_HOME": str(tmp_path), "RTML_LAKE_URI": settings.lake_uri,
+           "RTML_TEST_CRASH_AFTER_WRITE": "data"}
+    cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",
+           "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(), "--json"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 75
+    lake = Lake(settings)
+    # Retries ran out; the next interval's run ingests the files the crashed one had read.
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert nxt["records_in"] == 300
+    env.pop("RTML_TEST_CRASH_AFTER_WRITE")
+    late = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert late.returncode == 0, late.stderr
+    assert json.loads(late.stdout)["events"]["records_in"] == 0
+    # The crashed attempt's data files were replaced by an empty batch: nothing is visible twice.
+    assert len(lake.read_batches(DS, "events")) == 300
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 5
+
+
+def test_ledger_cache_is_rebuilt_from_the_manifests(settings):
+    produce(settings, rows=600)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    cache = f"{DS}/_ledger/events/landing.json"
+    lake.store.put(cache, b"\xff not json")
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert nxt["records_in"] == 300 and nxt["source"]["late_files"] == 0
+    # Rebuilt while reading the second batch: it holds the batches committed before it.
+    assert list(json.loads(lake.store.get(cache))["batches"]) == ["20261125T120000-20261125T120500"]
+
+
+def test_an_interval_that_has_not_closed_is_refused(settings, capsys, monkeypatch, tmp_path):
+    from rtml.cli import main
+    from rtml.settings import get_settings
+    from rtml.sources import IntervalNotClosed
+
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    with pytest.raises(IntervalNotClosed, match="has not closed yet"):
+        ingest_interval(SPEC, "events", end - FIVE, end, settings=settings)
+    assert Lake(settings).manifests(DS, "events") == []
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_HOME", str(tmp_path))
+    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
+    get_settings(refresh=True)
+    try:
+        code = main(["ingest", "--start", (end - FIVE).isoformat(), "--end", end.isoformat(), "--json"])
+        assert code == 2 and "has not closed yet" in capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        get_settings(refresh=True)
