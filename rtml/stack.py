@@ -879,6 +879,10 @@ class AirflowClient:
         r = self.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
         r.raise_for_status()
 
+    def pause(self, dag_id: str) -> None:
+        r = self.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": True})
+        r.raise_for_status()
+
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, unpause: bool = True) -> str:
         """Trigger a run of ``dag_id`` (waiting for it to be parsed, unpausing it); return the run id."""
         self.wait_dag(dag_id)
