@@ -16,7 +16,9 @@ which starts `rtml_train`. A batch with nothing accepted ends *skipped* (no Asse
 Retries and backfills are safe: a batch always rewrites the same lake keys. To re-ingest past
 intervals use **Backfill** in the UI or
 `airflow backfill create --dag-id rtml_ingest --from-date ... --to-date ... --reprocess-behavior completed`.
-Runs are one at a time (`max_active_runs=1`) so a stream is never read by two batches at once.
+Runs are one at a time (`max_active_runs=1`), and each task runs once at a time across scheduled,
+triggered and backfill runs alike (`max_active_tis_per_dag=1`: a backfill has its own run limit),
+so a stream or the landing zone is never read by two batches at once.
 
 Event-driven starts (Airflow AssetWatcher) are not used: a watcher needs a `BaseEventTrigger` that
 the triggerer polls, which would be a second reader of the stream; the short schedule plus
@@ -75,13 +77,13 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
     return extra
 
 
-@task(outlets=[EVENTS], retries=2, retry_delay=timedelta(seconds=20))
+@task(outlets=[EVENTS], retries=2, retry_delay=timedelta(seconds=20), max_active_tis_per_dag=1)
 def ingest_events(**context) -> dict:
     """Events of this data interval (or the next stream entries) -> lake, quarantine, manifest."""
     return _ingest("events", EVENTS, **context)
 
 
-@task(outlets=[LABELS], retries=2, retry_delay=timedelta(seconds=20))
+@task(outlets=[LABELS], retries=2, retry_delay=timedelta(seconds=20), max_active_tis_per_dag=1)
 def ingest_labels(**context) -> dict:
     """Delayed labels (event id + outcome) -> lake, joined to events by event id at training."""
     return _ingest("labels", LABELS, **context)
