@@ -113,11 +113,108 @@ def disparities(
     }
 
 
-def _extremes(table: list[dict[str, Any]], metric: str) -> tuple[dict, dict] | None:
-    rows = [r for r in table if r["gating"] and r[metric] is not None]
+def _extremes(table: list[dict[str, Any]], metric: str, flag: str = "gating") -> tuple[dict, dict] | None:
+    rows = [r for r in table if r[flag] and r[metric] is not None]
     if len(rows) < 2:
         return None
     return min(rows, key=lambda r: r[metric]), max(rows, key=lambda r: r[metric])
+
+
+DISPARITIES = (
+    "demographic_parity_ratio",
+    "demographic_parity_difference",
+    "equal_opportunity_difference",
+    "equal_opportunity_ratio",
+    "equalized_odds_difference",
+)
+
+
+def _seed(random_state: int, name: str) -> list[int]:
+    """A bootstrap seed per attribute: the same rows and spec give the same intervals."""
+    import zlib
+
+    return [int(random_state) & 0xFFFFFFFF, zlib.crc32(name.encode())]
+
+
+def _bootstrap(
+    ct: np.ndarray, cp: np.ndarray, cg: pd.Series, w: np.ndarray, names: list[str], n_boot: int, seed: list[int]
+) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of the per-group counts: resampling the rows with replacement is a
+    multinomial draw of the (group, y, decision) cell counts, exact and O(cells) per replicate."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = int(w.sum())
+    draws = rng.multinomial(n, w / n, size=n_boot).astype(float)  # (B, cells)
+    gi = pd.Index(names).get_indexer(cg)
+    G = len(names)
+
+    def per_group(mask: np.ndarray) -> np.ndarray:
+        out = np.zeros((n_boot, G))
+        for j in range(G):
+            out[:, j] = draws[:, (gi == j) & mask].sum(axis=1)
+        return out
+
+    ones = np.ones(len(w), dtype=bool)
+    return {
+        "N": per_group(ones),
+        "P": per_group(ct == 1),
+        "S": per_group(cp == 1),
+        "TP": per_group((ct == 1) & (cp == 1)),
+    }
+
+
+def _rates(N, P, S, TP) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "selection_rate": np.where(N > 0, S / N, np.nan),
+            "tpr": np.where(P > 0, TP / P, np.nan),
+            "fpr": np.where(N - P > 0, (S - TP) / (N - P), np.nan),
+            "precision": np.where(S > 0, TP / S, 0.0),
+        }
+
+
+def _range_over(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) over the masked groups of each replicate (last axis), NaN-safe."""
+    import numpy as np
+
+    m = mask & np.isfinite(values)
+    lo = np.where(m, values, np.inf).min(axis=-1)
+    hi = np.where(m, values, -np.inf).max(axis=-1)
+    ok = m.sum(axis=-1) >= 2
+    return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
+
+
+def _boot_disparities(boot: dict[str, np.ndarray], big, tpr_ok, fpr_ok) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    r = _rates(boot["N"], boot["P"], boot["S"], boot["TP"])
+    slo, shi = _range_over(r["selection_rate"], big)
+    tlo, thi = _range_over(r["tpr"], tpr_ok)
+    flo, fhi = _range_over(r["fpr"], fpr_ok)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "demographic_parity_ratio": np.where(shi > 0, slo / shi, np.nan),
+            "demographic_parity_difference": shi - slo,
+            "equal_opportunity_difference": thi - tlo,
+            "equal_opportunity_ratio": np.where(thi > 0, tlo / thi, np.nan),
+            "equalized_odds_difference": np.fmax(thi - tlo, fhi - flo),
+        }
+
+
+def _interval(values: np.ndarray, confidence: float) -> list[float | None] | None:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return None
+    a = (1 - confidence) / 2
+    lo, hi = np.quantile(v, [a, 1 - a])
+    return [_num(lo), _num(hi)]
 
 
 def attribute_fairness(
@@ -126,59 +223,133 @@ def attribute_fairness(
     y_pred: np.ndarray,
     groups: pd.Series,
     gate: FairnessGate,
+    random_state: int = 0,
 ) -> dict[str, Any]:
-    """Group table, disparities and gate checks for one sensitive attribute."""
+    """Group table (with bootstrap intervals), disparities and gate checks for one attribute.
+
+    A group with fewer than ``min_group_size`` rows is "insufficient data" for every metric; one
+    with fewer than ``min_group_positives`` positives (negatives) is for TPR (FPR). Insufficient
+    groups are shown but do not decide the gate. The disparities are fairlearn's functions on the
+    rows of the groups that qualify for each: selection rate (disparate impact) over the groups
+    with enough rows, TPR (equal opportunity) over those with enough positives, and equalized odds
+    as the larger of the TPR and FPR differences (= fairlearn's ``equalized_odds_difference`` when
+    the same groups qualify for both). ``gate.decide_on`` picks what meets the limit: the point
+    estimate or a bound of the seeded bootstrap interval (``gate.bootstrap`` replicates).
+    """
     import numpy as np
+    from fairlearn.metrics import MetricFrame, false_positive_rate
 
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     groups = groups.reset_index(drop=True).astype(str)
     ct, cp, cg, w = compress(y_true, y_pred, groups)
+    names = sorted(set(cg))
     mf = metric_frame(ct, cp, cg, sample_weight=w)
     by = mf.by_group
     sizes = groups.value_counts()
+    positives = groups[y_true == 1].value_counts()
+    min_pos = gate.min_group_positives
+    n_boot = gate.bootstrap
+    boot = _bootstrap(ct, cp, cg, w, names, n_boot, _seed(random_state, name)) if n_boot else None
+    boot_rates = _rates(boot["N"], boot["P"], boot["S"], boot["TP"]) if boot else None
     table = []
-    for g in by.index:
-        row = {"group": str(g)}
+    for j, g in enumerate(names):
+        row: dict[str, Any] = {"group": str(g)}
         for m in GROUP_METRICS[:-1]:
             row[m] = _num(by.loc[g, m])
         row["count"] = int(sizes.get(g, 0))
+        row["positives"] = int(positives.get(g, 0))
+        row["negatives"] = row["count"] - row["positives"]
         row["gating"] = row["count"] >= gate.min_group_size
+        row["tpr_gating"] = row["gating"] and row["positives"] >= min_pos
+        row["fpr_gating"] = row["gating"] and row["negatives"] >= min_pos
+        insufficient = []
+        if not row["gating"]:
+            insufficient.append(f"fewer than {gate.min_group_size} rows")
+        else:
+            if not row["tpr_gating"]:
+                insufficient.append(f"TPR: fewer than {min_pos} positives")
+            if not row["fpr_gating"]:
+                insufficient.append(f"FPR: fewer than {min_pos} negatives")
+        row["insufficient_data"] = "; ".join(insufficient) or None
+        if boot_rates is not None:
+            for m in ("selection_rate", "tpr", "fpr"):
+                row[f"{m}_ci"] = _interval(boot_rates[m][:, j], gate.confidence)
         table.append(row)
     big = [r["group"] for r in table if r["gating"]]
     small = [r["group"] for r in table if not r["gating"]]
+    tpr_groups = [r["group"] for r in table if r["tpr_gating"]]
+    fpr_groups = [r["group"] for r in table if r["fpr_gating"]]
     result: dict[str, Any] = {
         "attribute": name,
         "groups": table,
         "overall": {**{m: _num(mf.overall[m]) for m in GROUP_METRICS[:-1]}, "count": len(y_true)},
         "gating_groups": big,
         "small_groups": small,
+        "tpr_groups": tpr_groups,
+        "fpr_groups": fpr_groups,
         "min_group_size": gate.min_group_size,
+        "min_group_positives": min_pos,
+        "decide_on": gate.decide_on,
+        "confidence": gate.confidence if n_boot else None,
+        "bootstrap": n_boot,
+        "intervals": {},
         "checks": [],
         "passed": True,
     }
+    result.update(dict.fromkeys(DISPARITIES))
     if len(big) < 2:
         result["note"] = f"fewer than 2 groups with at least {gate.min_group_size} rows: not gated"
-        result.update(
-            dict.fromkeys(
-                (
-                    "demographic_parity_ratio",
-                    "equal_opportunity_difference",
-                    "equal_opportunity_ratio",
-                    "equalized_odds_difference",
-                    "demographic_parity_difference",
-                )
-            )
-        )
         return result
-    keep = cg.isin(big).to_numpy()
-    result.update(disparities(ct[keep], cp[keep], cg[keep].reset_index(drop=True), w[keep]))
 
-    def check(metric: str, value: float | None, limit: float, op: str, by_metric: str, label: str) -> None:
+    def rows_of(keep_groups: list[str]):
+        keep = cg.isin(keep_groups).to_numpy()
+        return ct[keep], cp[keep], cg[keep].reset_index(drop=True), w[keep]
+
+    t_, p_, g_, w_ = rows_of(big)
+    dp = disparities(t_, p_, g_, w_)
+    result["demographic_parity_ratio"] = dp["demographic_parity_ratio"]
+    result["demographic_parity_difference"] = dp["demographic_parity_difference"]
+    tpr_gap = fpr_gap = None
+    if len(tpr_groups) >= 2:
+        d = disparities(*rows_of(tpr_groups))
+        result["equal_opportunity_difference"] = d["equal_opportunity_difference"]
+        result["equal_opportunity_ratio"] = d["equal_opportunity_ratio"]
+        tpr_gap = d["equal_opportunity_difference"]
+    if len(fpr_groups) >= 2:
+        t_, p_, g_, w_ = rows_of(fpr_groups)
+        fmf = MetricFrame(
+            metrics=false_positive_rate, y_true=t_, y_pred=p_, sensitive_features=g_,
+            sample_params={"sample_weight": w_},
+        )
+        fpr_gap = _num(fmf.difference())
+    if tpr_gap is not None or fpr_gap is not None:
+        result["equalized_odds_difference"] = max(v for v in (tpr_gap, fpr_gap) if v is not None)
+    if boot is not None:
+        idx = {g: j for j, g in enumerate(names)}
+
+        def mask(gs: list[str]) -> np.ndarray:
+            m = np.zeros(len(names), dtype=bool)
+            m[[idx[g] for g in gs]] = True
+            return m
+
+        bd = _boot_disparities(boot, mask(big), mask(tpr_groups), mask(fpr_groups))
+        for m in DISPARITIES:
+            result["intervals"][m] = None if result[m] is None else _interval(bd[m], gate.confidence)
+
+    def check(metric: str, limit: float, op: str, by_metric: str, label: str, flag: str) -> None:
+        value = result[metric]
         if value is None:
             return
-        ok = value >= limit if op == ">=" else value <= limit
-        ext = _extremes(table, by_metric)
+        ci = result["intervals"].get(metric)
+        judged, basis = value, "estimate"
+        if gate.decide_on != "estimate" and ci is not None:
+            lenient = gate.decide_on == "lenient_bound"
+            # ">=" limits: the lenient bound is the interval's top; "<=" limits: its bottom
+            judged = ci[1] if (op == ">=") == lenient else ci[0]
+            basis = f"{gate.decide_on.replace('_', ' ')} of the {gate.confidence:.0%} interval"
+        ok = judged >= limit if op == ">=" else judged <= limit
+        ext = _extremes(table, by_metric, flag)
         detail = ""
         pair: list[str] = []
         if ext is not None:
@@ -191,11 +362,15 @@ def attribute_fairness(
         reason = None
         if not ok:
             bad = "<" if op == ">=" else ">"
-            reason = f"fairness: {name}: {label} {value:.3f} {bad} {limit:g}{detail}"
+            shown = f"{value:.3f}" if basis == "estimate" else f"{value:.3f} ({basis} {judged:.3f})"
+            reason = f"fairness: {name}: {label} {shown} {bad} {limit:g}{detail}"
         result["checks"].append(
             {
                 "metric": metric,
                 "value": value,
+                "interval": ci,
+                "judged": judged,
+                "basis": basis,
                 "limit": limit,
                 "op": op,
                 "passed": ok,
@@ -206,40 +381,21 @@ def attribute_fairness(
         )
 
     check(
-        "demographic_parity_ratio",
-        result["demographic_parity_ratio"],
-        gate.disparate_impact_min,
-        ">=",
-        "selection_rate",
-        "disparate impact (demographic parity ratio)",
+        "demographic_parity_ratio", gate.disparate_impact_min, ">=", "selection_rate",
+        "disparate impact (demographic parity ratio)", "gating",
     )
     check(
-        "equal_opportunity_difference",
-        result["equal_opportunity_difference"],
-        gate.equal_opportunity_diff_max,
-        "<=",
-        "tpr",
-        "equal opportunity difference",
+        "equal_opportunity_difference", gate.equal_opportunity_diff_max, "<=", "tpr",
+        "equal opportunity difference", "tpr_gating",
     )
     # Equalized odds difference is the larger of the TPR and FPR gaps: name the one that is larger.
-    tpr_gap = _gap(table, "tpr")
-    fpr_gap = _gap(table, "fpr")
     eo_by = "fpr" if (fpr_gap or 0) > (tpr_gap or 0) else "tpr"
     check(
-        "equalized_odds_difference",
-        result["equalized_odds_difference"],
-        gate.equalized_odds_diff_max,
-        "<=",
-        eo_by,
-        "equalized odds difference",
+        "equalized_odds_difference", gate.equalized_odds_diff_max, "<=", eo_by,
+        "equalized odds difference", f"{eo_by}_gating",
     )
     result["passed"] = all(c["passed"] for c in result["checks"])
     return result
-
-
-def _gap(table: list[dict[str, Any]], metric: str) -> float | None:
-    ext = _extremes(table, metric)
-    return None if ext is None else ext[1][metric] - ext[0][metric]
 
 
 class ScoreModel(ClassifierMixin, BaseEstimator):
@@ -376,38 +532,31 @@ def fit_rule(
     min_group_size: int = 30,
     max_fit_rows: int = 20_000,
     return_optimizer: bool = False,
+    constraints: str = "demographic_parity",
+    cells: tuple[np.ndarray, list[str], str] | None = None,
 ):
-    """Fit ThresholdOptimizer (demographic parity) on the training window's out-of-fold scores, per
-    intersection of the columns of ``train_sensitive``, and derive the deterministic ``GroupRule``.
+    """Fit ThresholdOptimizer (``constraints``, default demographic parity) on the training window's
+    out-of-fold scores, per intersection of the columns of ``train_sensitive``, and derive the
+    deterministic ``GroupRule``.
 
     The intersection, not one attribute: equalising selection rates over one attribute can move
     another one's (on the credit demo, age-only parity left marital status at 0.83 disparate impact,
     and failed it on 6 of 8 producer seeds). Cells with fewer than ``min_group_size`` rows or a
-    single outcome are pooled into one ``__other__`` group (fairlearn refuses a single-outcome group
-    and small cells' thresholds are noise); when even the pool cannot be estimated, the largest
-    cell's rule applies to them.
+    single outcome are pooled into one ``__other__`` group (``rtml.fairsearch.rule_cells``;
+    ``cells`` passes its result when the caller has it).
     """
     import numpy as np
     import pandas as pd
     from fairlearn.postprocessing import ThresholdOptimizer
 
+    from rtml.fairsearch import rule_cells
+
     tr_s = np.asarray(train_scores, dtype=float)
     tr_y = np.asarray(y_train, dtype=np.int64)
-    keys = group_keys(train_sensitive.reset_index(drop=True))
-
-    def eligible(k: np.ndarray) -> pd.DataFrame:
-        stats = pd.DataFrame({"g": k, "y": tr_y}).groupby("g")["y"].agg(["size", "nunique"])
-        return stats[(stats["size"] >= min_group_size) & (stats["nunique"] == 2)]
-
-    cells = set(eligible(keys).index.astype(str))
-    keys = np.where(np.isin(keys, list(cells)), keys, OTHER)
-    ok = eligible(keys)
-    if ok.empty:
-        raise ValueError("no group in the training window has enough rows with both outcomes")
-    known = sorted(ok.index.astype(str))
-    fallback = OTHER if OTHER in known else str(ok["size"].idxmax())
-    keep = np.isin(keys, known)
-    tr_s, tr_y, keys = tr_s[keep], tr_y[keep], keys[keep]
+    if cells is None:
+        cells = rule_cells(group_keys(train_sensitive.reset_index(drop=True)), tr_y, min_group_size)
+    keys, known, fallback = cells
+    keys = np.asarray(keys, dtype=object)
     if len(tr_s) > max_fit_rows:
         # The threshold search is per row in Python: fit on a seeded sample, capped per group so
         # that no group loses its rows.
@@ -424,7 +573,7 @@ def fit_rule(
         tr_s, tr_y, keys = tr_s[idx], tr_y[idx], keys[idx]
     opt = ThresholdOptimizer(
         estimator=ScoreModel(),
-        constraints="demographic_parity",
+        constraints=constraints,
         objective="balanced_accuracy_score",
         prefit=True,
         predict_method="predict_proba",
@@ -442,7 +591,7 @@ def fit_rule(
         thresholds,
         fallback,
         meta={
-            "method": METHOD,
+            "method": METHOD.replace("'demographic_parity'", repr(constraints)),
             "fit_rows": len(tr_s),
             "min_group_size": min_group_size,
             "target_selection_rate": rates,
@@ -467,11 +616,19 @@ def mitigate(
     scores: np.ndarray,
     sensitive: pd.DataFrame,
     random_state: int,
-    min_group_size: int = 30,
-) -> tuple[np.ndarray, GroupRule]:
-    """The mitigated variant's decisions on ``scores`` (and the rule), fitted on the training window."""
-    rule = fit_rule(train_scores, y_train, train_sensitive, random_state, min_group_size)
-    return rule.decide(scores, rule.keys(sensitive.reset_index(drop=True))), rule
+    gate: FairnessGate,
+    threshold: float,
+) -> tuple[np.ndarray | None, GroupRule | None, dict[str, Any]]:
+    """The mitigation search on the training window (``rtml.fairsearch.search_rule``) and the kept
+    rule's decisions on ``scores``: (decisions or None, rule or None, the search report)."""
+    from rtml.fairsearch import search_rule
+
+    rule, report = search_rule(
+        train_scores, y_train, train_sensitive, gate, threshold, random_state, holdout_rows=len(scores)
+    )
+    if rule is None:
+        return None, None, report
+    return rule.decide(scores, rule.keys(sensitive.reset_index(drop=True))), rule, report
 
 
 def _decision_quality(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float | None]:
@@ -516,35 +673,39 @@ def evaluate_fairness(
         "reasons": [],
         "passed": True,
     }
-    mit_pred, mit_error = None, None
+    mit_pred, mit_error, method = None, None, None
     if gate.mitigate and train is not None and y_pred is None:
         tr_scores, tr_y, tr_sens = train
         try:  # one rule over the intersection of all attributes, then judged per attribute
-            mit_pred, rule = mitigate(
-                tr_scores,
-                tr_y,
-                tr_sens[list(sensitive.columns)],
-                scores,
-                sensitive,
-                random_state,
-                min_group_size=gate.min_group_size,
+            mit_pred, rule, report = mitigate(
+                tr_scores, tr_y, tr_sens[list(sensitive.columns)], scores, sensitive, random_state, gate, threshold
             )
-            out["mitigation"] = {"method": METHOD, "rule": rule.to_dict(), "thresholds": rule.describe()}
+            out["mitigation"] = {
+                "mitigated": rule is not None,
+                "reason": report["reason"],
+                "search": report,
+                "rule": None if rule is None else rule.to_dict(),
+                "thresholds": None if rule is None else rule.describe(),
+            }
+            if rule is not None:
+                method = f"{rule.meta['method']}; kept: {rule.meta['candidate']}"
+            else:
+                mit_error = f"not mitigated: {report['reason']}"
         except (ValueError, KeyError) as err:  # e.g. no group with both outcomes in training
             mit_error = str(err)
     for name in sensitive.columns:
         groups = sensitive[name].reset_index(drop=True)
-        res = attribute_fairness(name, y_true, own, groups, gate)
+        res = attribute_fairness(name, y_true, own, groups, gate, random_state)
         res["plain_quality"] = _decision_quality(y_true, own)  # the candidate's own decisions
         if mit_pred is not None:
-            mit = attribute_fairness(name, y_true, mit_pred, groups, gate)
+            mit = attribute_fairness(name, y_true, mit_pred, groups, gate, random_state)
             mit["quality"] = _decision_quality(y_true, mit_pred)
-            mit["method"] = METHOD
+            mit["method"] = method
             res["mitigated"] = mit
         elif mit_error is not None:
             res["mitigated"] = {"error": mit_error}
         if plain_pred is not None:
-            pl = attribute_fairness(name, y_true, np.asarray(plain_pred, dtype=int), groups, gate)
+            pl = attribute_fairness(name, y_true, np.asarray(plain_pred, dtype=int), groups, gate, random_state)
             pl["quality"] = _decision_quality(y_true, np.asarray(plain_pred, dtype=int))
             pl["method"] = f"plain model: score >= {threshold:g} for every group"
             res["plain"] = pl

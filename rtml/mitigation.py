@@ -1,10 +1,12 @@
 """The fairness-mitigated variant as a registered candidate of its own.
 
 When ``gates.fairness.mitigate`` is on and a plain version fails ONLY the fairness gate,
-``mitigate_version`` derives the deterministic group rule (``rtml.fairness.fit_rule``: fairlearn's
-ThresholdOptimizer fitted on the training window's out-of-fold scores, turned into one score
-threshold per group that selects the share of the group the optimizer selects in expectation)
-and registers a new version of the same registered model: an MLflow pyfunc (``MitigatedModel``)
+``mitigate_version`` runs the mitigation search (``rtml.fairsearch.search_rule``: fairlearn's
+ThresholdOptimizer under each constraint and a joint per-group threshold search, on the training
+window's out-of-fold scores; the candidate that meets every fairness limit of the spec at the least
+quality cost, one score threshold per intersection of the sensitive attributes). When none meets
+them within ``gates.fairness.max_quality_loss``, no variant is registered (the plain version's
+model card shows the search and its trade-off). Otherwise it registers a new version of the same registered model: an MLflow pyfunc (``MitigatedModel``)
 wrapping the plain version's Pipeline. Its ``predict`` takes the same DataFrame of spec features
 and returns ``score`` (the plain model's P(positive), unchanged) and ``label`` (0/1: score >= the
 threshold of the row's group; the groups are derived from the features, so callers send nothing
@@ -100,6 +102,14 @@ class MitigatedModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"score": scores, "label": self.labels(X, scores).astype(np.int64)})
 
 
+class NoMitigation(ValueError):
+    """The mitigation search found no candidate that meets every limit within max_quality_loss."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(report.get("reason", "no mitigation candidate"))
+        self.report = report
+
+
 def is_mitigated(tags: dict[str, str] | None) -> bool:
     return (tags or {}).get(VARIANT_TAG) == MITIGATED
 
@@ -130,7 +140,7 @@ def register_mitigated(
     from mlflow.models import Model as MlflowModel
     from mlflow.models import ModelSignature, infer_signature
 
-    from rtml.fairness import fit_rule
+    from rtml.fairsearch import search_rule
     from rtml.features import sensitive_frame, target_vector, to_frame
     from rtml.gates import load_context
     from rtml.train import (
@@ -154,13 +164,17 @@ def register_mitigated(
         raise ValueError(f"version {base.version} is already a mitigated variant")
     gate = spec.gates.fairness
     train, hold = base.train, base.holdout
-    rule = fit_rule(
+    rule, report = search_rule(
         train[OOF_SCORE].to_numpy(dtype=float),
         target_vector(train[spec.target.name], spec),
         sensitive_frame(train, spec),
+        gate,
+        spec.gates.quality.decision_threshold,
         spec.model.random_state,
-        gate.min_group_size,
+        holdout_rows=len(hold),
     )
+    if rule is None:
+        raise NoMitigation(report)
     X_hold = to_frame(hold, spec)
     hold_labels = rule.decide(hold[SCORE].to_numpy(dtype=float), rule.keys(sensitive_frame(X_hold, spec)))
     base_run = client.get_run(base.run_id)
@@ -218,7 +232,7 @@ def register_mitigated(
             (tmpdir / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2, default=str))
             mlflow.log_artifact(str(tmpdir / LINEAGE_FILE))
             (tmpdir / RULE_FILE).write_text(
-                json.dumps({**rule.to_dict(), "readable": rule.describe()}, indent=2)
+                json.dumps({**rule.to_dict(), "readable": rule.describe(), "search": report}, indent=2)
             )
             mlflow.log_artifact(str(tmpdir / RULE_FILE))
             mlflow.log_metric("holdout_mitigated_selection_rate", float(np.mean(hold_labels)))
@@ -305,7 +319,17 @@ def mitigate_version(
             "message": f"mitigated variant of version {decision['version']} already registered: {name} version {existing}",
         }
     else:
-        reg = register_mitigated(spec, decision["version"], settings)
+        try:
+            reg = register_mitigated(spec, decision["version"], settings)
+        except NoMitigation as no:  # the plain version's model card shows the search and its trade-off
+            return {
+                "ran": False,
+                "passed": False,
+                "version": None,
+                "reason": str(no),
+                "search": no.report,
+                "message": f"no mitigated variant: {no}",
+            }
     res = evaluate(spec, reg["version"], settings)
     res.update(
         {"ran": True, "base_version": reg["base_version"], "reason": why, "thresholds": reg["thresholds"]}

@@ -98,7 +98,20 @@ class FairnessGate(_Model):
     equal_opportunity_diff_max: float = Field(default=0.2, ge=0, le=1)
     equalized_odds_diff_max: float = Field(default=0.25, ge=0, le=1)
     min_group_size: int = Field(default=30, ge=1)
+    # A group with fewer positives (for TPR) / negatives (for FPR) is "insufficient data" for the
+    # rate-based metrics: its TPR/FPR is shown with its interval but does not decide the gate.
+    min_group_positives: int = Field(default=20, ge=1)
     mitigate: bool = True
+    # The mitigation search keeps the candidate that meets every limit at the least cost in this
+    # decision metric, and none that loses more than max_quality_loss of it (vs the plain decisions).
+    quality_metric: Literal["balanced_accuracy", "f1", "accuracy"] = "balanced_accuracy"
+    max_quality_loss: float = Field(default=0.05, ge=0, le=1)
+    # What the gate compares with the limits: the point estimate, or a bound of the bootstrap
+    # interval: "lenient" fails only a disparity whose whole interval breaks the limit, "strict"
+    # passes only one whose whole interval meets it.
+    decide_on: Literal["estimate", "lenient_bound", "strict_bound"] = "estimate"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    bootstrap: int = Field(default=200, ge=0, le=10_000)
 
 
 class DriftGate(_Model):
