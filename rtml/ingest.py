@@ -141,6 +141,9 @@ def ingest_batch(
             "records_in": 0,
             "accepted": 0,
             "quarantined": 0,
+            "unknown_fields": {},
+            "missing_fields": {},
+            "alerts": [],
             "message": f"{ds}/{kind}: nothing new",
         }
     bid = batch.batch_id
@@ -280,7 +283,17 @@ def ingest_stream(
 
     settings = settings or get_settings()
     lake = lake or Lake(settings)
-    key = stream or stream_key(spec.dataset.name, kind)
+    ds = spec.dataset.name
+    key = stream or stream_key(ds, kind)
+    gaps: list[dict[str, Any]] = []
+
+    def record_gap(gap: dict[str, Any]) -> None:
+        # Same gap, same key: a retry rewrites it. Written before the group reads past the gap.
+        name = f"{gap['after_id']}-{gap['before_id']}".replace(":", "_")
+        where = f"{ds}/_gaps/{kind}/{key.replace(':', '_')}/{name}.json"
+        lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
+        gaps.append({**gap, "record": where})
+
     source = RedisStreamSource(
         key,
         group=group or DEFAULT_GROUP,
@@ -289,15 +302,30 @@ def ingest_stream(
         max_records=max_records,
         claim_idle_ms=claim_idle_ms,
         kind=kind,
+        max_deliveries=spec.ingestion.max_deliveries,
+        on_gap=record_gap,
     )
     contract = Contract(spec, kind)
+    # The lake must answer before any entry is claimed: a claim counts as a delivery, and an
+    # unreachable lake must not turn good entries into dead letters.
+    lake.store.list(f"{ds}/_manifests/{kind}")
     batches = []
     for _ in range(max_batches):
-        batch = source.read(contract, committed=lambda: _committed_ranges(lake, spec.dataset.name, kind, key))
+        batch = source.read(contract, committed=lambda: _committed_ranges(lake, ds, kind, key))
         if batch is None:
             break
         batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
-    return _totals(spec.dataset.name, kind, batches)
+    out = _totals(ds, kind, batches)
+    if gaps:
+        out["gaps"] = gaps
+        for g in gaps:
+            lost = "an unknown number of" if g["lost_unread"] < 0 else str(g["lost_unread"])
+            out["alerts"].append(
+                f"stream gap in {key}: {lost} unread and {g['lost_pending']} pending entries were trimmed before "
+                f"being committed (after id {g['after_id']}, stream now starts at {g['before_id']}); see {g['record']}"
+            )
+        out["message"] += "".join(f"\n  ALERT {a}" for a in out["alerts"] if a.startswith("stream gap"))
+    return out
 
 
 def _totals(dataset: str, kind: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
@@ -307,6 +335,13 @@ def _totals(dataset: str, kind: str, batches: list[dict[str, Any]]) -> dict[str,
         for r, c in b.get("reasons", {}).items():
             reasons[r] = reasons.get(r, 0) + c
     marks = [b["watermark"] for b in batches if b.get("watermark")]
+    unknown: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    for b in batches:
+        for name, c in b.get("unknown_fields", {}).items():
+            unknown[name] = unknown.get(name, 0) + c
+        for name, c in b.get("missing_fields", {}).items():
+            missing[name] = missing.get(name, 0) + c
     return {
         "ok": True,
         "dataset": dataset,
@@ -317,6 +352,10 @@ def _totals(dataset: str, kind: str, batches: list[dict[str, Any]]) -> dict[str,
         **tot,
         "reasons": dict(sorted(reasons.items())),
         "watermark": max(marks) if marks else None,
+        "unknown_fields": dict(sorted(unknown.items())),
+        "missing_fields": dict(sorted(missing.items())),
+        "alerts": [a for b in batches for a in b.get("alerts", [])],
+        "dead_letters": sum((b.get("source") or {}).get("dead_letters", 0) for b in batches),
         "message": f"{dataset}/{kind}: {len(batches)} batch(es), {tot['records_in']} in, "
         f"{tot['accepted']} accepted, {tot['quarantined']} quarantined",
     }
@@ -365,6 +404,8 @@ def ingest_run(
     else:
         raise ValueError(f"unknown source {source!r} (expected 'landing' or 'redis')")
     out["message"] = "\n".join(out[k]["message"] for k in kinds)
+    # Schema drift and stream gaps, for a person reading `rtml ingest --json` or the task log.
+    out["alerts"] = [f"{k}: {a}" for k in kinds for a in out[k].get("alerts", [])]
     return out
 
 

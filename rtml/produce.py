@@ -248,7 +248,11 @@ def write_redis(
     file_seconds: float = 1.0,
     maxlen: int | None = None,
 ) -> int:
-    """One stream entry per record (field ``data`` = the JSON record)."""
+    """One stream entry per record (field ``data`` = the JSON record).
+
+    ``maxlen`` bounds the stream *without losing records*: after each chunk, entries beyond the
+    newest ``maxlen`` are trimmed only if every consumer group has read and acknowledged them
+    (:func:`safe_trim`); XADD's own MAXLEN would delete entries no one has read."""
     from rtml.sources import redis_client
 
     client = client or redis_client(settings)
@@ -261,10 +265,45 @@ def write_redis(
         for lo in range(0, len(lines), 1000):
             pipe = client.pipeline(transaction=False)
             for line in lines[lo : lo + 1000]:
-                pipe.xadd(stream, {"data": line}, maxlen=maxlen, approximate=True)
+                pipe.xadd(stream, {"data": line})
             pipe.execute()
+            if maxlen is not None:
+                safe_trim(client, stream, maxlen)
         sent += len(lines)
     return sent
+
+
+def _sid(v: Any) -> tuple[int, int]:
+    text = v.decode() if isinstance(v, bytes) else str(v)
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def safe_trim(client, stream: str, maxlen: int) -> int:
+    """Trim ``stream`` towards ``maxlen`` entries, never past an entry a consumer group has not
+    acknowledged (pending, or not yet delivered). Without any group nothing is trimmed (the ingest
+    group reads from the start). Returns the number of entries removed."""
+    if client.xlen(stream) <= maxlen:
+        return 0
+    groups = client.xinfo_groups(stream)
+    if not groups:
+        return 0
+    # The oldest entry to keep for the length bound...
+    keep = client.xrevrange(stream, "+", "-", count=maxlen)
+    floor = _sid(keep[-1][0]) if keep else (0, 0)
+    for g in groups:
+        # ...and for each group, the first entry it still needs: its oldest pending entry, or the
+        # entry after the last one delivered.
+        last = _sid(g["last-delivered-id"])
+        need = (last[0], last[1] + 1)
+        if int(g.get("pending") or 0):
+            summary = client.xpending(stream, g["name"])
+            if summary.get("min"):
+                need = min(need, _sid(summary["min"]))
+        floor = min(floor, need)
+    if floor <= (0, 0):
+        return 0
+    return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False))
 
 
 def produce(
@@ -278,6 +317,7 @@ def produce(
     landing_uri: str | None = None,
     stream_prefix: str = "rtml",
     client=None,
+    maxlen: int | None = None,
     **build_kw: Any,
 ) -> dict[str, Any]:
     from rtml.sources import stream_key
@@ -306,9 +346,9 @@ def produce(
             raise ValueError("--realtime with redis: produce events and labels in two runs (events with --no-labels; labels are not paced)")
         ev_stream = stream_key(spec.dataset.name, "events", stream_prefix)
         lb_stream = stream_key(spec.dataset.name, "labels", stream_prefix)
-        write_redis(events, ev_stream, spec.event_time, client, settings, realtime, file_seconds)
+        write_redis(events, ev_stream, spec.event_time, client, settings, realtime, file_seconds, maxlen)
         if labels:
-            write_redis(lab, lb_stream, "label_time", client, settings, realtime, file_seconds)
+            write_redis(lab, lb_stream, "label_time", client, settings, realtime, file_seconds, maxlen)
         out.update(event_stream=ev_stream, label_stream=lb_stream if labels else None)
         where = f"streams {ev_stream}" + (f" and {lb_stream}" if labels else "")
     else:
@@ -348,6 +388,7 @@ def _cmd_produce(args: argparse.Namespace) -> dict[str, Any]:
             settings=settings,
             landing_uri=args.landing,
             stream_prefix=args.stream_prefix,
+            maxlen=args.maxlen,
             rows=args.rows,
             start=start,
             rate=args.rate,
@@ -388,3 +429,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lake", help="lake URI (the landing zone lives in its store)")
     p.add_argument("--landing", help="landing-zone store URI (default: the lake's store)")
     p.add_argument("--stream-prefix", default="rtml", help="redis: streams are PREFIX:<dataset>:<kind>")
+    p.add_argument("--maxlen", type=int, default=None,
+                   help="redis: keep about this many entries, trimming only entries every consumer group acknowledged")

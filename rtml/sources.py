@@ -40,6 +40,22 @@ group (re-claimed with XAUTOCLAIM: a crashed attempt's batch comes back whole) o
 ``max_records`` new entries (XREADGROUP ``>``). Its id is derived from the first and last stream ids.
 ``commit`` XACKs the entries, only ever after the manifest is durable.
 
+Nothing wedges the stream and nothing disappears unseen:
+
+* **Dead letters.** A pending entry that was already delivered ``max_deliveries`` times (the spec's
+  ``ingestion.max_deliveries``, default 3) without being committed is not parsed again: it is
+  quarantined with the reason ``dead letter`` (its raw payload kept) in the next batch, then
+  acknowledged with it. The first retry takes a failed batch whole (same batch id, same bytes);
+  from the second failure on, retries take ever smaller batches (half the size per failure), so a
+  poison entry takes few neighbours with it.
+* **Gaps.** Trimming (``XADD MAXLEN``/``XTRIM``) can delete entries the group never read, or that
+  it read but had not committed. Before reading new entries the source compares the group's
+  last-delivered id with the stream's first entry; when the stream was trimmed past it, the count
+  lost is ``entries-added - entries-read - length`` (``XINFO STREAM``/``XINFO GROUPS``). Those
+  counts, and the pending entries found deleted, are reported as a *gap* (``SourceBatch.info``,
+  the summary's alerts, and a record under ``<dataset>/_gaps/<kind>/`` in the lake). The producer
+  (:func:`rtml.produce.write_redis`) never trims entries a group has not acknowledged.
+
 **Kafka** fits the same shape (not shipped, confluent-kafka is not a dependency): ``read`` polls up to
 ``max_records`` messages with ``enable.auto.commit=false`` and, after a restart, resumes from the
 group's committed offsets (the same messages come back, like the Redis PEL); ``batch_id`` is built
@@ -686,8 +702,13 @@ class RedisStreamSource:
         claim_idle_ms: int = 0,
         block_ms: int | None = None,
         kind: str = "events",
+        max_deliveries: int = 3,
+        on_gap: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.stream, self.group, self.kind = stream, group, kind
+        self.max_deliveries = max_deliveries
+        # Called with a gap record before the entries after the gap are read (see the docstring).
+        self.on_gap = on_gap
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.client = client or redis_client(settings)
         self.max_records = max_records
@@ -705,18 +726,75 @@ class RedisStreamSource:
             if "BUSYGROUP" not in str(err):
                 raise
 
+    def _claim_limit(self) -> int:
+        """Fewer entries when the oldest pending one already failed: halve per failure, so that a
+        poison entry ends up in a small batch (the dead letter then takes few neighbours with it)."""
+        try:
+            oldest = self.client.xpending_range(self.stream, self.group, min="-", max="+", count=1)
+        except Exception:  # noqa: BLE001 - no group / no pending entries
+            return self.max_records
+        if not oldest:
+            return self.max_records
+        failures = int(oldest[0]["times_delivered"])  # each delivery not committed is one failure
+        if failures <= 1 or failures >= self.max_deliveries:
+            # The first retry takes the batch whole (same id, same bytes: the usual crash).
+            return self.max_records
+        return max(1, self.max_records >> min(failures - 1, 30))
+
+    def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if not ids:
+            return out
+        want = set(ids)
+        for info in self.client.xpending_range(self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 1000):
+            i = _s(info["message_id"])
+            if i in want:
+                out[i] = int(info["times_delivered"])
+        return out
+
+    def _gap(self, deleted_pending: list[str]) -> dict[str, Any] | None:
+        """Entries lost to trimming: unread ones (stream trimmed past the group) and pending ones."""
+        info = self.client.xinfo_stream(self.stream)
+        group = next((g for g in self.client.xinfo_groups(self.stream) if _s(g["name"]) == self.group), None)
+        if group is None:
+            return None
+        last = _s(group["last-delivered-id"])
+        first = info.get("first-entry")
+        first_id = _s(first[0]) if first else None
+        lost_unread = 0
+        if last != "0-0" or group.get("entries-read"):
+            trimmed_past = first_id is None or _key(first_id) > _key(last)
+            if trimmed_past:
+                read = group.get("entries-read")
+                if read is None:
+                    lost_unread = -1  # lost, count unknown
+                else:
+                    lost_unread = max(0, int(info["entries-added"]) - int(read) - int(info["length"]))
+        if not lost_unread and not deleted_pending:
+            return None
+        return {
+            "stream": self.stream,
+            "group": self.group,
+            "after_id": last,
+            "before_id": first_id,
+            "lost_unread": lost_unread,
+            "lost_pending": len(deleted_pending),
+            "pending_ids": deleted_pending[:1000],
+        }
+
     def _claim_pending(self) -> tuple[list[tuple[str, dict]], list[str]]:
         entries: list[tuple[str, dict]] = []
         deleted: list[str] = []
         start = "0-0"
-        while len(entries) < self.max_records:
+        limit = self._claim_limit()
+        while len(entries) < limit:
             res = self.client.xautoclaim(
                 self.stream,
                 self.group,
                 self.consumer,
                 min_idle_time=self.claim_idle_ms,
                 start_id=start,
-                count=min(10_000, self.max_records - len(entries)),
+                count=min(10_000, limit - len(entries)),
             )
             nxt, msgs = _s(res[0]), res[1]
             entries.extend((_s(i), f) for i, f in msgs if f is not None)
@@ -726,7 +804,7 @@ class RedisStreamSource:
                 break
             start = nxt
         entries.sort(key=lambda e: tuple(int(x) for x in e[0].split("-")))
-        return entries[: self.max_records], deleted
+        return entries[:limit], deleted
 
     def pending_count(self) -> int:
         try:
@@ -742,8 +820,13 @@ class RedisStreamSource:
         self.ensure_group()
         entries, deleted = self._claim_pending()
         redelivered = bool(entries)
+        gap = None
+        if not entries or deleted:
+            gap = self._gap(deleted)
+            if gap is not None and self.on_gap is not None:
+                self.on_gap(gap)  # recorded before the group moves past it
         if deleted:
-            # Entries trimmed from the stream while pending cannot be read again: drop them.
+            # Entries trimmed from the stream while pending cannot be read again: reported, dropped.
             self.client.xack(self.stream, self.group, *deleted)
         if not entries:
             res = self.client.xreadgroup(
@@ -766,9 +849,31 @@ class RedisStreamSource:
                 if already:
                     self.client.xack(self.stream, self.group, *[i for i, _ in already])
                 if not entries:
-                    return None
+                    # Only entries of committed batches came back: acknowledged, now read on.
+                    return self.read(contract, committed)
         ids = [i for i, _ in entries]
-        raw = self._parse(entries, contract)
+        dead: list[tuple[str, dict]] = []
+        if redelivered:
+            times = self._deliveries(ids)
+            # The delivery that claimed them now is not a failure; the earlier ones were.
+            dead = [e for e in entries if times.get(e[0], 1) - 1 >= self.max_deliveries]
+        if dead:
+            dead_ids = {i for i, _ in dead}
+            live = [e for e in entries if e[0] not in dead_ids]
+            parts = [self._parse(live, contract)] if live else []
+            rejects = []
+            for i, fields in dead:
+                payload = fields.get(b"data", fields.get("data"))
+                raw_text = payload if payload is not None else b" ".join(bytes(a) + b"=" + bytes(b) for a, b in fields.items())
+                n = times.get(i, 1) - 1
+                rejects.append(refused(i, f"dead letter: delivered {n} times without being committed "
+                                          f"(ingestion.max_deliveries={self.max_deliveries})", raw_text))
+            import pandas as pd
+
+            parts.append(RawBatch(pd.DataFrame(), Positions(), np.zeros(0, dtype=np.int64), rejects))
+            raw = RawBatch.concat(parts)
+        else:
+            raw = self._parse(entries, contract)
         position = {
             "type": "redis",
             "stream": self.stream,
@@ -777,7 +882,13 @@ class RedisStreamSource:
             "last_id": ids[-1],
             "count": len(ids),
         }
-        info = {"redelivered": redelivered, "acked_already_committed": len(already), "dropped_trimmed": len(deleted)}
+        info = {
+            "redelivered": redelivered,
+            "acked_already_committed": len(already),
+            "dropped_trimmed": len(deleted),
+            "dead_letters": len(dead),
+            "gap": gap,
+        }
         return SourceBatch(batch_id_for_ids(ids[0], ids[-1]), raw, position, info, ack_ids=ids)
 
     def _parse(self, entries: list[tuple[str, dict]], contract: Contract) -> RawBatch:

@@ -188,3 +188,83 @@ def test_pending_entries_of_a_committed_batch_plus_new_ones(settings, stream, tm
     assert res["records_in"] == 70 and pending(settings, stream) == 0
     events = lake.read_batches(DS, "events")
     assert len(events) == 120 and events[SPEC.event_id].is_unique
+
+
+# --- dead letters, gaps, safe trimming -----------------------------------------------------------
+def _failed_attempt(settings, stream: str, max_records: int = 100) -> list[str]:
+    """One ingestion attempt that died after reading (no commit): its entries stay pending."""
+    from rtml.contract import Contract
+    from rtml.sources import RedisStreamSource
+
+    src = RedisStreamSource(stream, group=GROUP, settings=settings, max_records=max_records, consumer="doomed")
+    batch = src.read(Contract(SPEC))
+    return batch.ack_ids if batch else []
+
+
+def test_entries_failing_max_deliveries_times_become_dead_letters(settings, stream):
+    send(settings, stream, 8)
+    # Attempts keep failing: the first retry takes the batch whole, later ones half of it per failure.
+    assert len(_failed_attempt(settings, stream, max_records=8)) == 8
+    assert len(_failed_attempt(settings, stream, max_records=8)) == 8
+    assert len(_failed_attempt(settings, stream, max_records=8)) == 4
+    lake = Lake(settings)
+    res = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP, max_records=8)
+    # The four entries that failed 3 times (ingestion.max_deliveries) are dead letters, the rest goes on.
+    assert (res["records_in"], res["accepted"], res["quarantined"]) == (8, 4, 4)
+    assert res["reasons"] == {"dead letter": 4} and res["dead_letters"] == 4
+    assert pending(settings, stream) == 0
+    m = lake.manifests(DS, "events")[0]
+    items = [json.loads(x) for x in lake.store.get(m["quarantine"]).decode().splitlines()]
+    assert [i["reasons"][0] for i in items] == ["dead letter: delivered 3 times without being committed "
+                                                 "(ingestion.max_deliveries=3)"] * 4
+    assert all(json.loads(i["raw"])["event_id"] for i in items)  # the payload is kept for a replay
+    # The stream is not wedged: new entries flow.
+    send(settings, stream, 5, seed=8)
+    more = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP)
+    assert more["accepted"] == 5 and pending(settings, stream) == 0
+
+
+def test_unread_entries_trimmed_are_reported_as_a_gap(settings, stream):
+    send(settings, stream, 20)
+    lake = Lake(settings)
+    first = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP, max_records=5,
+                          max_batches=1)
+    assert first["accepted"] == 5
+    r = redis_client(settings)
+    r.xtrim(stream, maxlen=5, approximate=False)  # someone trims: 10 entries no one read are gone
+    res = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP)
+    assert res["accepted"] == 5
+    assert len(res["gaps"]) == 1 and res["gaps"][0]["lost_unread"] == 10
+    assert any(a.startswith(f"stream gap in {stream}: 10 unread") for a in res["alerts"])
+    record = json.loads(lake.store.get(res["gaps"][0]["record"]))
+    assert record["lost_unread"] == 10 and record["stream"] == stream
+    # Reported once: the group is past the gap now.
+    send(settings, stream, 3, seed=4)
+    assert "gaps" not in ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP)
+
+
+def test_pending_entries_trimmed_are_reported_as_a_gap(settings, stream):
+    send(settings, stream, 10)
+    assert len(_failed_attempt(settings, stream, max_records=4)) == 4
+    redis_client(settings).xtrim(stream, maxlen=6, approximate=False)  # the 4 pending entries are gone
+    res = ingest_stream(SPEC, "events", settings=settings, lake=Lake(settings), stream=stream, group=GROUP)
+    assert res["accepted"] == 6 and pending(settings, stream) == 0
+    assert res["gaps"][0]["lost_pending"] == 4 and res["gaps"][0]["lost_unread"] == 0
+
+
+def test_producer_maxlen_never_trims_unread_entries(settings, stream):
+    lake = Lake(settings)
+    send(settings, stream, 30)
+    ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP, max_records=10,
+                  max_batches=1)
+    assert len(_failed_attempt(settings, stream, max_records=5)) == 5  # 5 more read, not committed
+    events, _ = prod.build(SPEC, rows=40, start=T0, seed=6)
+    prod.write_redis(events, stream, SPEC.event_time, settings=settings, maxlen=10)
+    r = redis_client(settings)
+    # Only the 10 acknowledged entries could go; 20 unread/pending + 40 new remain.
+    assert r.xlen(stream) == 60
+    res = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP, max_batches=10)
+    assert "gaps" not in res and res["records_in"] == 60 and res["accepted"] == 60
+    from rtml.produce import safe_trim
+
+    assert safe_trim(r, stream, 10) == 50 and r.xlen(stream) == 10  # all acknowledged now
