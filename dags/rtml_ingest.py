@@ -2,20 +2,26 @@
 
 Every few minutes (`RTML_INGEST_INTERVAL_MINUTES`, default 5) each run ingests one batch per kind:
 
-* **landing zone** (`RTML_SOURCE=landing`, default): the files that arrived in the run's *data
-  interval* `[data_interval_start, data_interval_end)` under `landing/<dataset>/<kind>/`;
+* **landing zone** (`RTML_SOURCE=landing`, default): every file under `landing/<dataset>/<kind>/`
+  keyed before the run's `data_interval_end` that no committed batch has ingested yet (a ledger kept
+  in the batch manifests; see `rtml.sources`). Intervals missed while the scheduler was down or the
+  DAG paused are swept by the next run, so `catchup=False` skips no file;
 * **Redis Streams** (`RTML_SOURCE=redis`): the next entries of `rtml:<dataset>:<kind>` (and the
-  entries a crashed attempt left pending), acknowledged only after the batch manifest is written.
+  entries a crashed attempt left pending), acknowledged only after the batch manifest is written;
+  an entry failing `ingestion.max_deliveries` times is quarantined as a dead letter, and entries
+  trimmed before they were read are reported as a gap.
 
 Each record is checked against the project spec's contract; accepted rows go to Parquet in the
 lake, rejected ones to quarantine with their reasons, and a manifest (counts, watermark, source
 position, schema hash) is written last. The task's return value and log show the counts; a batch
 with accepted rows updates the Asset `rtml_events` / `rtml_labels` (counts in the event's extra),
 which starts `rtml_train`. A batch with nothing accepted ends *skipped* (no Asset update).
+Schema drift (fields not in the contract, contract fields missing, a probable rename) is counted in
+the manifest and the Asset extra, and logged as `ALERT` lines (as are stream gaps).
 
-Retries and backfills are safe: a batch always rewrites the same lake keys. To re-ingest past
-intervals use **Backfill** in the UI or
-`airflow backfill create --dag-id rtml_ingest --from-date ... --to-date ... --reprocess-behavior completed`.
+Retries and backfills are safe: a batch always rewrites the same lake keys, and a committed batch
+re-runs on exactly the files it consumed. A backfill of intervals never run takes only files no
+later run has swept already (often none).
 Runs are one at a time (`max_active_runs=1`), and each task runs once at a time across scheduled,
 triggered and backfill runs alike (`max_active_tis_per_dag=1`: a backfill has its own run limit),
 so a stream or the landing zone is never read by two batches at once.
@@ -59,6 +65,12 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
     print(summary["message"])
     for reason, count in sorted(summary.get("reasons", {}).items()):
         print(f"  quarantined {count:>6}  {reason}")
+    if summary.get("alerts"):
+        import logging
+
+        log = logging.getLogger("rtml.ingest")
+        for alert in summary["alerts"]:
+            log.warning("ALERT %s", alert)
     extra = {
         "dataset": summary["dataset"],
         "kind": kind,
@@ -70,6 +82,10 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
         "batch_ids": summary.get("batch_ids") or ([summary["batch_id"]] if summary.get("batch_id") else []),
         "manifests": summary.get("manifests") or ([summary["manifest"]] if summary.get("manifest") else []),
         "interval": result.get("interval"),
+        "unknown_fields": summary.get("unknown_fields", {}),
+        "missing_fields": summary.get("missing_fields", {}),
+        "alerts": summary.get("alerts", []),
+        "dead_letters": summary.get("dead_letters", 0),
     }
     if not summary["accepted"]:
         raise AirflowSkipException(summary["message"] + " - nothing accepted, no Asset update")

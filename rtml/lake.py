@@ -10,6 +10,9 @@ Layout under the lake root (an S3 prefix or a folder), per dataset::
 ``predictions`` (the serving log). A batch is identified by ``batch_id`` and always written to the
 same keys, so a retry or a backfill of the same batch replaces its files instead of adding any.
 The manifest is written last: a batch without a manifest is not visible to readers.
+Each manifest records the ``schema_hash`` of the contract its rows were checked against; readers
+that build training data (:meth:`Lake.labelled`, :meth:`Lake.latest_labels`) refuse to mix batches
+of another schema (:class:`SchemaMismatch`, naming the batches) instead of silently mixing them.
 Stages hand each other these references (lake URI, manifest keys, batch ids), never DataFrames.
 """
 
@@ -65,6 +68,27 @@ def from_parquet_bytes(data: bytes) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     return pq.read_table(io.BytesIO(data)).to_pandas()
+
+
+class SchemaMismatch(ValueError):
+    """Committed batches written under another data contract than the one being read with."""
+
+
+def check_schema(manifests: list[dict[str, Any]], expected: str, what: str) -> None:
+    """Raise :class:`SchemaMismatch` if a batch with rows was written under another schema hash."""
+    other: dict[str, list[str]] = {}
+    for m in manifests:
+        if m.get("files") and m.get("schema_hash") != expected:
+            other.setdefault(str(m.get("schema_hash")), []).append(m["batch_id"])
+    if other:
+        detail = "; ".join(
+            f"{len(ids)} batch(es) under schema {h} (e.g. {ids[0]})" for h, ids in sorted(other.items())
+        )
+        raise SchemaMismatch(
+            f"{what}: the spec's data contract has schema hash {expected}, but {detail}. Mixing them would "
+            "train on rows checked against different rules: re-ingest those batches under the current spec, "
+            "or narrow the window to batches of one schema"
+        )
 
 
 @dataclass(frozen=True)
@@ -124,16 +148,23 @@ class Lake:
         return sorted(out, key=lambda m: m["batch_id"])
 
     def _read(
-        self, dataset: str, kind: str, keep: Callable[[dict[str, Any]], bool] | None = None
+        self,
+        dataset: str,
+        kind: str,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+        schema_hash: str | None = None,
     ) -> pd.DataFrame:
-        """Rows of the committed batches that ``keep`` accepts, in batch order, with ``_batch``."""
+        """Rows of the committed batches that ``keep`` accepts, in batch order, with ``_batch``;
+        with ``schema_hash``, all of them must have been written under it (:func:`check_schema`)."""
         import pandas as pd
 
+        chosen = [m for m in self.manifests(dataset, kind) if keep is None or keep(m)]
+        if schema_hash is not None:
+            check_schema(chosen, schema_hash, f"{dataset}/{kind}")
         frames = []
-        for m in self.manifests(dataset, kind):
-            if keep is None or keep(m):
-                for key in m.get("files", []):
-                    frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
+        for m in chosen:
+            for key in m.get("files", []):
+                frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def read_batches(
@@ -142,20 +173,22 @@ class Lake:
         kind: str,
         batch_ids: Iterable[str] | None = None,
         keep: Callable[[dict[str, Any]], bool] | None = None,
+        schema_hash: str | None = None,
     ) -> pd.DataFrame:
         """The accepted rows of the given committed batches (all when None, or those whose manifest
-        ``keep`` accepts), in batch order."""
+        ``keep`` accepts), in batch order. With ``schema_hash``, batches written under another
+        contract raise :class:`SchemaMismatch`."""
         wanted = None if batch_ids is None else set(batch_ids)
 
         def chosen(m: dict[str, Any]) -> bool:
             return (wanted is None or m["batch_id"] in wanted) and (keep is None or keep(m))
 
-        df = self._read(dataset, kind, chosen)
+        df = self._read(dataset, kind, chosen, schema_hash)
         return df.drop(columns="_batch") if not df.empty else df
 
     def latest_labels(self, spec: ProjectSpec) -> pd.DataFrame:
         """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
-        labels = self._read(spec.dataset.name, "labels")
+        labels = self._read(spec.dataset.name, "labels", schema_hash=spec.schema_hash())
         return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
 
     def labelled(
@@ -187,7 +220,7 @@ class Lake:
             except (TypeError, ValueError):  # an unreadable range: read the batch
                 return True
 
-        events = self._read(ds, "events", overlaps)
+        events = self._read(ds, "events", overlaps, schema_hash=spec.schema_hash())
         labels = self.latest_labels(spec)
         empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:

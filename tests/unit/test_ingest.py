@@ -313,3 +313,82 @@ def test_an_interval_that_has_not_closed_is_refused(settings, capsys, monkeypatc
     finally:
         monkeypatch.undo()
         get_settings(refresh=True)
+
+
+# --- schema drift ----------------------------------------------------------------------------------------
+def _spec_with(**ingestion) -> object:
+    from rtml.spec import parse_spec
+
+    data = SPEC.model_dump(mode="json")
+    data["ingestion"].update(ingestion)
+    return parse_spec(data)
+
+
+def _renamed_file(settings) -> None:
+    ev, _ = prod.build(SPEC, rows=10, start=T0, seed=5)
+    text = ev.to_json(orient="records", lines=True, date_format="iso").splitlines()
+    rec = json.loads(text[3])
+    rec["annual_income"] = rec.pop("Income")  # renamed upstream
+    text[3] = json.dumps(rec)
+    landing_store(settings).put(landing_key(DS, "events", T0 + timedelta(seconds=20), "drift", "jsonl"),
+                                ("\n".join(text) + "\n").encode())
+
+
+def test_renamed_field_is_counted_and_alerted(settings, monkeypatch, tmp_path, capsys):
+    from rtml.cli import main
+    from rtml.settings import get_settings
+
+    _renamed_file(settings)
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_HOME", str(tmp_path))
+    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
+    get_settings(refresh=True)
+    try:
+        assert main(["ingest", "--kind", "events", "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(),
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+    finally:
+        monkeypatch.undo()
+        get_settings(refresh=True)
+    ev = out["events"]
+    assert (ev["records_in"], ev["accepted"]) == (10, 10)  # Income is nullable: accepted, and reported
+    assert ev["unknown_fields"] == {"annual_income": 1}
+    assert ev["missing_fields"]["Income"] >= 1 and ev["renamed"] == {"Income": "annual_income"}
+    assert out["alerts"] == ["events: schema drift: unknown field 'annual_income' in 1 record(s), accepted, "
+                             "field dropped (probably 'Income' renamed: 'Income' is missing in those records)"]
+    m = Lake(settings).manifests(DS, "events")[0]
+    assert m["unknown_fields"] == {"annual_income": 1} and m["renamed"] == {"Income": "annual_income"}
+
+
+@pytest.mark.parametrize("policy,accepted,alerts", [("quarantine", 9, 1), ("ignore", 10, 0), ("record", 10, 1)])
+def test_unknown_fields_policy(settings, policy, accepted, alerts):
+    from rtml.ingest import ingest_batch
+    from rtml.sources import LandingSource
+
+    spec = _spec_with(unknown_fields=policy)
+    _renamed_file(settings)
+    lake = Lake(settings)
+    src = LandingSource(landing_store(settings), DS, "events", T0, T0 + FIVE, lake.store)
+    res = ingest_batch(spec, "events", src, lake=lake, settings=settings)
+    assert (res["records_in"], res["accepted"], len(res["alerts"])) == (10, accepted, alerts)
+    assert res["unknown_fields"] == {"annual_income": 1}  # counted whatever the policy
+    if policy == "quarantine":
+        item = json.loads(lake.store.get(res["quarantine"]))
+        assert item["reasons"] == ["unknown field: annual_income"]
+
+
+def test_training_reader_refuses_batches_of_another_schema(settings):
+    from rtml.lake import SchemaMismatch
+    from rtml.spec import parse_spec
+
+    produce(settings, rows=300, label_delay=10.0)
+    lake = Lake(settings)
+    for kind in ("events", "labels"):
+        ingest_interval(SPEC, kind, T0, T0 + FIVE, settings=settings, lake=lake)
+    assert len(lake.labelled(SPEC)[0]) > 250
+    data = SPEC.model_dump(mode="json")
+    data["features"][0]["max"] = 99  # another contract: same columns, other rules
+    other = parse_spec(data)
+    with pytest.raises(SchemaMismatch, match="re-ingest those batches") as err:
+        lake.labelled(other)
+    assert SPEC.schema_hash() in str(err.value) and "20261125T120000-20261125T120500" in str(err.value)
