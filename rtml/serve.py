@@ -13,7 +13,16 @@ prediction is buffered and written off the request path, in small Parquet batche
 to the lake (kind ``predictions``); scores of the ``challenger`` on the same traffic go to kind
 ``shadow``. Both buffers are flushed on a clean shutdown (SIGTERM).
 
-Routes: ``POST /v1/predict`` and ``POST /admin/reload`` need ``Authorization: Bearer <token>``;
+No request can wedge it: every string of a body is checked to be encodable before it is
+accepted (a 4xx names the field), the request queue and the prediction-log buffer are bounded
+(over the bound: 503 with ``Retry-After``), a model call that hangs fails its requests after
+``model_timeout_seconds`` (and ``/ready`` answers 503 until it returns), a micro-batch whose model
+call fails is re-scored request by request so one bad record fails only its own request, and a
+row the prediction log cannot write goes to a dead letter (the lake's ``quarantine/`` area), never
+back into the buffer.
+
+Routes: ``POST /v1/predict``, ``POST /invocations`` (MLflow's scoring protocol, answered like
+``mlflow models serve``) and ``POST /admin/reload`` need ``Authorization: Bearer <token>``;
 ``GET /health``, ``/ready``, ``/metrics`` are open; ``GET /v1/model`` needs the token too.
 """
 
@@ -27,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -50,6 +60,10 @@ log = logging.getLogger("rtml.serve")
 
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_MAX_RECORDS = 1000
+DEFAULT_MAX_QUEUE_ROWS = 4096
+DEFAULT_MAX_LOG_ROWS = 200_000
+DEFAULT_MODEL_TIMEOUT_SECONDS = 10.0
+MAX_KEY_CHARS = 256  # an event or entity id longer than this is refused (it is stored with every row)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -58,11 +72,15 @@ DEFAULT_MAX_RECORDS = 1000
 class RequestError(Exception):
     """Bad input: answered with ``status`` and a message naming the field, never a 5xx."""
 
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.retry_after = retry_after  # 503 only: the Retry-After header (seconds)
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {"error": self.message}
@@ -123,19 +141,21 @@ class RecordValidator:
         values = frozenset(f.values) if f.values else None
         return ColumnRule(f.name, f.type, f.nullable, f.min, f.max, values)
 
-    def validate(self, records: list[Any], single: bool) -> tuple[dict[str, list], dict[str, list]]:
+    def validate(
+        self, records: list[Any], single: bool, prefix: str = "records"
+    ) -> tuple[dict[str, list], dict[str, list]]:
         cols: dict[str, list] = {c: [] for c in self.columns}
         keys: dict[str, list] = {k: [] for k in self.keys}
         rules = self.rules
         allowed = self._allowed
         for i, rec in enumerate(records):
-            where = "" if single else f"records[{i}]"
+            where = "" if single else f"{prefix}[{i}]"
             if not isinstance(rec, dict):
                 raise RequestError(422, f"{where or 'the body'} must be a JSON object of features", where or None)
             if len(rec) != len(self.columns) or not allowed.issuperset(rec):
                 for k in rec:
                     if k not in allowed:
-                        name = f"{where}.{k}" if where else k
+                        name = f"{where}.{safe_text(k)}" if where else safe_text(k)
                         raise RequestError(422, f"unknown field {name!r}", name)
             for r in rules:
                 name = r.name
@@ -147,10 +167,18 @@ class RecordValidator:
                 cols[name].append(self._check(r, v, where))
             for k in self.keys:
                 v = rec.get(k)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int))):
+                if v is not None:
                     fname = f"{where}.{k}" if where else k
-                    raise RequestError(422, f"field {fname!r} must be a string or an integer", fname)
-                keys[k].append(None if v is None else str(v))
+                    if isinstance(v, bool) or not isinstance(v, (str, int)):
+                        raise RequestError(422, f"field {fname!r} must be a string or an integer", fname)
+                    if isinstance(v, int) and not -(2**63) <= v < 2**63:
+                        raise RequestError(422, f"field {fname!r} is out of range for an id (64-bit integers)", fname)
+                    v = str(v)
+                    if len(v) > MAX_KEY_CHARS or not _encodable(v):
+                        raise RequestError(
+                            422, f"field {fname!r} must be valid text of at most {MAX_KEY_CHARS} characters", fname
+                        )
+                keys[k].append(v)
         return cols, keys
 
     @staticmethod
@@ -171,18 +199,25 @@ class RecordValidator:
                     raise fail("must be a finite number (NaN and infinity are not allowed)")
                 if kind == "integer" and not v.is_integer():
                     raise fail(f"must be an integer, got {v!r}")
-            elif t is not int:  # bool is a subclass of int but never a number here
+            elif t is int:  # bool is a subclass of int but never a number here
+                try:  # a 400-digit integer is valid JSON but no float64
+                    float(v)
+                except OverflowError:
+                    raise fail(f"is out of range for a 64-bit float ({len(str(abs(v)))} digits)") from None
+            else:
                 raise fail(f"must be a number, got {type(v).__name__}")
             if r.min is not None and v < r.min:
-                raise fail(f"must be at least {r.min:g}, got {v!r}")
+                raise fail(f"must be at least {r.min:g}, got {_short(v)}")
             if r.max is not None and v > r.max:
-                raise fail(f"must be at most {r.max:g}, got {v!r}")
+                raise fail(f"must be at most {r.max:g}, got {_short(v)}")
             return float(v)
         if kind == "categorical":
             if type(v) is not str:
                 raise fail(f"must be a string, got {type(v).__name__}")
             if r.values is not None and v not in r.values:
-                raise fail(f"has value {v!r}, allowed: {sorted(r.values)}")
+                raise fail(f"has value {_short(v)}, allowed: {sorted(r.values)}")
+            if r.values is None and not _encodable(v):
+                raise fail("must be valid text (it holds a lone UTF-16 surrogate)")
             return v
         # boolean: rtml.features encodes booleans as the strings "true"/"false"
         if type(v) is not bool:
@@ -204,21 +239,126 @@ class RecordValidator:
         return pd.DataFrame(data, columns=self.columns, copy=False)
 
 
-def parse_body(body: bytes) -> tuple[list[Any], bool]:
-    """JSON body -> (records, single). Accepts one record, ``{"records": [...]}`` or a list."""
+def _encodable(text: str) -> bool:
+    """False for text holding a lone UTF-16 surrogate: no UTF-8 writer (Parquet, JSON) can store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def safe_text(text: Any, limit: int = 120) -> str:
+    """Any text made printable in an answer or a log: lone surrogates escaped, long text cut."""
+    out = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return out if len(out) <= limit else out[:limit] + f"... ({len(out)} chars)"
+
+
+def _short(v: Any) -> str:
+    return repr(safe_text(v) if isinstance(v, str) else v) if not isinstance(v, int) or v.bit_length() < 200 else (
+        f"an integer of {len(str(abs(v)))} digits")
+
+
+_KEY_END = re.compile(rb'"\s*:')  # every object key ends like this (a string value may too: then we recheck)
+
+
+def _count_keys(data: Any) -> int:
+    n, stack = 0, [data]
+    while stack:
+        x = stack.pop()
+        if type(x) is dict:
+            n += len(x)
+            stack.extend(v for v in x.values() if type(v) in (dict, list))
+        elif type(x) is list:
+            stack.extend(v for v in x if type(v) in (dict, list))
+    return n
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise RequestError(400, f"duplicate key {safe_text(k)!r} in a JSON object", safe_text(k))
+            seen.add(k)
+    for k in out:
+        if not _encodable(k):
+            raise RequestError(400, f"field name {safe_text(k)!r} holds a lone UTF-16 surrogate", safe_text(k))
+    return out
+
+
+def _check_strings(data: Any) -> None:
+    """Every string value must be encodable; the error names where the bad one is."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        x, path = stack.pop()
+        if type(x) is dict:
+            stack.extend((v, f"{path}.{k}" if path else k) for k, v in x.items() if type(v) in (dict, list, str))
+        elif type(x) is list:
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(x) if type(v) in (dict, list, str))
+        elif type(x) is str and not _encodable(x):
+            raise RequestError(400, f"field {path or 'the body'!r} holds a lone UTF-16 surrogate", path or "body")
+
+
+def _load_json_strictly(body: bytes) -> Any:
+    """The standard library's parser, for what orjson refused: names NaN fields, finds duplicates."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RequestError(400, f"the body is not valid UTF-8 (byte {err.start}: {err.reason})", "body") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs_without_duplicates)
+    except RequestError:
+        raise
+    except RecursionError:
+        raise RequestError(400, "the body is not valid JSON: nested too deeply", "body") from None
+    except ValueError as err:  # JSONDecodeError, and integers over Python's digit limit
+        raise RequestError(400, f"the body is not valid JSON: {safe_text(err, 300)}", "body") from None
+    _check_strings(data)
+    return data
+
+
+def load_json(body: bytes) -> Any:
+    """JSON body -> Python, refusing invalid UTF-8, BOMs, lone surrogates and duplicate keys (400).
+
+    orjson is fast and strict (no NaN, no surrogates, no BOM); what it refuses is parsed again
+    by the standard library so that a NaN or a huge number reaches the validator, which names
+    its field. Duplicate keys, which orjson keeps silently (the last one wins), are looked for
+    only when the body has more ``"key":`` spots than the parsed objects have keys.
+    """
     import orjson
 
+    if not body.strip():
+        raise RequestError(400, "the body is empty: send a JSON object", "body")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson refuses NaN/Infinity literals; the stdlib parser accepts them so that the
-        # validator can name the field holding the NaN instead of "invalid JSON".
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
-        except RecursionError:
-            raise RequestError(400, "the body is not valid JSON: nested too deeply") from None
+        return _load_json_strictly(body)
+    if len(_KEY_END.findall(body)) > _count_keys(data):
+        _load_json_strictly(body)  # raises on a duplicate key; else the body was fine
+    return data
+
+
+def check_content_type(value: str | None) -> None:
+    """JSON in UTF-8 only (as ``mlflow models serve``); no header at all is taken as JSON."""
+    if value is None or not value.strip():
+        return
+    mime, *params = (p.strip() for p in value.split(";"))
+    if mime.lower() != "application/json":
+        raise RequestError(415, f"content type {safe_text(mime)!r} is not supported: send application/json",
+                           "content-type")
+    for p in params:
+        key, _, val = p.partition("=")
+        if key.strip().lower() != "charset":
+            raise RequestError(415, f"unknown content type parameter {safe_text(key)!r}", "content-type")
+        if val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise RequestError(415, f"charset {safe_text(val)!r} is not supported: send UTF-8", "content-type")
+
+
+def parse_body(body: bytes) -> tuple[list[Any], bool]:
+    """JSON body -> (records, single). Accepts one record, ``{"records": [...]}`` or a list."""
+    data = load_json(body)
     if isinstance(data, list):
         return data, False
     if isinstance(data, dict):
@@ -229,6 +369,69 @@ def parse_body(body: bytes) -> tuple[list[Any], bool]:
             raise RequestError(422, "'records' must be a list of feature objects", "records")
         return [data], True
     raise RequestError(422, "the body must be a JSON object (one record) or {'records': [...]}")
+
+
+INVOCATION_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+def parse_invocation(data: Any) -> tuple[list[Any], str]:
+    """MLflow's scoring protocol -> (records, the input field's name), like ``mlflow models serve``.
+
+    Exactly one of ``dataframe_split`` (``columns`` + ``data`` [+ ``index``]), ``dataframe_records``
+    (a list of objects), ``instances`` or ``inputs`` (a list of objects, or an object of equally
+    long columns); ``params`` may come beside it (the models take none: it is ignored, as MLflow does).
+    """
+    if not isinstance(data, dict):
+        raise RequestError(400, f"the body must be a JSON object with exactly one of {list(INVOCATION_FORMATS)}")
+    for k in data:
+        if k not in INVOCATION_FORMATS and k != "params":
+            raise RequestError(400, f"unknown field {safe_text(k)!r}; expected one of {list(INVOCATION_FORMATS)}",
+                               safe_text(k))
+    given = [k for k in INVOCATION_FORMATS if k in data]
+    if len(given) != 1:
+        raise RequestError(400, f"send exactly one of {list(INVOCATION_FORMATS)}, got {given}",
+                           given[1] if len(given) > 1 else None)
+    if data.get("params") is not None and not isinstance(data["params"], dict):
+        raise RequestError(400, "'params' must be an object", "params")
+    fmt = given[0]
+    value = data[fmt]
+    if fmt == "dataframe_split":
+        if not isinstance(value, dict):
+            raise RequestError(400, "'dataframe_split' must be an object with 'columns' and 'data'", fmt)
+        for k in value:
+            if k not in ("columns", "data", "index"):
+                raise RequestError(400, f"unknown field {fmt}.{safe_text(k)}", f"{fmt}.{safe_text(k)}")
+        columns, rows = value.get("columns"), value.get("data")
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise RequestError(400, "'dataframe_split.columns' must be a list of column names", f"{fmt}.columns")
+        if len(set(columns)) != len(columns):
+            raise RequestError(400, "'dataframe_split.columns' names a column twice", f"{fmt}.columns")
+        if not isinstance(rows, list):
+            raise RequestError(400, "'dataframe_split.data' must be a list of rows", f"{fmt}.data")
+        index = value.get("index")
+        if index is not None and (not isinstance(index, list) or len(index) != len(rows)):
+            raise RequestError(400, "'dataframe_split.index' must be a list as long as 'data'", f"{fmt}.index")
+        records = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise RequestError(400, f"row {i} of 'dataframe_split.data' must be a list of {len(columns)} values",
+                                   f"{fmt}.data[{i}]")
+            records.append(dict(zip(columns, row, strict=True)))
+        return records, f"{fmt}.data"
+    if fmt == "dataframe_records":
+        if not isinstance(value, list):
+            raise RequestError(400, "'dataframe_records' must be a list of objects", fmt)
+        return value, fmt
+    # instances / inputs: a list of records, or one object of equally long columns
+    if isinstance(value, list):
+        return value, fmt
+    if isinstance(value, dict):
+        lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+        if -1 in lengths or len(lengths) > 1:
+            raise RequestError(400, f"'{fmt}' as an object must map each column to a list, all of one length", fmt)
+        n = lengths.pop() if lengths else 0
+        return [{k: v[i] for k, v in value.items()} for i in range(n)], fmt
+    raise RequestError(400, f"'{fmt}' must be a list of objects or an object of columns", fmt)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,6 +473,11 @@ class LoadedModel:
     # True when the version must decide itself (tagged mitigated, or its signature has a label
     # output): answering with the global threshold instead would be wrong, so missing labels fail.
     own_labels: bool = False
+    # The pyfunc's predict_fn (MLflow's MLmodel): what ``POST /invocations`` answers with.
+    predict_fn: str = "predict_proba"
+    # cols -> (scores, labels) without pandas for a model that decides itself (the mitigated
+    # variant: compiled pipeline, then its per-group thresholds); set only when identical.
+    fast_outputs: Callable[[dict[str, list]], Outputs] | None = None
 
     def score_columns(self, cols: dict[str, list]) -> np.ndarray:
         if self.fast is not None:
@@ -278,14 +486,63 @@ class LoadedModel:
 
     def predict_columns(self, cols: dict[str, list]) -> Outputs:
         """(scores, labels or None) in one model call; labels only from a model that decides itself."""
+        scores, labels, _ = self.run(cols)
+        return scores, labels
+
+    def run(self, cols: dict[str, list], native: bool = False) -> tuple[np.ndarray, np.ndarray | None, Any]:
+        """(scores, labels or None, the pyfunc's own output or None) from one model call.
+
+        ``native`` asks for what MLflow's pyfunc ``predict`` returns too (``POST /invocations``):
+        the class probabilities of an sklearn model logged with ``predict_fn=predict_proba``, the
+        ``score``/``label`` frame of the mitigated wrapper, whatever another pyfunc returns.
+        """
         if self.outputs is None:
             if self.own_labels:
                 raise ValueError(f"version {self.version} must give its own labels but has no label output")
-            return self.score_columns(cols), None
-        scores, labels = self.outputs(self.validator.frame(cols))
+            if not native:
+                return self.score_columns(cols), None, None
+            proba = getattr(self.fast, "proba", None)
+            estimator = getattr(self.score, "estimator", None)
+            if proba is not None and self.predict_fn == "predict_proba":
+                matrix = proba(cols)
+                return matrix[:, self.fast.column], None, matrix
+            frame = self.validator.frame(cols)
+            if estimator is None:
+                scores = self.score(frame)
+                return scores, None, scores
+            matrix = estimator.predict_proba(frame)
+            scores = matrix[:, self.score.column]
+            return scores, None, (matrix if self.predict_fn == "predict_proba" else estimator.predict(frame))
+        if self.fast_outputs is not None:
+            scores, labels = self.fast_outputs(cols)
+            return scores, labels, ({"score": scores, "label": labels} if native else None)
+        frame = self.validator.frame(cols)
+        raw = getattr(self.outputs, "raw", None)
+        if native and raw is not None:
+            out = raw(frame)
+            scores, labels = self.outputs.split(out)
+        else:
+            (scores, labels), out = self.outputs(frame), None
         if labels is None and self.own_labels:
             raise ValueError(f"version {self.version} ({self.variant}): its output has no 'label' column")
-        return scores, labels
+        return scores, labels, (out if native else None)
+
+    def check_rows(self, extra: Sequence[dict[str, Any]] = ()) -> dict[str, list]:
+        """The columns a fast path is checked on: the samples, the same rows with every nullable input
+        missing (the imputation path must match too) and ``extra`` rows (edge values)."""
+        v = self.validator
+        rows = list(self.samples)
+        rows += [{k: (None if r.nullable else row[k]) for k, r in zip(v.columns, v.rules, strict=True)}
+                 for row in rows[:3]]
+        good = []
+        for row in [*rows, *extra]:
+            try:
+                v.validate([row], single=True)
+                good.append(row)
+            except RequestError:
+                continue
+        cols, _ = v.validate(good, single=False)
+        return cols
 
     def enable_fast_path(self, estimator: Any, positive: Any) -> bool:
         """Use the numpy replay of the pipeline if it scores the sample rows bit-for-bit the same."""
@@ -294,12 +551,8 @@ class LoadedModel:
         fast = compile_fast_path(estimator, self.validator.columns, self.validator.numeric, positive)
         if fast is None:
             return False
-        rows = list(self.samples)
-        # Also rows with every nullable input missing: the imputation path must match too.
-        rows += [{k: (None if r.nullable else row[k]) for k, r in zip(self.validator.columns, self.validator.rules,
-                                                                        strict=True)} for row in rows[:3]]
         try:
-            cols, _ = self.validator.validate(rows, single=False)
+            cols = self.check_rows()
             same = np.array_equal(fast(cols), self.score(self.validator.frame(cols)))
         except Exception as err:  # noqa: BLE001 - any doubt: the plain pipeline
             log.info("fast path disabled for version %s: %r", self.version, err)
@@ -308,6 +561,53 @@ class LoadedModel:
             log.warning("fast path disabled for version %s: scores differ from the pipeline's", self.version)
             return False
         self.fast = fast
+        return True
+
+    def enable_group_fast_path(self) -> bool:
+        """The mitigated variant's fast path: its Pipeline compiled, then its per-group thresholds.
+
+        Used only if scores AND labels equal the pyfunc's own ``predict`` on the sample rows, the
+        rows with missing inputs, and rows at every bin edge / value of each sensitive attribute.
+        """
+        import numpy as np
+
+        pyfunc = getattr(self.outputs, "pyfunc", None)
+        if pyfunc is None or self.variant != MITIGATED:
+            return False
+        try:
+            inner = pyfunc.unwrap_python_model()
+            pipe, rule, mspec = inner._pipe, inner._rule, inner._spec
+        except Exception as err:  # noqa: BLE001 - not the wrapper rtml.mitigation builds
+            log.info("no fast path for version %s: %r", self.version, err)
+            return False
+        if pipe is None or rule is None or mspec is None:
+            return False
+        fast = compile_fast_path(pipe, self.validator.columns, self.validator.numeric, mspec.target.positive)
+        thresholds = compile_group_thresholds(rule, mspec, self.validator.columns)
+        if fast is None or thresholds is None:
+            return False
+
+        def fast_outputs(cols: dict[str, list]) -> Outputs:
+            # the wrapper scores with predict_proba(X)[:, 1] and decides score >= its group's threshold
+            scores = np.asarray(fast.proba(cols)[:, 1], dtype=np.float64)
+            return scores, (scores >= thresholds(cols)).astype(np.int64)
+
+        try:
+            cols = self.check_rows(group_edge_rows(mspec, self.samples[:1]))
+            want_scores, want_labels = self.outputs(self.validator.frame(cols))
+            got_scores, got_labels = fast_outputs(cols)
+            same = (
+                want_labels is not None
+                and np.array_equal(got_scores, np.asarray(want_scores, dtype=np.float64))
+                and np.array_equal(got_labels, np.asarray(want_labels))
+            )
+        except Exception as err:  # noqa: BLE001 - any doubt: the pyfunc as it is
+            log.info("group fast path disabled for version %s: %r", self.version, err)
+            return False
+        if not same:
+            log.warning("group fast path disabled for version %s: results differ from the pyfunc's", self.version)
+            return False
+        self.fast, self.fast_outputs = fast, fast_outputs
         return True
 
     def info(self) -> dict[str, Any]:
@@ -347,6 +647,7 @@ def scorer_for_estimator(estimator: Any, positive: Any) -> Callable[[pd.DataFram
     def score(df: pd.DataFrame) -> np.ndarray:
         return estimator.predict_proba(df)[:, col]
 
+    score.estimator, score.column = estimator, col  # the whole predict_proba, for /invocations
     return score
 
 
@@ -360,8 +661,7 @@ def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFra
     import numpy as np
     import pandas as pd
 
-    def outputs(df: pd.DataFrame) -> Outputs:
-        out = pyfunc_model.predict(df)
+    def split(out: Any) -> Outputs:
         labels = None
         if isinstance(out, pd.DataFrame):
             cols = [str(c) for c in out.columns]
@@ -374,6 +674,12 @@ def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFra
         arr = np.asarray(out, dtype="float64")
         return (arr[:, -1] if arr.ndim == 2 else arr), labels
 
+    def outputs(df: pd.DataFrame) -> Outputs:
+        return split(pyfunc_model.predict(df))
+
+    # The raw predict output is what /invocations answers with; the pyfunc itself lets serving
+    # compile a fast path for the wrapper rtml.mitigation builds.
+    outputs.raw, outputs.split, outputs.pyfunc = pyfunc_model.predict, split, pyfunc_model
     return outputs
 
 
@@ -530,7 +836,7 @@ def compile_fast_path(estimator: Any, columns: Sequence[str], numeric: Sequence[
         return None
     col = positive_column(getattr(clf, "classes_", None), positive)
 
-    def score(cols: dict[str, list]) -> np.ndarray:
+    def proba(cols: dict[str, list]) -> np.ndarray:
         parts = []
         for names, is_num, fns in blocks:
             if is_num:
@@ -542,9 +848,73 @@ def compile_fast_path(estimator: Any, columns: Sequence[str], numeric: Sequence[
             for fn in fns:
                 X = fn(X)
             parts.append(np.asarray(X, dtype="float64"))
-        return clf.predict_proba(np.hstack(parts))[:, col]
+        return clf.predict_proba(np.hstack(parts))
 
+    def score(cols: dict[str, list]) -> np.ndarray:
+        return proba(cols)[:, col]
+
+    score.proba, score.column = proba, col  # the whole predict_proba, for /invocations
     return score
+
+
+def compile_group_thresholds(rule: Any, spec: ProjectSpec, columns: Sequence[str]):
+    """``cols -> per-row threshold`` of a ``rtml.fairness.GroupRule``, without pandas, or None.
+
+    The same groups as ``rtml.features.sensitive_groups`` + ``GroupRule.keys``: a categorical
+    attribute's value as text (``missing`` for none), a binned one's label, ``[lo, hi)`` bins,
+    ``missing`` for no value and ``out of range`` outside the edges; a group without a rule of its
+    own takes the fallback's threshold.
+    """
+    import numpy as np
+
+    by_name = {a.name: a for a in spec.sensitive}
+    parts = []
+    for name in rule.attributes:
+        attr = by_name.get(name)
+        if attr is None or attr.column not in columns:
+            return None
+        if attr.bins is None:
+            parts.append((name, attr.column, None, None))
+        else:
+            labels = attr.labels or [f"[{lo:g}, {hi:g})" for lo, hi in zip(attr.bins[:-1], attr.bins[1:], strict=True)]
+            parts.append((name, attr.column, list(attr.bins), np.array(labels, dtype=object)))
+    table = dict(rule.thresholds)
+    fallback = table[rule.fallback]
+
+    def thresholds(cols: dict[str, list]) -> np.ndarray:
+        n = len(cols[columns[0]]) if columns else 0
+        keys = [""] * n
+        for k, (name, column, bins, labels) in enumerate(parts):
+            values = cols[column]
+            if bins is None:
+                text = [f"{name}=" + ("missing" if v is None else str(v)) for v in values]
+            else:
+                num = np.array([np.nan if v is None else v for v in values], dtype=float)
+                idx = np.digitize(num, bins[1:-1], right=False)
+                inside = (num >= bins[0]) & (num < bins[-1])
+                named = np.where(np.isnan(num), "missing", np.where(inside, labels[idx], "out of range"))
+                text = [f"{name}={g}" for g in named]
+            keys = text if k == 0 else [a + " & " + b for a, b in zip(keys, text, strict=True)]
+        return np.array([table.get(key, fallback) for key in keys], dtype=float)
+
+    return thresholds if parts else None
+
+
+def group_edge_rows(spec: ProjectSpec, base: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that put each sensitive attribute on every group and bin edge (checks of a group fast path)."""
+    import numpy as np
+
+    rows = []
+    for row in base:
+        for attr in spec.sensitive:
+            if attr.bins is None:
+                feature = next((f for f in spec.features if f.name == attr.column), None)
+                values = list(feature.values or []) if feature is not None else []
+            else:
+                values = [x for e in attr.bins for x in (np.nextafter(e, -np.inf), e, np.nextafter(e, np.inf))]
+                values = [float(v) for v in values]
+            rows += [{**row, attr.column: v} for v in [*values, None]]
+    return rows
 
 
 def smoke_check(model: LoadedModel, extra_rows: Sequence[dict[str, Any]] = ()) -> int:
@@ -722,6 +1092,7 @@ class RegistrySource:
                 outputs=outputs,
                 variant=variant,
                 own_labels=own_labels,
+                predict_fn=(meta.flavors.get("python_function") or {}).get("predict_fn") or "predict",
             )
             if flavor == "sklearn":
                 model.enable_fast_path(estimator, positive)
@@ -734,12 +1105,27 @@ class RegistrySource:
 # Prediction log: buffered, written as Parquet batches with manifests, off the request path.
 # ------------------------------------------------------------------------------------------------
 class PredictionLog:
-    """Thread-safe buffer of scored micro-batches, flushed to the lake in small batches."""
+    """Thread-safe, bounded buffer of scored micro-batches, flushed to the lake in small batches.
 
-    def __init__(self, kind: str, spec: ProjectSpec, lake: Any | None) -> None:
+    A row that cannot be written (its values do not convert to Parquet) is found by bisection and
+    goes to a dead letter: ``<dataset>/quarantine/<kind>/.../rejected.jsonl`` in the lake (else a
+    local ``<home>/serve-dead-letter/<kind>.jsonl``), with the reason; the other rows are written.
+    Only a failing store puts rows back, and ``full`` tells the endpoint to refuse new requests.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        spec: ProjectSpec,
+        lake: Any | None,
+        max_rows: int = DEFAULT_MAX_LOG_ROWS,
+        on_dead: Callable[[int], None] | None = None,
+    ) -> None:
         self.kind = kind
         self.spec = spec
         self.lake = lake
+        self.max_rows = max_rows
+        self.on_dead = on_dead
         self._lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
         self._rows = 0
@@ -747,10 +1133,15 @@ class PredictionLog:
         self.written_rows = 0
         self.written_batches = 0
         self.failed_writes = 0
+        self.dead_rows = 0
 
     @property
     def pending_rows(self) -> int:
         return self._rows
+
+    @property
+    def full(self) -> bool:
+        return self._rows >= self.max_rows
 
     def add(self, item: dict[str, Any], rows: int) -> None:
         with self._lock:
@@ -768,38 +1159,130 @@ class PredictionLog:
             self._items[:0] = items
             self._rows += rows
 
+    def _encode(self, items: list[dict[str, Any]]) -> tuple[pd.DataFrame, bytes]:
+        from rtml.lake import to_parquet_bytes
+
+        df = self._frame(items)
+        return df, to_parquet_bytes(df)
+
+    @staticmethod
+    def _rows_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+        n = len(item["request_id"])
+        out = []
+        for i in range(n):
+            row = {}
+            for k, v in item.items():
+                if k in ("keys", "features"):
+                    row[k] = {c: [vals[i]] for c, vals in v.items()}
+                elif isinstance(v, list):
+                    row[k] = [v[i]]
+                else:
+                    row[k] = v
+            out.append(row)
+        return out
+
+    def _sort_out(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[dict, str]]]:
+        """(items that encode, [(one-row item, reason)] that do not), by bisection."""
+        good: list[dict[str, Any]] = []
+        bad: list[tuple[dict, str]] = []
+
+        def visit(group: list[dict[str, Any]], why: str) -> None:
+            if len(group) == 1:
+                rows = self._rows_of(group[0])
+                if len(rows) <= 1:
+                    bad.append((group[0], why))
+                    return
+                group = rows
+            mid = len(group) // 2
+            for half in (group[:mid], group[mid:]):
+                try:
+                    self._encode(half)
+                    good.extend(half)
+                except Exception as err:  # noqa: BLE001 - narrowed down until one row is left
+                    visit(half, f"{type(err).__name__}: {safe_text(err, 500)}")
+
+        try:
+            self._encode(items)
+            return items, []
+        except Exception as err:  # noqa: BLE001
+            visit(items, f"{type(err).__name__}: {safe_text(err, 500)}")
+        return good, bad
+
+    def _encode_or_sort_out(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list, Any]:
+        try:  # the usual case: every row encodes, once
+            return items, [], self._encode(items)
+        except Exception:  # noqa: BLE001
+            good, bad = self._sort_out(items)
+            return good, bad, (self._encode(good) if good else None)
+
+    def _dead_letter(self, bad: list[tuple[dict, str]], batch_id: str) -> str:
+        lines = []
+        for item, why in bad:
+            row: dict[str, Any] = {"reason": why, "kind": self.kind, "time": str(item.get("time"))}
+            for k, v in item.items():
+                if k in ("keys", "features"):
+                    row.update({c: vals[0] for c, vals in v.items()})
+                elif isinstance(v, list):
+                    row[k] = v[0]
+            lines.append(json.dumps(row, default=str))  # ASCII: a lone surrogate is written escaped
+        body = ("\n".join(lines) + "\n").encode("ascii")
+        self.dead_rows += len(bad)
+        if self.on_dead is not None:
+            self.on_dead(len(bad))
+        try:
+            key = self.lake.quarantine_key(self.spec.dataset.name, self.kind, batch_id)
+            self.lake.store.put(key, body)
+            where = f"{self.lake.uri}/{key}"
+        except Exception as err:  # noqa: BLE001 - the store is down too: keep them on local disk
+            home = getattr(getattr(self.lake, "settings", None), "home", None) or tempfile.gettempdir()
+            path = os.path.join(str(home), "serve-dead-letter", f"{self.kind}.jsonl")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "ab") as fh:
+                fh.write(body)
+            where = f"{path} (the lake refused it: {err!r})"
+        log.error("%d %s row(s) could not be written; dead letter: %s (%s)", len(bad), self.kind, where, bad[0][1])
+        return where
+
     def flush(self) -> dict[str, Any] | None:
         """Write what is buffered as one lake batch (blocking; run it in a thread)."""
         items, rows = self.take()
         if not rows or self.lake is None:
             return None
+        self._seq += 1
+        now = datetime.now(UTC)
+        batch_id = f"{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:05d}-{uuid.uuid4().hex[:6]}"
+        # A row that cannot be encoded never goes back into the buffer: it would block every later flush.
+        good, bad, encoded = self._encode_or_sort_out(items)
+        if bad:
+            self._dead_letter(bad, batch_id)
+        if not good:
+            return None
+        good_rows = sum(len(it["request_id"]) for it in good)
         try:
-            df = self._frame(items)
-            self._seq += 1
-            now = datetime.now(UTC)
-            batch_id = f"{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:05d}-{uuid.uuid4().hex[:6]}"
+            df, data = encoded
             ds = self.spec.dataset.name
             key = self.lake.data_key(ds, self.kind, batch_id)
-            size = self.lake.write_table(key, df)
+            self.lake.store.put(key, data)
             manifest = {
                 "batch_id": batch_id,
                 "kind": self.kind,
                 "files": [key],
-                "records_in": int(len(df)),
+                "records_in": int(len(df)) + len(bad),
                 "accepted": int(len(df)),
-                "quarantined": 0,
+                "quarantined": len(bad),
                 "watermark": df["time"].max().isoformat(),
                 "schema_hash": self.spec.schema_hash(),
-                "bytes": size,
+                "bytes": len(data),
                 "model_versions": sorted({str(v) for v in df["version"].unique()}),
                 "written_at": now.isoformat(),
                 "source": "rtml serve",
             }
             self.lake.write_manifest(ds, self.kind, batch_id, manifest)
         except Exception:
-            # Keep the rows for the next attempt: losing predictions silently is worse.
+            # The store failed (the rows encode): keep them for the next attempt; the buffer is
+            # bounded, and the endpoint refuses new requests while it is full.
             self.failed_writes += 1
-            self.put_back(items, rows)
+            self.put_back(good, good_rows)
             raise
         self.written_rows += len(df)
         self.written_batches += 1
@@ -857,6 +1340,7 @@ class _Job:
     n: int
     future: asyncio.Future
     model: LoadedModel  # validated against this version, so scored by it (a swap in between is fine)
+    native: bool = False  # POST /invocations: also the pyfunc's own output, for MLflow's answer shape
 
 
 @dataclass
@@ -871,6 +1355,19 @@ class ServeConfig:
     shadow: bool = True
     sample_rows: int = 20
     retry_failed_seconds: float = 300.0
+    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS  # rows waiting for a model call; more: 503
+    max_log_rows: int = DEFAULT_MAX_LOG_ROWS  # prediction-log rows not yet written; more: 503
+    model_timeout_seconds: float = DEFAULT_MODEL_TIMEOUT_SECONDS  # a longer model call fails its requests
+    retry_after_seconds: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> ServeConfig:
+        return cls(
+            max_queue_rows=settings.serve_max_queue_rows,
+            max_log_rows=settings.serve_max_log_rows,
+            model_timeout_seconds=settings.serve_model_timeout_seconds,
+            **kw,
+        )
 
 
 class Metrics:
@@ -903,6 +1400,26 @@ class Metrics:
         self.model_info = Gauge("rtml_model_info", "The model version being served (value 1)", ["version"], registry=r)
         self.log_rows = Counter("rtml_log_rows_total", "Rows written to the lake, by kind", ["kind"], registry=r)
         self.shadow_dropped = Counter("rtml_shadow_dropped_total", "Micro-batches not shadow-scored", registry=r)
+        self.overload = Counter(
+            "rtml_overload_rejections_total",
+            "Requests answered 503 with Retry-After, by reason (queue_full, log_full, model_timeout, model_hung)",
+            ["reason"], registry=r,
+        )
+        self.dead_letter = Counter(
+            "rtml_log_dead_letter_rows_total", "Log rows that could not be written, sent to the dead letter", ["kind"],
+            registry=r,
+        )
+        self.log_failures = Counter("rtml_log_write_failures_total", "Failed lake writes, by kind", ["kind"],
+                                    registry=r)
+        self.log_pending = Gauge("rtml_log_pending_rows", "Log rows not yet written, by kind", ["kind"], registry=r)
+        self.queue_rows = Gauge("rtml_queue_rows", "Rows waiting for a model call", registry=r)
+        self.model_hung = Gauge("rtml_model_hung", "1 while a model call is past its timeout", registry=r)
+        self.model_seconds = Counter("rtml_model_call_seconds_total", "Time spent in model calls", registry=r)
+        self.request_model_seconds = Counter(
+            "rtml_request_model_seconds_total",
+            "Sum over answered requests of the model call that scored them (share of latency in the model)",
+            registry=r,
+        )
 
 
 class ModelServer:
@@ -927,8 +1444,15 @@ class ModelServer:
         self.shadow: LoadedModel | None = None
         self.last_error: dict[str, Any] | None = None
         self.started_at = _now_iso()
-        self.predictions = PredictionLog("predictions", spec, lake)
-        self.shadow_log = PredictionLog("shadow", spec, lake)
+        dead = self.metrics.dead_letter
+        self.predictions = PredictionLog("predictions", spec, lake, self.config.max_log_rows,
+                                         dead.labels("predictions").inc)
+        self.shadow_log = PredictionLog("shadow", spec, lake, self.config.max_log_rows, dead.labels("shadow").inc)
+        for plog in (self.predictions, self.shadow_log):
+            self.metrics.log_pending.labels(plog.kind).set_function(lambda p=plog: p.pending_rows)
+        self.metrics.queue_rows.set_function(lambda: self._pending_rows)
+        self.metrics.model_hung.set_function(lambda: 1 if self.hung else 0)
+        self.hung: dict[str, Any] | None = None  # the model call past its timeout, while it runs
         self._cache: dict[str, LoadedModel] = {}
         self._failed: dict[str, tuple[str, float]] = {}
         self._recent: deque[dict[str, Any]] = deque(maxlen=self.config.sample_rows)
@@ -988,7 +1512,16 @@ class ModelServer:
 
     @property
     def ready(self) -> bool:
-        return self.current is not None
+        return self.current is not None and self.hung is None
+
+    def not_ready_reason(self) -> dict[str, Any]:
+        if self.hung is not None:
+            return {"ready": False, "reason": "a model call is past its timeout", "hung": self.hung}
+        return {"ready": False, "reason": "no model loaded", "last_error": self.last_error}
+
+    def _unavailable(self, reason: str, message: str) -> RequestError:
+        self.metrics.overload.labels(reason).inc()
+        return RequestError(503, message, retry_after=self.config.retry_after_seconds)
 
     # --- hot swap -------------------------------------------------------------------------------
     async def sync(self, force: bool = False) -> dict[str, Any]:
@@ -1057,8 +1590,14 @@ class ModelServer:
         try:
             if model is None:
                 model = await loop.run_in_executor(self._io_pool, self.source.load, version)
+                if model.variant == MITIGATED and model.fast_outputs is None:
+                    await loop.run_in_executor(self._io_pool, model.enable_group_fast_path)
             extra = list(self._recent)
-            await loop.run_in_executor(self._io_pool, smoke_check, model, extra)
+            check = loop.run_in_executor(self._io_pool, smoke_check, model, extra)
+            try:  # a model that hangs on its sample rows is not served (nor waited for forever)
+                await asyncio.wait_for(asyncio.shield(check), max(30.0, 3 * self.config.model_timeout_seconds))
+            except TimeoutError:
+                raise SmokeCheckError(f"version {version}: scoring the sample rows did not finish in time") from None
         except Exception as err:  # noqa: BLE001 - any failure: do not serve it, say why
             msg = str(err) if isinstance(err, SmokeCheckError) else f"version {version} failed to load: {err!r}"
             self._failed[version] = (msg, time.monotonic())
@@ -1102,24 +1641,37 @@ class ModelServer:
             await asyncio.sleep(self.config.poll_seconds if self.current else min(1.0, self.config.poll_seconds))
 
     # --- predictions ----------------------------------------------------------------------------
-    async def predict(self, records: list[Any], single: bool, request_id: str) -> dict[str, Any]:
+    async def predict(
+        self, records: list[Any], single: bool, request_id: str, native: bool = False, prefix: str = "records"
+    ) -> dict[str, Any]:
         model = self.current
         if model is None:
-            raise RequestError(503, "no model loaded yet")
+            raise RequestError(503, "no model loaded yet", retry_after=self.config.retry_after_seconds)
         if len(records) > self.config.max_records:
-            raise RequestError(413, f"{len(records)} records; at most {self.config.max_records} per request", "records")
+            raise RequestError(413, f"{len(records)} records; at most {self.config.max_records} per request", prefix)
         if not records:
-            raise RequestError(422, "'records' is empty", "records")
-        cols, keys = model.validator.validate(records, single)
+            raise RequestError(422, f"'{prefix}' is empty", prefix)
+        if self.hung is not None:
+            raise self._unavailable("model_hung", f"a model call of version {self.hung['version']} is past its "
+                                    f"timeout of {self.config.model_timeout_seconds:g} s; try again later")
+        if self.predictions.full:
+            raise self._unavailable("log_full", f"the prediction log holds {self.predictions.pending_rows} unwritten "
+                                    "rows (the lake is slow or down); try again later")
+        if self._pending_rows + len(records) > self.config.max_queue_rows:
+            raise self._unavailable("queue_full", f"{self._pending_rows} rows are waiting for the model "
+                                    f"(at most {self.config.max_queue_rows}); try again later")
+        cols, keys = model.validator.validate(records, single, prefix)
         fut = asyncio.get_running_loop().create_future()
-        job = _Job(request_id, cols, keys, len(records), fut, model)
+        job = _Job(request_id, cols, keys, len(records), fut, model, native)
         self._pending.append(job)
         self._pending_rows += job.n
         if len(self._pending) == 1 or self._pending_rows >= self._target:
             self._wake.set()
             if self._pending_rows >= self._target:
                 self._full.set()
-        version, scores, own = await fut
+        version, scores, own, out = await fut
+        if native:
+            return {"request_id": request_id, "version": version, "predictions": out}
         names = decide(scores, own, self.threshold, self.labels)
         if single:
             return {"request_id": request_id, "model": self.name, "version": version, "score": scores[0],
@@ -1132,7 +1684,6 @@ class ModelServer:
         }
 
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         max_wait = self.config.max_wait_ms / 1000.0
         while True:
             await self._wake.wait()
@@ -1151,28 +1702,83 @@ class ModelServer:
             if self._pending:
                 self._wake.set()
             model = jobs[0].model
+            if self.hung is not None:  # the model thread is stuck: answer now instead of queueing behind it
+                self._fail(jobs, self._unavailable("model_hung", "a model call is past its timeout; try again later"))
+                continue
             self._inflight += 1
             try:
-                scores, own, cols = await loop.run_in_executor(self._model_pool, self._score, model, jobs)
-            except Exception as err:  # noqa: BLE001 - answered as a 500 for these requests only
-                log.exception("model call failed (version %s)", model.version if model else None)
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(err)
-                continue
+                await self._run_jobs(model, jobs)
             finally:
                 self._inflight -= 1
-            self.metrics.batch.observe(rows)
-            self.metrics.rows.labels(model.version).inc(rows)
-            start = 0
-            values = scores.tolist()
-            labels = None if own is None else own.tolist()
-            for j in jobs:
-                if not j.future.done():
-                    end = start + j.n
-                    j.future.set_result((model.version, values[start:end], None if labels is None else labels[start:end]))
-                start += j.n
-            self._record(model, jobs, values, labels, cols)
+
+    async def _run_jobs(self, model: LoadedModel, jobs: list[_Job]) -> None:
+        """Score jobs in one model call; if it fails, each job alone (one bad record fails only its request)."""
+        try:
+            out = await self._call(model, jobs)
+        except _ModelTimeout as err:
+            self._fail(jobs, self._unavailable("model_timeout", str(err)))
+            return
+        except Exception as err:  # noqa: BLE001 - answered as a 500 for these requests only
+            if len(jobs) == 1:
+                log.exception("model call failed (version %s)", model.version)
+                self._fail(jobs, err)
+                return
+            log.warning("model call of %d requests failed (%r); scoring them one by one", len(jobs), err)
+            for k, j in enumerate(jobs):
+                if self.hung is not None:
+                    self._fail(jobs[k:], self._unavailable("model_hung", "a model call is past its timeout"))
+                    return
+                await self._run_jobs(model, [j])
+            return
+        self._deliver(model, jobs, *out)
+
+    async def _call(self, model: LoadedModel, jobs: list[_Job]) -> tuple:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        fut = loop.run_in_executor(self._model_pool, self._score, model, jobs)
+        try:
+            out = await asyncio.wait_for(asyncio.shield(fut), self.config.model_timeout_seconds)
+        except TimeoutError:
+            self.hung = {"version": model.version, "since": _now_iso(), "rows": sum(j.n for j in jobs)}
+            log.error("a model call of version %s (%d rows) is past its timeout of %g s: its requests fail, "
+                      "/ready answers 503 until it returns", model.version, self.hung["rows"],
+                      self.config.model_timeout_seconds)
+            fut.add_done_callback(self._call_returned)
+            raise _ModelTimeout(f"the model call did not finish within {self.config.model_timeout_seconds:g} s; "
+                                "try again later") from None
+        dt = time.perf_counter() - t0
+        self.metrics.model_seconds.inc(dt)
+        self.metrics.request_model_seconds.inc(dt * len(jobs))
+        return out
+
+    def _call_returned(self, fut: asyncio.Future) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: its requests were answered already
+        log.warning("the model call past its timeout returned (%s): ready again", self.hung)
+        self.hung = None
+
+    @staticmethod
+    def _fail(jobs: list[_Job], err: BaseException) -> None:
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(err)
+
+    def _deliver(self, model: LoadedModel, jobs: list[_Job], scores: np.ndarray, own: np.ndarray | None,
+                 cols: dict[str, list], native: Any) -> None:
+        rows = len(scores)
+        self.metrics.batch.observe(rows)
+        self.metrics.rows.labels(model.version).inc(rows)
+        start = 0
+        values = scores.tolist()
+        labels = None if own is None else own.tolist()
+        for j in jobs:
+            end = start + j.n
+            if not j.future.done():
+                out = jsonable_rows(native, start, end) if j.native else None
+                j.future.set_result((model.version, values[start:end], None if labels is None else labels[start:end],
+                                     out))
+            start = end
+        self._record(model, jobs, values, labels, cols)
 
     def _take(self) -> tuple[list[_Job], int]:
         jobs: list[_Job] = []
@@ -1188,8 +1794,9 @@ class ModelServer:
 
     def _score(
         self, model: LoadedModel, jobs: list[_Job]
-    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, list]]:
-        """(scores, the model's own 0/1 labels or None, columns) of one micro-batch: one model call."""
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, list], Any]:
+        """(scores, the model's own 0/1 labels or None, columns, native output or None) of one
+        micro-batch: one model call."""
         import numpy as np
 
         validator = model.validator
@@ -1197,8 +1804,12 @@ class ModelServer:
             cols = jobs[0].cols
         else:  # one set of columns (and at most one DataFrame) for the whole micro-batch
             cols = {c: [x for j in jobs for x in j.cols[c]] for c in validator.columns}
-        scores, labels = model.predict_columns(cols)  # a plain model: scores only, by the fast path if any
-        return np.asarray(scores, dtype="float64"), labels, cols
+        # a plain model: scores only, by the fast path if any
+        scores, labels, native = model.run(cols, native=any(j.native for j in jobs))
+        scores = np.asarray(scores, dtype="float64")
+        if scores.shape != (sum(j.n for j in jobs),):
+            raise ValueError(f"version {model.version} gave {scores.shape} scores for {sum(j.n for j in jobs)} rows")
+        return scores, labels, cols, native
 
     def _record(
         self,
@@ -1230,7 +1841,7 @@ class ModelServer:
             self._recent.append({c: feats[c][0] for c in validator.columns})
         shadow = self.shadow
         if shadow is not None and not self._closing:
-            if self._shadow_backlog > 8:
+            if self._shadow_backlog > 8 or self.shadow_log.full:
                 self.metrics.shadow_dropped.inc()
             else:
                 self._shadow_backlog += 1
@@ -1270,10 +1881,11 @@ class ModelServer:
                     try:
                         m = await loop.run_in_executor(self._io_pool, plog.flush)
                         if m:
-                            self.metrics.log_rows.labels(plog.kind).inc(m["records_in"])
+                            self.metrics.log_rows.labels(plog.kind).inc(m["accepted"])
                     except asyncio.CancelledError:
                         raise
                     except Exception:  # noqa: BLE001 - rows were put back; retry next round
+                        self.metrics.log_failures.labels(plog.kind).inc()
                         log.exception("writing the %s log failed", plog.kind)
             if due:
                 last = time.monotonic()
@@ -1287,12 +1899,37 @@ class ModelServer:
             "shadow": self.shadow.info() if self.shadow else None,
             "last_error": self.last_error,
             "started_at": self.started_at,
+            "hung": self.hung,
             "prediction_log": {
                 "pending_rows": self.predictions.pending_rows,
                 "written_rows": self.predictions.written_rows,
+                "dead_letter_rows": self.predictions.dead_rows,
                 "shadow_written_rows": self.shadow_log.written_rows,
             },
         }
+
+
+class _ModelTimeout(Exception):
+    pass
+
+
+def jsonable_rows(native: Any, start: int, end: int) -> list[Any]:
+    """Rows start:end of a pyfunc's output as JSON values, as MLflow's scoring server writes them
+    (a DataFrame as records, an array as nested lists)."""
+    import numpy as np
+    import pandas as pd
+
+    if native is None:
+        return []
+    if isinstance(native, dict):  # columns of equal length (the mitigated wrapper's score/label)
+        part = {k: np.asarray(v)[start:end].tolist() for k, v in native.items()}
+        return [dict(zip(part, vals, strict=True)) for vals in zip(*part.values(), strict=True)]
+    if isinstance(native, pd.DataFrame):
+        return [{str(k): (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+                for r in native.iloc[start:end].to_dict(orient="records")]
+    if isinstance(native, pd.Series):
+        return native.iloc[start:end].tolist()
+    return np.asarray(native)[start:end].tolist()
 
 
 def _one_thread() -> None:
@@ -1323,7 +1960,11 @@ def create_app(server: ModelServer, token: str):
     max_bytes = server.config.max_body_bytes
 
     def jr(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-        return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
+        try:
+            content = orjson.dumps(body)
+        except TypeError:  # text orjson refuses (a lone surrogate): ASCII JSON escapes it
+            content = json.dumps(body, default=str).encode("ascii")
+        return Response(content, status, headers=headers, media_type="application/json")
 
     def authorized(request: Request) -> bool:
         got = request.headers.get("authorization", "").encode()
@@ -1358,14 +1999,15 @@ def create_app(server: ModelServer, token: str):
             m.requests.labels(version, "401").inc()
             m.errors.labels(version, "auth").inc()
             return unauthorized()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_of(request)
         try:
+            check_content_type(request.headers.get("content-type"))
             records, single = parse_body(await read_body(request))
             out = await server.predict(records, single, request_id)
         except RequestError as err:
             m.requests.labels(version, str(err.status)).inc()
             m.errors.labels(version, "unavailable" if err.status == 503 else "validation").inc()
-            return jr({**err.body(), "request_id": request_id}, err.status)
+            return jr({**err.body(), "request_id": request_id}, err.status, err.headers())
         except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
             log.exception("predict failed")
             m.requests.labels(version, "500").inc()
@@ -1376,13 +2018,55 @@ def create_app(server: ModelServer, token: str):
         m.latency.labels(version).observe(time.perf_counter() - t0)
         return jr(out, headers={"x-request-id": request_id, "x-model-version": version})
 
+    def request_id_of(request: Request) -> str:
+        rid = request.headers.get("x-request-id")
+        # a client's id is echoed and logged: printable, short, or we make our own
+        return rid if rid and len(rid) <= 128 and rid.isprintable() and rid.isascii() else uuid.uuid4().hex
+
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol, answered like ``mlflow models serve``: ``{"predictions": [...]}``."""
+        t0 = time.perf_counter()
+        cur = server.current
+        version = cur.version if cur else "none"
+        if not authorized(request):
+            m.requests.labels(version, "401").inc()
+            m.errors.labels(version, "auth").inc()
+            return unauthorized()
+        request_id = request_id_of(request)
+        try:
+            check_content_type(request.headers.get("content-type"))
+            records, where = parse_invocation(load_json(await read_body(request)))
+            out = await server.predict(records, False, request_id, native=True, prefix=where)
+        except RequestError as err:
+            # MLflow answers every bad input with 400 and {"error_code", "message"}
+            status = 400 if err.status == 422 else err.status
+            m.requests.labels(version, str(status)).inc()
+            m.errors.labels(version, "unavailable" if status == 503 else "validation").inc()
+            code = {400: "BAD_REQUEST", 413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST",
+                    503: "TEMPORARILY_UNAVAILABLE"}.get(status, "BAD_REQUEST")
+            body = {"error_code": code, "message": err.message, "request_id": request_id}
+            if err.field is not None:
+                body["field"] = err.field
+            return jr(body, status, err.headers())
+        except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
+            log.exception("invocations failed")
+            m.requests.labels(version, "500").inc()
+            m.errors.labels(version, "internal").inc()
+            return jr({"error_code": "INTERNAL_ERROR", "message": f"internal error: {type(err).__name__}",
+                       "request_id": request_id}, 500)
+        version = out["version"]
+        m.requests.labels(version, "200").inc()
+        m.latency.labels(version).observe(time.perf_counter() - t0)
+        return jr({"predictions": out["predictions"]},
+                  headers={"x-request-id": request_id, "x-model-version": version})
+
     async def health(request: Request) -> Response:
         return jr({"status": "ok"})
 
     async def ready(request: Request) -> Response:
         if server.ready:
             return jr({"ready": True, "version": server.current.version})
-        return jr({"ready": False, "last_error": server.last_error}, 503)
+        return jr(server.not_ready_reason(), 503)
 
     async def model(request: Request) -> Response:
         if not authorized(request):
@@ -1416,6 +2100,7 @@ def create_app(server: ModelServer, token: str):
 
     routes = [
         Route("/v1/predict", predict, methods=["POST"]),
+        Route("/invocations", invocations, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/v1/model", model, methods=["GET"]),
@@ -1438,6 +2123,7 @@ def build_server(
     settings = settings or get_settings()
     spec = load_spec(spec_path or settings.spec)
     name = model_name or spec.model.registered_name
+    config = config or ServeConfig.from_settings(settings)
     return ModelServer(spec, RegistrySource(name, spec, settings), config, lake=Lake(settings), name=name)
 
 
@@ -1644,7 +2330,10 @@ def _serve_cmd(args: argparse.Namespace) -> None:
     # thread that long, and so would a shutdown. Keep its retries short (the poller tries again).
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    cfg = ServeConfig(
+    from rtml.settings import get_settings
+
+    cfg = ServeConfig.from_settings(
+        get_settings(),
         poll_seconds=args.poll_seconds,
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str = ""  # default: http://<serve_host>:<serve_port>
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
+    # Bounds of the endpoint: over them a request gets 503 with Retry-After instead of waiting.
+    serve_max_queue_rows: int = Field(default=4096, ge=1)  # rows waiting for a model call
+    serve_max_log_rows: int = Field(default=200_000, ge=1)  # prediction-log rows not yet in the lake
+    serve_model_timeout_seconds: float = Field(default=10.0, gt=0)  # a model call longer than this fails
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

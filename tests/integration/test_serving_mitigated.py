@@ -134,6 +134,8 @@ def test_mitigated_champion_answers_with_its_group_decisions(env):
         assert c.post("/admin/reload").json()["version"] == env["mitigated"]
         info = c.get("/v1/model").json()
         assert info["variant"] == "mitigated" and info["decisions"] == "model labels" and info["flavor"] == "pyfunc"
+        # the deployed variant is served by the compiled fast path (checked identical to the pyfunc on load)
+        assert info["fast_path"] is True, server.log_tail()
         got_scores, got_labels = [], []
         for start in range(0, len(records), 60):  # several batches ...
             r = server.predict(c, {"records": records[start : start + 60]})
@@ -145,6 +147,11 @@ def test_mitigated_champion_answers_with_its_group_decisions(env):
         for i in differ[:6]:  # ... and single records where the group rule overrides the threshold
             one = server.predict(c, records[i])
             assert one.status_code == 200 and one.json()["label"] == names([offline["label"].iloc[i]])[0]
+        # MLflow clients: POST /invocations answers what the pyfunc's predict gives (score and label records)
+        inv = c.post("/invocations", json={"dataframe_records": records[:20]})
+        assert inv.status_code == 200, inv.text
+        assert inv.json() == {"predictions": offline.iloc[:20].to_dict(orient="records")}
+        server.answered_rows += 20
     np.testing.assert_allclose(got_scores, offline["score"], rtol=0, atol=1e-12)
     assert got_labels == names(offline["label"])
     assert got_labels != names(env["by_threshold"])
@@ -170,7 +177,7 @@ def test_prediction_and_shadow_logs_carry_the_group_labels(env):
     plain = preds[preds["version"] == env["plain"]]
     keyed = mit[mit[spec.event_id].notna()]
     unkeyed = mit[mit[spec.event_id].isna()]  # the live smoke check sends features only
-    assert len(keyed) == len(env["records"]) + 6 and len(unkeyed) == 50 and len(plain) == 120
+    assert len(keyed) == len(env["records"]) + 6 + 20 and len(unkeyed) == 50 and len(plain) == 120
     assert list(keyed["label"]) == [want[e] for e in keyed[spec.event_id]]
     assert list(unkeyed.sort_values("row")["label"]) == names(env["offline"]["label"][:50])
     assert list(plain["label"]) == [want_thr[e] for e in plain[spec.event_id]]
