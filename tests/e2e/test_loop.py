@@ -35,6 +35,13 @@ def test_the_whole_loop(stack, airflow_settings, airflow_api):
     headers = {"Authorization": f"Bearer {settings.resolved_serve_token()}"}
     result = run_demo(settings, spec, approve=True, start_stack=False)
 
+    # The demo leaves the whole loop live and says so.
+    from rtml.demo import LOOP_DAGS
+
+    for dag_id in LOOP_DAGS:
+        assert airflow_api.get(f"/api/v2/dags/{dag_id}").json()["is_paused"] is False, dag_id
+    assert "From now on" in result["message"] and "rtml_monitor  hourly" in result["message"]
+
     # Ingestion: every batch conserved its records, and the lake holds the replay.
     lake = Lake(settings)
     manifests = lake.manifests(spec.dataset.name, "events")
