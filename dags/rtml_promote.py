@@ -10,12 +10,17 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
 1. `wait_for_approval` waits in the triggerer (no worker slot) for that tag; a rejection or no
    decision within `approval_timeout_hours` skips everything after it: nothing is deployed.
 2. `promote` moves the `champion` alias (the old one becomes `previous_champion`) and records who
-   approved and when; a version whose gate tags are not all `passed` is refused.
+   approved and when; refused unless every gate passed with the evaluator's valid signature, the
+   version is still approved, and it is the current challenger and newer than the champion.
 3. `reload` tells the serving endpoint to load the new champion now and waits until it serves it.
 4. `smoke_check` sends a holdout sample to the live endpoint: its answers must equal the model's
    offline predictions.
 5. `rollback` runs only if a step after the approval failed: if the version had become champion,
-   `champion` goes back to the previous version. The run then ends failed, saying why.
+   `champion` goes back to the previous version (only to one that passed, is approved and was never
+   rejected). The run then ends failed, saying why; the decision log records the rollback and why.
+
+One run at a time (`max_active_runs=1`), and `rtml.registry` holds a lease in the lake during a
+promotion or rollback, so the CLI and this DAG never interleave either.
 """
 
 from __future__ import annotations
@@ -61,29 +66,44 @@ def promote(name: str, version: str, approval: dict) -> dict:
         raise AirflowFailException(str(err)) from None
 
 
+FAILURE_KEY = "failure"  # XCom a failing step leaves for rollback: why the deployment failed
+
+
+def _say_why(context, step: str, err: Exception) -> None:
+    context["ti"].xcom_push(key=FAILURE_KEY, value=f"{step}: {err}"[:2000])
+
+
 @task(retries=0)
-def reload(promoted: dict) -> dict:
+def reload(promoted: dict, **context) -> dict:
     """Ask the serving endpoint to load the new champion now; wait until it answers with it."""
     from rtml.serve import request_reload, wait_for_version
 
-    status = request_reload()
-    if str(status.get("version")) != promoted["version"]:
-        wait_for_version(promoted["version"], timeout=120)
+    try:
+        status = request_reload()
+        if str(status.get("version")) != promoted["version"]:
+            wait_for_version(promoted["version"], timeout=120)
+    except Exception as err:
+        _say_why(context, "reload", err)
+        raise
     return {"version": promoted["version"]}
 
 
 @task(retries=0)
-def smoke_check(promoted: dict, served: dict) -> dict:
+def smoke_check(promoted: dict, served: dict, **context) -> dict:
     """The live endpoint's answers on a holdout sample equal the model's offline predictions."""
     from rtml.serve import live_smoke_check, version_holdout_rows
 
-    spec = load_spec()
-    rows = version_holdout_rows(spec, promoted["name"], promoted["version"], n=50)
-    return live_smoke_check(promoted["name"], promoted["version"], rows, spec=spec)
+    try:
+        spec = load_spec()
+        rows = version_holdout_rows(spec, promoted["name"], promoted["version"], n=50)
+        return live_smoke_check(promoted["name"], promoted["version"], rows, spec=spec)
+    except Exception as err:
+        _say_why(context, "live smoke check", err)
+        raise
 
 
 @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-def rollback(name: str, version: str) -> None:
+def rollback(name: str, version: str, **context) -> None:
     """Only after a failed promotion, reload or smoke check: put the previous champion back."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -93,13 +113,15 @@ def rollback(name: str, version: str) -> None:
 
     if alias_version(mlflow_client(), name, CHAMPION) != version:
         raise AirflowFailException(f"{name} version {version} was not deployed (see the failed task); no rollback needed")
-    done = do_rollback(name, by="rtml_promote", reason=f"deploying version {version} failed its live checks")
+    why = [w for w in context["ti"].xcom_pull(task_ids=["reload", "smoke_check"], key=FAILURE_KEY) or [] if w]
+    reason = f"deploying version {version} failed: " + ("; ".join(why) or "see the failed task's log")
+    done = do_rollback(name, by="rtml_promote", reason=reason)
     try:
         request_reload()
     except Exception as err:  # noqa: BLE001 - the endpoint's poller follows the alias anyway
         print(f"endpoint not notified of the rollback: {err}")
     # Failing this task fails the run: the deployment did not happen, and the log says why.
-    raise AirflowFailException(f"deployment of {name} version {version} failed; {done['message']}")
+    raise AirflowFailException(f"deployment of {name} version {version} failed ({reason}); {done['message']}")
 
 
 @dag(
@@ -107,6 +129,7 @@ def rollback(name: str, version: str) -> None:
     schedule=[CHALLENGER],
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    max_active_runs=1,  # one promotion at a time (rtml.registry also holds a lease in the lake)
     tags=["rtml", "promotion"],
     doc_md=__doc__,
     params={

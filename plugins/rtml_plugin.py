@@ -6,6 +6,11 @@
   its aliases, gate tags (``gate.quality``, ``gate.fairness``, ``gate.drift``, ``gate.decision``,
   ``gate.reasons``), the ``approval`` tag and links to its MLflow page and run (where the reports are).
   ``/rtml/api/models`` gives the same as JSON. It reads MLflow's REST API with httpx: no mlflow import.
+  The page also shows the newest entries of the decision log (``rtml.audit``); ``/rtml/api/decisions``
+  gives them as JSON with the result of the chain check.
+- Every route needs an Airflow login: Airflow's own FastAPI dependency (``get_user`` of
+  ``airflow.api_fastapi.core_api.security``, what the core routes use) accepts the UI's session
+  cookie or an ``Authorization: Bearer`` token from ``POST /auth/token``; anything else gets 401/403.
 
 Airflow imports plugins in every component, so only light modules are imported here.
 """
@@ -17,8 +22,9 @@ import os
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 URL_PREFIX = "/rtml"
 GATE_TAGS = ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")
@@ -84,6 +90,32 @@ def model_versions(max_models: int = 50) -> list[dict[str, Any]]:
     return out
 
 
+def decisions(limit: int = 50) -> dict[str, Any]:
+    """The newest decision-log entries and whether the whole chain verifies."""
+    from rtml import audit
+
+    store = audit.open_log_store(_settings())
+    check = audit.verify(store)
+    return {"ok": check["ok"], "problems": check["problems"], "entries": audit.entries(store)[-limit:][::-1]}
+
+
+def render_decisions(log: dict[str, Any] | None, error: str = "") -> str:
+    if error:
+        return f'<h3>Decision log</h3><p style="color:#cf222e">not readable: {html.escape(error)}</p>'
+    if not log:
+        return ""
+    state = ('<span style="color:#1a7f37">chain intact</span>' if log["ok"] else
+             '<span style="color:#cf222e">BROKEN: ' + html.escape("; ".join(log["problems"][:5])) + "</span>")
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(e.get(k) if e.get(k) is not None else '-'))}</td>"
+                         for k in ("seq", "at", "action", "model", "version", "from_version", "actor", "on_behalf_of"))
+        + f"<td>{html.escape(str(e.get('reason') or '')[:200])}</td></tr>"
+        for e in log["entries"]
+    )
+    head = "".join(f"<th>{h}</th>" for h in ("#", "when", "what", "model", "version", "from", "who", "for", "why"))
+    return f"<h3>Decision log (newest first; {state})</h3><table><tr>{head}</tr>{rows}</table>"
+
+
 def _cell(value: str) -> str:
     colour = {"passed": "#1a7f37", "failed": "#cf222e", "approved": "#1a7f37", "rejected": "#cf222e"}.get(
         value
@@ -92,7 +124,7 @@ def _cell(value: str) -> str:
     return f'<td style="color:{colour};font-weight:600">{text}</td>' if colour else f"<td>{text}</td>"
 
 
-def render_page(rows: list[dict[str, Any]], error: str = "") -> str:
+def render_page(rows: list[dict[str, Any]], error: str = "", log_html: str = "") -> str:
     head = "".join(
         f"<th>{h}</th>"
         for h in (
@@ -134,22 +166,46 @@ td,th{{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;font-size:.9
 <body><h2>rtml: registered model versions</h2>
 <p>Gate results are model-version tags written by the training DAG. Approve a challenger in the
 <a href="{ui}/#/models" target="_blank">MLflow UI</a> by setting its tag <code>approval</code> = <code>approved</code>.</p>
-{note}{empty}<table><tr>{head}</tr>{"".join(body)}</table></body></html>"""
+{note}{empty}<table><tr>{head}</tr>{"".join(body)}</table>{log_html}</body></html>"""
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def require_login(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Any:
+    """Airflow's own authentication for FastAPI routes (the UI's cookie or a bearer token).
+
+    Imported on the first request: plugins load in every Airflow component, the API's security
+    module only belongs in the api-server.
+    """
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return await get_user(request, None, credentials)
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="rtml", description="rtml model overview")
+    app = FastAPI(title="rtml", description="rtml model overview", dependencies=[Depends(require_login)])
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         try:
-            return render_page(model_versions())
+            log_html = render_decisions(decisions())
+        except Exception as err:  # noqa: BLE001 - the lake may be down: say so, show the rest
+            log_html = render_decisions(None, f"{type(err).__name__}: {err}")
+        try:
+            return render_page(model_versions(), log_html=log_html)
         except Exception as err:  # the page must still render when MLflow is down
-            return render_page([], error=f"{type(err).__name__}: {err}")
+            return render_page([], error=f"{type(err).__name__}: {err}", log_html=log_html)
 
     @app.get("/api/models")
     def models() -> dict[str, Any]:
         return {"model_versions": model_versions()}
+
+    @app.get("/api/decisions")
+    def decision_log(limit: int = 50) -> dict[str, Any]:
+        return decisions(max(1, min(limit, 1000)))
 
     return app
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "rtml.train",
     "rtml.gates",
     "rtml.registry",
+    "rtml.audit",
     "rtml.serve",
     "rtml.shadow",
     "rtml.monitor",

@@ -598,6 +598,10 @@ def decide(
     for k, v in tags.items():
         ctx.client.set_model_version_tag(ctx.name, ctx.version, k, v)
         ctx.client.set_tag(ctx.run_id, k, v)
+    # Signed where decided (before any alias): promotion and serving verify it (rtml.signing).
+    from rtml.signing import sign_and_record
+
+    sign_and_record(ctx.client, ctx.name, ctx.version, decision, ctx.settings)
     q = quality["candidate"]
     champ_txt = (
         f" vs champion v{quality['champion']['version']} {quality['champion']['metrics'].get('roc_auc', 0):.4f}"

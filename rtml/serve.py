@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import hmac
 import json
@@ -1033,6 +1034,20 @@ class RegistrySource:
             raise
         return str(mv.version), list(mv.aliases or [])
 
+    def vet(self, version: str, alias: str) -> None:
+        """Before any swap: refuse (``rtml.signing.NotServable``) a version whose gates did not all
+        pass, whose gate result is not validly signed, or, as champion, that nobody approved."""
+        from rtml.signing import check_servable
+
+        mv = self.client.get_model_version(self.name, version)
+        check_servable(self.name, version, mv.run_id, dict(mv.tags or {}), alias, self.settings)
+
+    def record(self, action: str, version: str, **kw: Any) -> None:
+        """Append the endpoint's reloads and refusals to the decision log (best effort)."""
+        from rtml.audit import try_record
+
+        try_record(action, self.name, version, settings=self.settings, **kw)
+
     def load(self, version: str) -> LoadedModel:
         # mlflow 3.17 refuses to deserialize any sklearn model (skops included) unless this is set;
         # the registry is rtml's own, its versions are trusted. An explicit "false" still wins.
@@ -1048,6 +1063,9 @@ class RegistrySource:
                 dst_path=tmp,
                 tracking_uri=self.settings.mlflow_tracking_uri,
             )
+            from rtml.signing import verify_files  # the files must be the ones the evaluator signed
+
+            verify_files(self.name, version, mv.run_id, dict(mv.tags or {}), local, self.settings)
             meta = Model.load(local)
             sig_cols = None
             if meta.signature is not None and meta.signature.inputs is not None:
@@ -1400,6 +1418,10 @@ class Metrics:
         self.model_info = Gauge("rtml_model_info", "The model version being served (value 1)", ["version"], registry=r)
         self.log_rows = Counter("rtml_log_rows_total", "Rows written to the lake, by kind", ["kind"], registry=r)
         self.shadow_dropped = Counter("rtml_shadow_dropped_total", "Micro-batches not shadow-scored", registry=r)
+        self.refused = Gauge(
+            "rtml_model_refused", "A version the alias names that governance refuses to load (value 1), and why",
+            ["alias", "version", "reason"], registry=r,
+        )
         self.overload = Counter(
             "rtml_overload_rejections_total",
             "Requests answered 503 with Retry-After, by reason (queue_full, log_full, model_timeout, model_hung)",
@@ -1443,6 +1465,7 @@ class ModelServer:
         self.current: LoadedModel | None = None
         self.shadow: LoadedModel | None = None
         self.last_error: dict[str, Any] | None = None
+        self.refused: dict[str, dict[str, Any]] = {}  # alias -> the version refused and why
         self.started_at = _now_iso()
         dead = self.metrics.dead_letter
         self.predictions = PredictionLog("predictions", spec, lake, self.config.max_log_rows,
@@ -1517,7 +1540,7 @@ class ModelServer:
     def not_ready_reason(self) -> dict[str, Any]:
         if self.hung is not None:
             return {"ready": False, "reason": "a model call is past its timeout", "hung": self.hung}
-        return {"ready": False, "reason": "no model loaded", "last_error": self.last_error}
+        return {"ready": False, "reason": "no model loaded", "last_error": self.last_error, **self.refusal()}
 
     def _unavailable(self, reason: str, message: str) -> RequestError:
         self.metrics.overload.labels(reason).inc()
@@ -1542,6 +1565,7 @@ class ModelServer:
             cur = self.current
             if cur is not None and cur.version == version:
                 cur.aliases = aliases
+                self._clear_refusal("champion")
             elif force or self._may_retry(version):
                 model = await self._load_checked(version, "champion")
                 if model is not None:
@@ -1557,6 +1581,7 @@ class ModelServer:
                     result["swapped"] = True
                     result["previous"] = old.version if old else None
                     log.info("now serving %s version %s", self.name, model.version)
+                    self._audit("reload", model.version, from_version=old.version if old else None)
             else:
                 result["skipped"] = f"version {version} failed before: {self._failed[version][0]}"
             if self.config.shadow:
@@ -1572,6 +1597,7 @@ class ModelServer:
         champion = self.current.version if self.current else None
         if target is None or target[0] == champion:
             self.shadow = None
+            self._clear_refusal("challenger")
             return
         version, aliases = target
         if self.shadow is not None and self.shadow.version == version:
@@ -1588,6 +1614,10 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         model = self._cache.get(version)
         try:
+            vet = getattr(self.source, "vet", None)
+            if vet is not None:  # gates, signature, approval (rtml.signing): before every swap
+                await loop.run_in_executor(self._io_pool, vet, version, alias)
+                self._clear_refusal(alias)
             if model is None:
                 model = await loop.run_in_executor(self._io_pool, self.source.load, version)
                 if model.variant == MITIGATED and model.fast_outputs is None:
@@ -1599,6 +1629,10 @@ class ModelServer:
             except TimeoutError:
                 raise SmokeCheckError(f"version {version}: scoring the sample rows did not finish in time") from None
         except Exception as err:  # noqa: BLE001 - any failure: do not serve it, say why
+            from rtml.signing import NotServable
+
+            if isinstance(err, NotServable) and self._refuse(version, alias, err):
+                return None
             msg = str(err) if isinstance(err, SmokeCheckError) else f"version {version} failed to load: {err!r}"
             self._failed[version] = (msg, time.monotonic())
             self.last_error = {"version": version, "alias": alias, "error": msg[:2000], "at": _now_iso()}
@@ -1617,6 +1651,37 @@ class ModelServer:
         while len(self._cache) > 3:
             self._cache.pop(next(iter(self._cache)))
         return model
+
+    def _refuse(self, version: str, alias: str, err: Any) -> bool:
+        """Governance refuses this version: not loaded, the current model keeps serving; /ready,
+        /metrics, the log and the decision log say why. True: checked again at the next poll
+        (an approval may come); False for files that do not match (treated as a failed load)."""
+        info = {"version": version, "alias": alias, "reason": err.reason, "error": str(err)[:2000], "at": _now_iso()}
+        prev = self.refused.get(alias)
+        self.refused[alias] = info
+        self.last_error = info
+        if prev is None or (prev["version"], prev["reason"]) != (version, err.reason):
+            if prev is not None:
+                self.metrics.refused.remove(alias, prev["version"], prev["reason"])
+            self.metrics.refused.labels(alias, version, err.reason).set(1)
+            self.metrics.reloads.labels("refused").inc()
+            log.error("refusing %s version %s as %s: %s", self.name, version, alias, err)
+            self._audit("refusal", version, reason=str(err)[:2000], details={"alias": alias, "code": err.reason})
+        return err.reason != "digest"
+
+    def _clear_refusal(self, alias: str) -> None:
+        prev = self.refused.pop(alias, None)
+        if prev is not None:
+            self.metrics.refused.remove(alias, prev["version"], prev["reason"])
+
+    def refusal(self) -> dict[str, Any]:
+        return {"refused": self.refused} if self.refused else {}
+
+    def _audit(self, action: str, version: str, **kw: Any) -> None:
+        record = getattr(self.source, "record", None)
+        if record is not None:  # off the event loop; never blocks serving
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: stopping
+                self._io_pool.submit(record, action, version, **kw)
 
     def _may_retry(self, version: str) -> bool:
         """A failed version is retried by the poller only after a while (a transient store error)."""
@@ -1898,6 +1963,7 @@ class ModelServer:
             "decision_threshold": self.threshold,
             "shadow": self.shadow.info() if self.shadow else None,
             "last_error": self.last_error,
+            **self.refusal(),
             "started_at": self.started_at,
             "hung": self.hung,
             "prediction_log": {
@@ -2065,7 +2131,7 @@ def create_app(server: ModelServer, token: str):
 
     async def ready(request: Request) -> Response:
         if server.ready:
-            return jr({"ready": True, "version": server.current.version})
+            return jr({"ready": True, "version": server.current.version, **server.refusal()})
         return jr(server.not_ready_reason(), 503)
 
     async def model(request: Request) -> Response:

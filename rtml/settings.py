@@ -69,6 +69,15 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str = ""  # default: http://<serve_host>:<serve_port>
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
+
+    # Governance (rtml.signing, rtml.audit). Gate results are signed with an Ed25519 key that only
+    # the evaluator holds; promotion and serving verify with the public key. Empty paths mean
+    # <home>/keys/gate_signing.key (generated once by the evaluator) and <home>/keys/gate_signing.pub.
+    gate_signing_key_file: str = ""
+    gate_public_key_file: str = ""
+    gate_public_key: str = ""  # the public key itself (PEM, or base64 of its 32 raw bytes)
+    # Who decisions are recorded as when MLflow auth is off (default: the OS user).
+    actor: str = ""
     # Bounds of the endpoint: over them a request gets 503 with Retry-After instead of waiting.
     serve_max_queue_rows: int = Field(default=4096, ge=1)  # rows waiting for a model call
     serve_max_log_rows: int = Field(default=200_000, ge=1)  # prediction-log rows not yet in the lake

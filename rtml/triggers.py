@@ -4,7 +4,8 @@
 MLflow REST API every few seconds and fires when its ``approval`` tag says ``approved`` or
 ``rejected``, or when the deadline passes. ``WaitForApprovalOperator`` defers to it and turns the
 event into the task's outcome: approved -> success (returns the decision), rejected or timed out ->
-skipped (so nothing downstream deploys), version gone -> failed.
+skipped (so nothing downstream deploys), version gone -> failed. An approval or rejection is
+appended to the decision log (``rtml.audit``) once, with the name the person gave in ``approval.by``.
 """
 
 from __future__ import annotations
@@ -177,6 +178,12 @@ class WaitForApprovalOperator(BaseOperator):
         event = event or {}
         status = event.get("status")
         who = f" by {event['by']}" if event.get("by") else ""
+        if status in (APPROVED, REJECTED):
+            # The decision log is the record: a decision it cannot hold does not deploy anything.
+            from rtml.registry import record_observed_decision
+
+            record_observed_decision(self.name, str(self.version), status, event.get("by", ""), event.get("at", ""),
+                                     via="MLflow tag seen by rtml_promote")
         if status == APPROVED:
             self.log.info("%s version %s approved%s", self.name, self.version, who)
             return event

@@ -98,13 +98,14 @@ def register_broken(settings: Settings, spec: ProjectSpec, gates: str = "passed"
 
 
 def set_gates(settings: Settings, name: str, version: str, gates: str | dict[str, str]) -> None:
+    """Gate tags as the evaluator writes them: signed with its key (the session's RTML_HOME), and a
+    version that passed everything becomes the ``challenger``."""
     from rtml.registry import mlflow_client
+    from rtml.signing import write_signed_gates
 
     client = mlflow_client(settings)
     values = {g: gates for g in GATES} if isinstance(gates, str) else gates
-    for g, v in values.items():
-        client.set_model_version_tag(name, version, g, v)
-    client.set_model_version_tag(name, version, "gate.reasons", "set by the test")
+    write_signed_gates(client, name, version, values, "set by the test", settings)
 
 
 def offline_scores(pipe, rows: list[dict[str, Any]], spec: ProjectSpec):

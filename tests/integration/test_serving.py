@@ -161,12 +161,12 @@ def test_hot_swap_under_load_loses_no_request(env):
 
 
 def test_broken_version_is_never_served_and_rollback_restores(env):
-    from rtml.registry import PREVIOUS, alias_version, mlflow_client, promote, rollback
+    from rtml.registry import PREVIOUS, alias_version, approve, mlflow_client, rollback
 
     server, spec, name = env["server"], env["spec"], env["name"]
     v2 = env["v2"]
     v3 = register_broken(env["settings"], spec)
-    promote(name, v3, approver="test")  # its gates "passed": the registry cannot tell it is broken
+    approve(name, v3, by="test")  # its gates "passed" (signed): the registry cannot tell it is broken
     with server.client() as c:
         out = c.post("/admin/reload").json()
         assert out["version"] == v2 and out["swapped"] is False

@@ -49,9 +49,9 @@ def env(mlflow_settings, tmp_path_factory):
     write_to_lake(lake, spec, synthetic_frame(spec, 3000, seed=1, bias=BIAS), batches=3)
     plain = train(spec, settings, lake=lake)["version"]
     mitigated = register_mitigated(spec, plain, settings)["version"]
-    for v in (plain, mitigated):
-        set_gates(settings, name, v, "passed")
-    approve(name, plain, by="test")
+    set_gates(settings, name, plain, "passed")
+    approve(name, plain, by="test")  # only the current challenger is promoted
+    set_gates(settings, name, mitigated, "passed")
     mlflow_client(settings).set_registered_model_alias(name, "challenger", mitigated)
 
     # New traffic (other seed) and the registered model's own answers on it, loaded as a user would.
