@@ -133,13 +133,23 @@ def _fairness_attribute(name: str, res: dict[str, Any], label: str = "") -> str:
     if res.get("error"):
         return out[0] + f"<p class='fail'>{esc(res['error'])}</p>"
     rows = [
-        dict(r, gating="yes" if r["gating"] else f"no (< {res['min_group_size']})") for r in res["groups"]
+        dict(
+            r,
+            gating="yes" if r["gating"] and not r.get("insufficient_data") else (
+                f"insufficient data: {r['insufficient_data']}" if r.get("insufficient_data")
+                else f"no (< {res['min_group_size']})"
+            ),
+            selection_rate=_with_ci(r, "selection_rate", None),
+            tpr=_with_ci(r, "tpr", "tpr_gating"),
+            fpr=_with_ci(r, "fpr", "fpr_gating"),
+        )
+        for r in res["groups"]
     ]
     out.append(
         table(
             rows,
-            ["group", "count", "selection_rate", "tpr", "fpr", "precision", "gating"],
-            ["group", "count", "selection rate", "TPR", "FPR", "precision", "gates"],
+            ["group", "count", "positives", "selection_rate", "tpr", "fpr", "precision", "gating"],
+            ["group", "count", "positives", "selection rate", "TPR", "FPR", "precision", "gates"],
         )
     )
     if res.get("note"):
@@ -164,9 +174,12 @@ def _fairness_attribute(name: str, res: dict[str, Any], label: str = "") -> str:
     ]
     for d, key in zip(disp, keymap, strict=True):
         c = limits.get(key)
+        ci = (res.get("intervals") or {}).get(key)
+        d["interval"] = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "-"
         d["limit"] = f"{c['op']} {c['limit']:g}" if c else "-"
+        d["judged"] = f"{c['judged']:.3f} ({c.get('basis', 'estimate')})" if c and c.get("judged") is not None else "-"
         d["result"] = ("passed" if c["passed"] else "FAILED") if c else "-"
-    out.append(table(disp, ["measure", "value", "limit", "result"]))
+    out.append(table(disp, ["measure", "value", "interval", "limit", "judged", "result"]))
     groups = [r["group"] for r in res["groups"]]
     out.append(
         svg_group_bars(
@@ -245,6 +258,147 @@ def _quality_line(q: dict[str, Any]) -> str:
 
 
 # --- model card ----------------------------------------------------------------------------------------
+def _with_ci(row: dict[str, Any], metric: str, flag: str | None) -> str:
+    v = row.get(metric)
+    if v is None:
+        return "n/a"
+    ci = row.get(f"{metric}_ci")
+    text = f"{v:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+    ok = row.get("gating", True) and (flag is None or row.get(flag, True))
+    return text if ok else text + " *"
+
+
+def _variants(res: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, attribute result) of the plain and the mitigated decisions present in ``res``."""
+    out = []
+    if res.get("plain"):  # this version is the mitigated variant
+        out += [("plain", res["plain"]), ("mitigated", res)]
+    else:
+        out.append(("plain", res))
+        mit = res.get("mitigated") or {}
+        if mit.get("groups"):
+            out.append(("mitigated", mit))
+    return out
+
+
+def _group_side_by_side(name: str, res: dict[str, Any]) -> str:
+    """Per group: size, positives, then selection rate / TPR / FPR with intervals, plain | mitigated."""
+    variants = _variants(res)
+    cols = ["selection_rate", "tpr", "fpr"]
+    flags = {"selection_rate": None, "tpr": "tpr_gating", "fpr": "fpr_gating"}
+    head = "<tr><th rowspan='2'>group</th><th rowspan='2'>size</th><th rowspan='2'>positives</th>" + "".join(
+        f"<th colspan='{len(cols)}'>{esc(label)}</th>" for label, _ in variants
+    ) + "</tr><tr>" + "".join(
+        "".join(f"<th>{h}</th>" for h in ("selection rate", "TPR", "FPR")) for _ in variants
+    ) + "</tr>"
+    by_variant = [{r["group"]: r for r in v.get("groups", [])} for _, v in variants]
+    body = []
+    for r in res.get("groups", []):
+        g = r["group"]
+        cells = [esc(g), fmt(r.get("count"), 0), fmt(r.get("positives"), 0)]
+        for rows in by_variant:
+            vr = rows.get(g, {})
+            cells += [esc(_with_ci(vr, m, flags[m])) for m in cols]
+        title = f" title='{esc(r['insufficient_data'])}'" if r.get("insufficient_data") else ""
+        body.append(f"<tr{title}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    status_line = " &middot; ".join(
+        f"{esc(label)}: {status(v.get('passed'))} DI {fmt(v.get('demographic_parity_ratio'))}, "
+        f"EO diff {fmt(v.get('equal_opportunity_difference'))}, EOdds {fmt(v.get('equalized_odds_difference'))}"
+        for label, v in variants
+    )
+    groups = [r["group"] for r in res.get("groups", [])]
+    series = {}
+    for (label, _), rows in zip(variants, by_variant, strict=True):
+        for m, short in (("selection_rate", "selected"), ("tpr", "TPR"), ("fpr", "FPR")):
+            series[f"{label} {short}"] = [rows.get(g, {}).get(m) for g in groups]
+    return (
+        f"<h3>{esc(name)}: by group</h3><p>{status_line}</p><table>{head}{''.join(body)}</table>"
+        + svg_group_bars(groups, series, title=f"{name}: rates by group (plain vs mitigated)")
+    )
+
+
+def svg_tradeoff(points: list[dict[str, Any]]) -> str:
+    """Quality (decision metric) vs the worst fairness margin of each candidate; the joint search's
+    curve (limits moved looser/stricter) as a line. Right of 0 = meets every limit on the fit rows."""
+    pts = [p for p in points if p.get("quality") is not None and p.get("worst_margin") is not None]
+    if not pts:
+        return ""
+    w, h, pad = 420, 240, 40
+    xs = [p["worst_margin"] for p in pts] + [0.0]
+    ys = [p["quality"] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1e-3), (y1 if y1 > y0 else y0 + 1e-3)
+
+    def X(v: float) -> float:
+        return pad + (v - x0) / (x1 - x0) * (w - 2 * pad)
+
+    def Y(v: float) -> float:
+        return h - pad - (v - y0) / (y1 - y0) * (h - 2 * pad)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">',
+        f'<rect x="{pad}" y="{pad}" width="{w - 2 * pad}" height="{h - 2 * pad}" fill="none" stroke="#999"/>',
+        f'<line x1="{X(0):.1f}" y1="{pad}" x2="{X(0):.1f}" y2="{h - pad}" stroke="#b3261e" stroke-dasharray="4"/>',
+        f'<text x="{pad}" y="{h - 8}">worst fairness margin ({x0:.2f} .. {x1:.2f}; right of the red line: meets)</text>',
+        f'<text x="2" y="{pad - 10}">decision quality ({y0:.3f} .. {y1:.3f})</text>',
+    ]
+    curve = sorted((p for p in pts if p.get("kind") in ("curve", "plain")), key=lambda p: p["worst_margin"])
+    if len(curve) > 1:
+        coords = " ".join(f"{X(p['worst_margin']):.1f},{Y(p['quality']):.1f}" for p in curve)
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{COLORS[0]}" stroke-width="1.5"/>')
+    for p in pts:
+        color = "#888" if p.get("kind") == "curve" else COLORS[1] if p.get("kind") == "plain" else (
+            "#137333" if p.get("meets_limits") and p.get("within_quality_loss") else "#b3261e"
+        )
+        parts.append(
+            f'<circle cx="{X(p["worst_margin"]):.1f}" cy="{Y(p["quality"]):.1f}" r="4" fill="{color}">'
+            f'<title>{esc(p.get("candidate"))}: quality {p["quality"]:.3f}, worst margin {p["worst_margin"]:.3f}'
+            f"</title></circle>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _mitigation_search(mitigation: dict[str, Any] | None) -> str:
+    """The search's verdict, its candidates and the trade-off (on the plain version's card)."""
+    if not mitigation or not mitigation.get("search"):
+        return ""
+    rep = mitigation["search"]
+    out = ["<h2>Mitigation search</h2>"]
+    if mitigation.get("mitigated"):
+        out.append(f"<p class='pass'>Kept: {esc(rep.get('chosen'))}.</p><p>{esc(mitigation.get('reason'))}</p>")
+    else:
+        out.append(
+            "<p class='fail'>Not mitigated: no candidate meets every fairness limit within "
+            f"max_quality_loss {fmt(rep.get('max_quality_loss'))}. {esc(mitigation.get('reason'))}</p>"
+            "<p>The trade-off below shows what is possible on the training window.</p>"
+        )
+    out.append(
+        f"<p class='muted'>Fitted on {fmt(rep.get('fit_rows'), 0)} rows: {esc(rep.get('fit_on'))}. Quality = "
+        f"{esc(rep.get('quality_metric'))} of the decisions (plain {fmt(rep.get('plain_quality'))}); worst margin = "
+        "the smallest distance of any disparity to its limit (negative: fails); pass rate = share of "
+        f"{fmt(rep.get('simulations'), 0)} simulated holdouts of {fmt(rep.get('simulated_holdout_rows'), 0)} rows "
+        "that pass the gate.</p>"
+    )
+    rows = [
+        {
+            "candidate": c.get("candidate"),
+            "quality": c.get("quality"),
+            "quality loss": c.get("quality_loss"),
+            "worst margin": c.get("worst_margin"),
+            "meets limits": c.get("meets_limits"),
+            "within loss": c.get("within_quality_loss"),
+            "pass rate": c.get("pass_rate"),
+        }
+        for c in rep.get("candidates", []) + rep.get("curve", [])
+    ]
+    out.append(table(rows))
+    out.append(svg_tradeoff(rep.get("candidates", []) + rep.get("curve", [])))
+    return "".join(out)
+
+
+
 def model_card_html(summary: dict[str, Any]) -> str:
     """One page per model version: decision, quality, fairness, drift and lineage side by side."""
     gates = summary.get("gates", {})
@@ -329,6 +483,19 @@ def model_card_html(summary: dict[str, Any]) -> str:
             }
         )
     b.append(table(frows))
+    if f.get("attributes"):
+        first = next(iter(f["attributes"].values()))
+        if first.get("bootstrap"):
+            b.append(
+                f"<p class='muted'>Intervals: {fmt(first.get('confidence'), 2)} bootstrap intervals "
+                f"({first.get('bootstrap')} seeded replicates of the holdout rows); the gate reads "
+                f"{esc(str(first.get('decide_on', 'estimate')).replace('_', ' '))}. A group below "
+                f"{first.get('min_group_size')} rows, or below {first.get('min_group_positives')} positives "
+                "(negatives) for TPR (FPR), is insufficient data (*) and does not decide the gate.</p>"
+            )
+    for name, res in f.get("attributes", {}).items():
+        b.append(_group_side_by_side(name, res))
+    b.append(_mitigation_search(f.get("mitigation")))
     # drift
     b.append("<h2>Drift (against the training window)</h2>")
     drows = []
