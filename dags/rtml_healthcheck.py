@@ -16,8 +16,8 @@ from airflow.sdk import dag, task
 @task
 def check_lake() -> dict:
     """The lake store answers and its buckets exist."""
+    from rtml.platform.health import check_s3
     from rtml.settings import get_settings
-    from rtml.stack import check_s3
 
     result = check_s3(get_settings(refresh=True))
     if not result["ok"]:
@@ -28,8 +28,8 @@ def check_lake() -> dict:
 @task
 def check_mlflow() -> dict:
     """The MLflow tracking server and its model registry answer."""
+    from rtml.platform.health import check_mlflow as _check
     from rtml.settings import get_settings
-    from rtml.stack import check_mlflow as _check
 
     result = _check(get_settings(refresh=True))
     if not result["ok"]:

@@ -16,7 +16,7 @@ from typing import Any
 
 # The modules that contribute verbs, in the order of the loop.
 COMMAND_MODULES = [
-    "rtml.stack",
+    "rtml.platform.stack",
     "rtml.produce",
     "rtml.ingest",
     "rtml.train",

@@ -192,7 +192,8 @@ def run_demo(
 ) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    from rtml.stack import AirflowClient, Stack
+    from rtml.platform.airflow import AirflowClient
+    from rtml.platform.stack import Stack
 
     settings = settings or get_settings()
     spec = spec or load_spec(settings.spec)

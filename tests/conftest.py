@@ -6,7 +6,7 @@
   repository's ``dags/`` and ``plugins/``. Each returns the Settings. Services start on first use only
   and are all stopped at the end of the session (a leftover process fails the session).
 - ``s3_settings``, ``mlflow_settings``, ``airflow_settings``: ``stack.ensure(...)`` for one service.
-- ``airflow_api``: an authenticated ``rtml.stack.AirflowClient`` (``.get/.post/...`` on /api/v2,
+- ``airflow_api``: an authenticated ``rtml.platform.airflow.AirflowClient`` (``.get/.post/...`` on /api/v2,
   ``trigger(dag_id, conf) -> run_id``, ``wait(dag_id, run_id, timeout) -> state``, ``explain(...)``).
 
 For the whole session, ``RTML_HOME`` points at a temporary folder (no test touches ``~/.rtml``), the
@@ -31,7 +31,7 @@ _S3, _MLFLOW, _AIRFLOW, _SERVE, _BLOCK = 0, 10, 11, 14, 15
 @pytest.fixture(scope="session", autouse=True)
 def rtml_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Session-wide RTML_*/AWS_* environment: a temp home and free ports (no service is started)."""
-    from rtml.stack import free_port_block
+    from rtml.platform.stack import free_port_block
 
     home = tmp_path_factory.mktemp("rtml-home")
     base = free_port_block(_BLOCK)
@@ -105,7 +105,7 @@ def airflow_settings(stack) -> Settings:
 
 @pytest.fixture(scope="session")
 def airflow_api(airflow_settings: Settings) -> Iterator[object]:
-    from rtml.stack import AirflowClient
+    from rtml.platform.airflow import AirflowClient
 
     client = AirflowClient(airflow_settings)
     try:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from rtml.demo import backfill_ingest, wait_idle
-from rtml.stack import Stack
+from rtml.platform.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
+from rtml.platform.stack import Stack, free_port_block, port_open, process_family, seaweed_ports
 from rtml.settings import Settings
-from rtml.stack import Stack, free_port_block, port_open, process_family, seaweed_ports
 from rtml.storage import open_store
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def _heartbeat_after(settings: Settings, component: str, t: float) -> bool:
 def test_a_component_killed_with_sigkill_is_restarted_healthy(stack, airflow_settings: Settings, name: str):
     import time
 
-    from rtml.stack import check_mlflow, check_s3, check_serve
+    from rtml.platform.health import check_mlflow, check_s3, check_serve
 
     stack.ensure("serve")
     s = airflow_settings

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from rtml.platform.stack import Stack, StackError, process_family
 from rtml.settings import Settings
-from rtml.stack import Stack, StackError, process_family
 
 
 class TestStack:

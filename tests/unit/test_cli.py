@@ -82,8 +82,8 @@ def test_spec_check_human_output(capsys):
 
 def test_stack_status_json_when_nothing_runs(tmp_path, monkeypatch, capsys):
     """A state folder with nothing started: status answers (exit 1, not a crash) and says DOWN."""
+    from rtml.platform.stack import free_port_block
     from rtml.settings import get_settings
-    from rtml.stack import free_port_block
 
     base = free_port_block(15)
     monkeypatch.setenv("RTML_HOME", str(tmp_path))

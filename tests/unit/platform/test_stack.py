@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rtml import supervisor
-from rtml.settings import Settings
-from rtml.stack import (
+from rtml.platform import supervisor
+from rtml.platform.stack import (
     REPO_ROOT,
     Stack,
     StackError,
@@ -25,6 +24,7 @@ from rtml.stack import (
     seaweed_ports,
     sqlalchemy_uri,
 )
+from rtml.settings import Settings
 
 
 @pytest.fixture

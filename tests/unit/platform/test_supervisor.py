@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rtml import supervisor
+from rtml.platform import supervisor
 
 # A leader with one child in its process group and one that escapes into a session of its own,
 # like uvicorn workers and task runners; both print their pid to files so the test can find them.

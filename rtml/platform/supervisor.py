@@ -1,6 +1,6 @@
 """A small process supervisor for the local stack: restarts what dies, with backoff, and leaves nothing behind.
 
-``rtml stack up`` starts one supervisor per state folder (``python -m rtml.supervisor HOME``, detached
+``rtml stack up`` starts one supervisor per state folder (``python -m rtml.platform.supervisor HOME``, detached
 in its own session) and hands it *programs*: one JSON file per process under
 ``HOME/supervisor/programs/`` (command, environment, log file; mode 0600, since the environment
 carries secrets). The supervisor keeps every program running:
@@ -128,7 +128,7 @@ def start_supervisor(home: Path, env: dict[str, str] | None = None, timeout: flo
     (Path(home) / "logs").mkdir(parents=True, exist_ok=True)
     with open(Path(home) / "logs" / "supervisor.log", "ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "rtml.supervisor", str(home)],
+            [sys.executable, "-m", "rtml.platform.supervisor", str(home)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env=env, cwd=str(home), start_new_session=True,
         )
@@ -355,7 +355,7 @@ def _set_child_subreaper() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1:
-        print("usage: python -m rtml.supervisor HOME", file=sys.stderr)
+        print("usage: python -m rtml.platform.supervisor HOME", file=sys.stderr)
         return 2
     home = Path(args[0])
     d = supervisor_dir(home)

@@ -12,7 +12,8 @@ the ones SeaweedFS and Airflow open for themselves (master, volume, filer, log s
 stacks with different base ports (a user's and the test suite's) never clash.
 
 ``Stack(settings)`` is the reusable piece (the test fixtures use it); ``add_commands`` wires
-``rtml stack up|down|status``. Only the standard library is imported at module level.
+``rtml stack up|down|status``. Only the standard library is imported at module level. Health
+checks live in :mod:`rtml.platform.health`, the Airflow REST client in :mod:`rtml.platform.airflow`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtml import supervisor
+from rtml.platform import supervisor
+from rtml.platform.health import airflow_health, check_mlflow, check_s3, check_serve
 from rtml.settings import Settings, get_settings
 
 SERVICES = ("s3", "mlflow", "airflow", "serve")
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class StackError(RuntimeError):
@@ -87,92 +89,6 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-# --- health checks (plain functions: the rtml_healthcheck DAG calls them too) ---------------------
-def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = None) -> dict[str, Any]:
-    """List the buckets of the configured S3 endpoint; ``ok`` if it answers and ``buckets`` exist."""
-    s = settings or get_settings()
-    if s.storage != "s3":
-        root = Path(s.lake_uri)
-        return {"ok": root.is_dir() or not root.exists(), "storage": "local", "lake_uri": s.lake_uri}
-    import boto3
-    from botocore.config import Config
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint_url,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
-        region_name=s.s3_region,
-        config=Config(
-            s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}
-        ),
-    )
-    try:
-        names = sorted(b["Name"] for b in client.list_buckets().get("Buckets", []))
-    except Exception as err:  # any failure means "not healthy"; the message says why
-        return {"ok": False, "endpoint": s.s3_endpoint_url, "error": f"{type(err).__name__}: {err}"}
-    wanted = list(buckets) if buckets is not None else [s.lake_bucket, s.mlflow_bucket]
-    missing = [b for b in wanted if b not in names]
-    out: dict[str, Any] = {"ok": not missing, "endpoint": s.s3_endpoint_url, "buckets": names}
-    if missing:
-        out["error"] = f"missing bucket(s): {', '.join(missing)}"
-    return out
-
-
-def check_mlflow(settings: Settings | None = None) -> dict[str, Any]:
-    """GET /health on the tracking server, then one registry-backed API call."""
-    import httpx
-
-    s = settings or get_settings()
-    base = s.mlflow_tracking_uri.rstrip("/")
-    try:
-        r = httpx.get(f"{base}/health", timeout=5)
-        if r.status_code != 200:
-            return {"ok": False, "url": base, "error": f"/health answered {r.status_code}"}
-        r = httpx.get(
-            f"{base}/api/2.0/mlflow/registered-models/search", params={"max_results": 1}, timeout=10
-        )
-        if r.status_code != 200:
-            return {
-                "ok": False,
-                "url": base,
-                "error": f"registry search answered {r.status_code}: {r.text[:200]}",
-            }
-    except httpx.HTTPError as err:
-        return {"ok": False, "url": base, "error": f"{type(err).__name__}: {err}"}
-    return {"ok": True, "url": base}
-
-
-def check_serve(settings: Settings | None = None) -> dict[str, Any]:
-    """The serving endpoint's liveness (/health) and whether a model is loaded (/ready)."""
-    import httpx
-
-    s = settings or get_settings()
-    try:
-        health = httpx.get(f"{s.serve_url}/health", timeout=3)
-        ready = httpx.get(f"{s.serve_url}/ready", timeout=3)
-    except httpx.HTTPError as err:
-        return {"ok": False, "error": f"{type(err).__name__}: {err}"}
-    detail = "model loaded" if ready.status_code == 200 else "no champion loaded yet (approve a version)"
-    return {"ok": health.status_code == 200, "ready": ready.status_code == 200, "detail": detail}
-
-
-def airflow_health(settings: Settings | None = None) -> dict[str, Any]:
-    """Airflow's own view: ``/api/v2/monitor/health`` (metadatabase, scheduler, triggerer, dag processor)."""
-    import httpx
-
-    s = settings or get_settings()
-    base = s.airflow_url.rstrip("/")
-    try:
-        r = httpx.get(f"{base}/api/v2/monitor/health", timeout=5)
-        r.raise_for_status()
-        data = r.json()
-    except (httpx.HTTPError, ValueError) as err:
-        return {"ok": False, "url": base, "error": f"{type(err).__name__}: {err}"}
-    parts = {k: (v or {}).get("status") for k, v in data.items() if isinstance(v, dict)}
-    return {"ok": all(v == "healthy" for v in parts.values()), "url": base, "components": parts}
 
 
 def sqlalchemy_uri(uri: str) -> str:
@@ -796,144 +712,3 @@ def free_port_block(size: int, host: str = "127.0.0.1", start: int = 20000, end:
             for s in socks:
                 s.close()
     raise StackError(f"no block of {size} free ports found on {host}")
-
-
-class AirflowClient:
-    """An authenticated client for Airflow's REST API (``/api/v2``) with trigger/wait helpers.
-
-    It wraps an ``httpx.Client`` (``.http``); ``get/post/patch/delete`` are passed through.
-    """
-
-    FINISHED = ("success", "failed")
-
-    def __init__(
-        self, settings: Settings | None = None, username: str | None = None, password: str | None = None
-    ) -> None:
-        import httpx
-
-        self.settings = settings or get_settings()
-        username = username or self.settings.airflow_username
-        password = password or Stack(self.settings).airflow_password()
-        if not password:
-            raise StackError(f"no Airflow password for {username!r} yet (start the stack first)")
-        self.http = httpx.Client(base_url=self.settings.airflow_url.rstrip("/"), timeout=30)
-        r = self.http.post("/auth/token", json={"username": username, "password": password})
-        if r.status_code >= 300:
-            raise StackError(f"Airflow login as {username!r} failed: {r.status_code} {r.text[:200]}")
-        self.http.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-
-    def __getattr__(self, name: str) -> Any:
-        # headers/close/...: the underlying httpx client.
-        return getattr(self.http, name)
-
-    def request(self, method: str, url: str, **kw: Any) -> Any:
-        """One REST call; retried a few times when Airflow's SQLite database is briefly locked
-        (the write was rolled back, so a retry cannot apply it twice)."""
-        for attempt in range(5):
-            r = self.http.request(method, url, **kw)
-            if r.status_code < 500 or "database is locked" not in r.text or attempt == 4:
-                return r
-            time.sleep(0.5 * (attempt + 1))
-        return r
-
-    def get(self, url: str, **kw: Any) -> Any:
-        return self.request("GET", url, **kw)
-
-    def post(self, url: str, **kw: Any) -> Any:
-        return self.request("POST", url, **kw)
-
-    def patch(self, url: str, **kw: Any) -> Any:
-        return self.request("PATCH", url, **kw)
-
-    def delete(self, url: str, **kw: Any) -> Any:
-        return self.request("DELETE", url, **kw)
-
-    def __enter__(self) -> AirflowClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.http.close()
-
-    def import_errors(self) -> list[dict[str, Any]]:
-        r = self.get("/api/v2/importErrors")
-        r.raise_for_status()
-        return r.json().get("import_errors", [])
-
-    def wait_dag(self, dag_id: str, timeout: float = 120) -> dict[str, Any]:
-        """Wait until the dag-processor has parsed ``dag_id``; fail early on its file's import error."""
-        deadline = time.monotonic() + timeout
-        while True:
-            r = self.get(f"/api/v2/dags/{dag_id}")
-            if r.status_code == 200:
-                return r.json()
-            errors = [e for e in self.import_errors() if dag_id in e.get("filename", "")]
-            if errors:
-                raise StackError(f"DAG {dag_id} has an import error: {errors[0].get('stack_trace', errors)}")
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"DAG {dag_id} not found in Airflow after {timeout:.0f}s (last: {r.status_code})"
-                )
-            time.sleep(1)
-
-    def unpause(self, dag_id: str) -> None:
-        r = self.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-        r.raise_for_status()
-
-    def pause(self, dag_id: str) -> None:
-        r = self.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": True})
-        r.raise_for_status()
-
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None, unpause: bool = True) -> str:
-        """Trigger a run of ``dag_id`` (waiting for it to be parsed, unpausing it); return the run id."""
-        self.wait_dag(dag_id)
-        if unpause:
-            self.unpause(dag_id)
-        r = self.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
-        if r.status_code >= 300:
-            raise StackError(f"trigger {dag_id} failed: {r.status_code} {r.text[:300]}")
-        return r.json()["dag_run_id"]
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        r = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-        r.raise_for_status()
-        return r.json()["state"]
-
-    def wait(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
-        """Poll the run until it finishes (or ``timeout``); return its last state."""
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.run_state(dag_id, run_id)
-            if state in self.FINISHED or time.monotonic() > deadline:
-                return state
-            time.sleep(1)
-
-    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-        r = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        r.raise_for_status()
-        return r.json()["task_instances"]
-
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
-        r = self.get(
-            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-            headers={"Accept": "application/x-ndjson"},
-        )
-        lines = []
-        for line in r.text.splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                lines.append(line)
-                continue
-            if isinstance(event, dict):
-                text = event.get("event", "")
-                lines.append(f"{event.get('timestamp') or ''} {event.get('level') or ''} {text}".strip())
-        return "\n".join(lines)
-
-    def explain(self, dag_id: str, run_id: str) -> str:
-        """A short report of the run's task states and the logs of failed tasks (for assertion messages)."""
-        lines = []
-        for ti in self.task_instances(dag_id, run_id):
-            lines.append(f"{ti['task_id']}: {ti['state']}")
-            if ti["state"] in ("failed", "upstream_failed", "up_for_retry") and ti.get("try_number"):
-                lines.append(self.task_log(dag_id, run_id, ti["task_id"], ti["try_number"])[-3000:])
-        return "\n".join(lines)
