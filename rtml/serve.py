@@ -1231,7 +1231,13 @@ class PredictionLog:
             return items, [], self._encode(items)
         except Exception:  # noqa: BLE001
             good, bad = self._sort_out(items)
-            return good, bad, (self._encode(good) if good else None)
+            if not good:
+                return good, bad, None
+            try:
+                return good, bad, self._encode(good)
+            except Exception as err:  # noqa: BLE001 - rows that encode alone but not together: never back
+                why = f"{type(err).__name__}: {safe_text(err, 500)}"
+                return [], bad + [(row, why) for it in good for row in self._rows_of(it)], None
 
     def _dead_letter(self, bad: list[tuple[dict, str]], batch_id: str) -> str:
         lines = []
@@ -1315,11 +1321,19 @@ class PredictionLog:
         data: dict[str, list] = {}
         times: list[Any] = []
 
+        done = 0  # rows so far: a column an earlier item did not have is padded with None
+
         def extend(key: str, values: list) -> None:
-            data.setdefault(key, []).extend(values)
+            col = data.get(key)
+            if col is None:
+                col = data[key] = [None] * done
+            col.extend(values)
 
         for it in items:
             n = len(it["request_id"])
+            for col in data.values():  # the previous item lacked these columns (another version's inputs)
+                if len(col) < done:
+                    col.extend([None] * (done - len(col)))
             extend("request_id", it["request_id"])
             extend("row", it["row"])
             times.append(np.full(n, it["time"], dtype="datetime64[us]"))
@@ -1329,6 +1343,10 @@ class PredictionLog:
             for group in ("keys", "features"):
                 for k, v in it[group].items():
                     extend(k, v)
+            done += n
+        for col in data.values():
+            if len(col) < done:
+                col.extend([None] * (done - len(col)))
         numeric = set(self._numeric_cols())
         cols: dict[str, Any] = {}
         for k, v in data.items():

@@ -154,6 +154,23 @@ def test_a_row_the_log_cannot_write_goes_to_the_dead_letter_and_the_rest_is_writ
     assert plog.flush()["accepted"] == 2
 
 
+def test_micro_batches_of_versions_with_other_inputs_are_written_together(tmp_path, spec):
+    from rtml.serve import PredictionLog
+
+    lake = local_lake(tmp_path)
+    plog = PredictionLog("predictions", spec, lake)
+    other = log_item(2, ["b1", "b2"], 200.0)
+    other["features"] = {"Age": [1.0, 2.0], "Income": [5.0, None]}  # a version with one more input
+    plog.add(log_item(2, ["a1", "a2"]), 2)
+    plog.add(other, 2)
+    plog.add(log_item(1, ["c1"], 300.0), 1)
+    manifest = plog.flush()
+    assert manifest["accepted"] == 5 and manifest["quarantined"] == 0
+    rows = lake.read_batches(spec.dataset.name, "predictions").set_index("event_id")
+    assert rows.loc["b1", "Income"] == 5.0 and np.isnan(rows.loc["a1", "Income"]) and np.isnan(rows.loc["c1", "Income"])
+    assert list(rows["Age"]) == [100.0, 101.0, 1.0, 2.0, 300.0]
+
+
 def test_a_failing_store_keeps_rows_and_the_bound_says_full(tmp_path, spec):
     from rtml.serve import PredictionLog
 
