@@ -215,7 +215,7 @@ def verify(store: ObjectStore | None = None, settings: Settings | None = None) -
         else:
             by_seq[seq] = key
     n = max(by_seq) + 1 if by_seq else 0
-    prev_hash = ""
+    prev_hash: str | None = ""
     count = 0
     for seq in range(n):
         if seq not in by_seq:

@@ -111,7 +111,10 @@ class Positions:
         k = bisect.bisect_right(self._offsets, i) - 1
         label, lines, names = self._segments[k]
         j = i - self._offsets[k]
-        return names[j] if names is not None else f"{label}:{int(lines[j])}"
+        if names is not None:
+            return names[j]
+        assert lines is not None  # a segment holds line numbers or names
+        return f"{label}:{int(lines[j])}"
 
     def __iter__(self):
         return (self[i] for i in range(self._n))
@@ -404,8 +407,8 @@ class Contract:
                 if self.kind == "labels" and seen.any():
                     target = out[self.spec.target.name]
                     # A different outcome for a labelled event is a correction, not a duplicate.
-                    for i in np.flatnonzero(seen):
-                        seen[i] = committed[ids.iat[i]][1] == target.iat[i]
+                    for r in np.flatnonzero(seen):
+                        seen[r] = committed[ids.iat[r]][1] == target.iat[r]
                     where = {k: v[0] for k, v in committed.items()}
                 else:
                     where = committed
@@ -419,8 +422,8 @@ class Contract:
         if reasons:
             bad = sorted(reasons)
             records = _records(frame, bad)
-            for i, rec in zip(bad, records, strict=True):
-                rejects.append({"source": raw.source[i], "reasons": reasons[i], "record": rec})
+            for b, rec in zip(bad, records, strict=True):
+                rejects.append({"source": raw.source[b], "reasons": reasons[b], "record": rec})
         # Items refused before parsing go first (they are file- or line-level), then rows in order.
         all_rejects = list(raw.rejects) + rejects
         return Validated(cols, self.output_schema(), all_rejects, raw.records_in, drift)

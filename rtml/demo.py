@@ -145,8 +145,9 @@ def wait_for_decision(spec: ProjectSpec, settings: Settings, after: set[str], af
     name = spec.model.registered_name
     deadline = time.monotonic() + timeout
     while True:
+        versions: list[Any]
         try:
-            versions = client.search_model_versions(f"name='{name}'")
+            versions = list(client.search_model_versions(f"name='{name}'"))
         except Exception:  # the registered model does not exist yet
             versions = []
         decided = sorted((mv for mv in versions if mv.version not in after and mv.tags.get("gate.decision")),

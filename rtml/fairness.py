@@ -434,10 +434,9 @@ def group_keys(sensitive: pd.DataFrame) -> np.ndarray:
     cols = list(sensitive.columns)
     if not cols:
         return np.full(len(sensitive), OTHER, dtype=object)
-    keys = None
-    for c in cols:
-        part = f"{c}=" + sensitive[c].astype(str).reset_index(drop=True)
-        keys = part if keys is None else keys + " & " + part
+    keys = f"{cols[0]}=" + sensitive[cols[0]].astype(str).reset_index(drop=True)
+    for c in cols[1:]:
+        keys = keys + " & " + f"{c}=" + sensitive[c].astype(str).reset_index(drop=True)
     return keys.to_numpy(dtype=object)
 
 
@@ -489,8 +488,8 @@ class GroupRule:
         import pandas as pd
 
         fb = self.thresholds[self.fallback]
-        keys = pd.Series(np.asarray(keys, dtype=object), dtype=object)
-        return keys.map(self.thresholds).fillna(fb).to_numpy(dtype=float)
+        series = pd.Series(np.asarray(keys, dtype=object), dtype=object)
+        return series.map(self.thresholds).fillna(fb).to_numpy(dtype=float)
 
     def decide(self, scores: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """0/1 decisions (int64) for scores of rows with these group keys."""

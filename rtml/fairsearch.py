@@ -456,7 +456,8 @@ def search_rule(
             "thresholds": model.thresholds(k),
         }
 
-    candidates, seen = [], {}
+    candidates: list[dict[str, Any]] = []
+    seen: dict[tuple[int, ...], dict[str, Any]] = {}
     for n, k in found.items():  # identical rules (different routes to the same thresholds) once
         key = tuple(int(v) for v in k)
         if key in seen:

@@ -27,7 +27,7 @@ BOOL_VALUES = ["false", "true"]
 
 
 def _categories(feature: Feature) -> list[str]:
-    values = list(feature.values) if feature.type == "categorical" else list(BOOL_VALUES)
+    values = list(feature.values or []) if feature.type == "categorical" else list(BOOL_VALUES)
     return [*values, MISSING]
 
 

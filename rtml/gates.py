@@ -308,7 +308,7 @@ def evaluate_frames(
     fairness = run_fairness(spec, holdout, scores, train, train_scores, decisions)
     lap("fairness")
     currents = {"holdout": (X_hold, scores)}
-    if X_new is not None:
+    if X_new is not None and new_scores is not None:
         currents["newest"] = (X_new, new_scores)
     drift = run_drift(spec, X_train, train_scores, currents, out_dir, max_drift_rows)
     lap("drift")
@@ -533,7 +533,7 @@ def decide(
     ctx = load_context(spec, version, settings)
     decision = combine(quality, fairness, drift)
     reports = {k: _report_uri(ctx, k) for k in FILES}
-    variant = {"variant": ctx.variant}
+    variant: dict[str, str | None] = {"variant": ctx.variant}
     if ctx.variant == "mitigated":
         variant["base_version"] = ctx.lineage.get("base_version") or (
             ctx.client.get_model_version(ctx.name, ctx.version).tags or {}

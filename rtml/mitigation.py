@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
+from mlflow.pyfunc import PythonModel
 
 from rtml.settings import Settings, get_settings
 
@@ -43,20 +43,26 @@ RULE_FILE = "mitigation.json"
 PIPELINE_ARTIFACT = "pipeline"
 
 
-class MitigatedModel(mlflow.pyfunc.PythonModel):
+class MitigatedModel(PythonModel):
     """Plain Pipeline score + deterministic per-group decision. Pickled small: the spec and the rule
     as plain dicts; the Pipeline is the logged ``pipeline`` artifact (the plain version's model)."""
 
     def __init__(self, spec: dict[str, Any], rule: dict[str, Any]) -> None:
+        self._reset(spec, rule)
+
+    def _reset(self, spec: dict[str, Any], rule: dict[str, Any]) -> None:
         self.spec_data = spec
         self.rule_data = rule
-        self._spec = self._rule = self._pipe = None
+        # Set by _setup (load_context, or the gates on the unwrapped model).
+        self._spec: Any = None
+        self._rule: Any = None
+        self._pipe: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"spec_data": self.spec_data, "rule_data": self.rule_data}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["spec_data"], state["rule_data"])
+        self._reset(state["spec_data"], state["rule_data"])
 
     def _setup(self, pipe) -> None:
         from rtml.fairness import GroupRule

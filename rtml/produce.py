@@ -159,7 +159,7 @@ def build(
             if what == 0 and nums:
                 f = nums[k % len(nums)]
                 ev[f.name] = ev[f.name].astype("float64")
-                ev.loc[i, f.name] = f.max * 10 + 1  # out of range
+                ev.loc[i, f.name] = (f.max or 0) * 10 + 1  # out of range
             elif what == 1 and cats:
                 f = cats[k % len(cats)]
                 ev.loc[i, f.name] = "not-a-category"

@@ -122,6 +122,8 @@ def compare(spec: ProjectSpec, settings: Settings | None = None, version: str | 
                 "message": f"no shadow traffic for {name} version {version} yet"}
     summary = summarize(df.reset_index(drop=True), spec)
     mv = client.get_model_version(name, version)
+    if not mv.run_id:
+        raise ValueError(f"{name} version {version} has no MLflow run: nothing to attach the shadow report to")
     with tempfile.TemporaryDirectory(prefix="rtml-shadow-") as tmp:
         tmpdir = Path(tmp)
         (tmpdir / "shadow.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

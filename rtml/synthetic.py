@@ -106,7 +106,7 @@ def synthetic_frame(
                 col[rng.random(n) < 0.02] = None
             cols[f.name] = col
         else:
-            values = list(f.values) if f.type == "categorical" else [False, True]
+            values = list(f.values or []) if f.type == "categorical" else [False, True]
             p = coef.dirichlet(np.full(len(values), 2.0))
             if drift:
                 p = np.roll(p, 1)

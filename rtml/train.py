@@ -274,10 +274,11 @@ def log_datasets(
 ):
     """Log the training window and the holdout as MLflow datasets of the active run (lineage)."""
     import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
 
     name, target = spec.dataset.name, spec.target.name
-    train_ds = mlflow.data.from_pandas(train_df, source=source, name=f"{name}-train", targets=target)
-    hold_ds = mlflow.data.from_pandas(hold_df, source=source, name=f"{name}-holdout", targets=target)
+    train_ds = from_pandas(train_df, source=source, name=f"{name}-train", targets=target)
+    hold_ds = from_pandas(hold_df, source=source, name=f"{name}-holdout", targets=target)
     mlflow.log_input(train_ds, context="training", tags=train_tags)
     mlflow.log_input(hold_ds, context="holdout", tags=holdout_tags)
     return train_ds, hold_ds
