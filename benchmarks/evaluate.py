@@ -1,6 +1,6 @@
 """Benchmark: the full evaluation (quality + fairness + drift + reports) on growing holdouts.
 
-    /work/venvs/base/bin/python benchmarks/evaluate.py [--sizes 10000,100000,1000000]
+    .venv/bin/python benchmarks/evaluate.py [--sizes 10000,100000,1000000]
 
 Uses the shipped credit-risk spec (13 features, 2 sensitive attributes) with synthetic data: a
 model trained on 20k rows, a 100k-row reference window (its scores feed the mitigation search, as a
@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The synthetic data generator is test support (tests/support/synthetic.py), shared with the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
@@ -33,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     import evidently  # noqa: F401  (import cost measured apart from the evaluation)
 
     t_import = time.perf_counter() - t0
-    from rtml.gates import evaluate_frames
+    from support.synthetic import synthetic_frame
+
+    from rtml.evaluate.gates import evaluate_frames
     from rtml.spec import load_spec
-    from rtml.synthetic import synthetic_frame
     from rtml.train import fit_pipeline
 
     spec = load_spec()

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from rtml import produce as prod
-from rtml.contract import Contract
-from rtml.ingest import ingest_interval
+from rtml.ingest import produce as prod
+from rtml.ingest.batches import ingest_interval
+from rtml.ingest.contract import Contract
+from rtml.ingest.sources import LandingSource, landing_store
 from rtml.lake import Lake, arrow_to_parquet_bytes
 from rtml.settings import Settings
-from rtml.sources import LandingSource, landing_store
 from rtml.spec import load_spec
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)

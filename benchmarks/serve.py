@@ -12,14 +12,14 @@ SQLite MLflow store, the prediction log a local lake folder):
 3. drives each in turn with the same concurrent load of single-record JSON requests (``wrk``,
    round-robin over 200 real records) for ``--duration`` seconds per connection count, and prints
    throughput, p50, p99 and errors for each plus the ratio;
-4. the variant the demo deploys: the fairness-mitigated pyfunc (``rtml.mitigation.MitigatedModel``:
-   the same Pipeline, per-group thresholds fitted with ``rtml.fairness.fit_rule`` on out-of-fold
+4. the variant the demo deploys: the fairness-mitigated pyfunc (``rtml.evaluate.mitigation.MitigatedModel``:
+   the same Pipeline, per-group thresholds fitted with ``rtml.evaluate.fairness.fit_rule`` on out-of-fold
    scores), registered as its own version, approved (``rtml serve`` swaps to it) and served by a
    second ``mlflow models serve``; the same load on both;
 5. for ``rtml serve`` it prints the share of time spent outside the model call, from its own
    ``/metrics`` (the model-call time each request waited on vs its latency in the server, and vs
    the latency ``wrk`` measured);
-6. measures approval-to-serving time: a new version is approved (``rtml.registry.approve``), then
+6. measures approval-to-serving time: a new version is approved (``rtml.registry.promotion.approve``), then
    (a) with the reload push the CLI and the DAG send, (b) with the endpoint's poller alone, the time
    until the endpoint answers with it.
 
@@ -106,8 +106,8 @@ def train_and_register(env: dict[str, str], workdir: Path, seed: int) -> str:
 
 
 def mark_gates_passed(v: str) -> None:
-    from rtml.registry import mlflow_client
-    from rtml.signing import write_signed_gates
+    from rtml.registry.client import mlflow_client
+    from rtml.registry.signing import write_signed_gates
 
     # What the evaluator writes (gates not run here): signed gate tags, alias challenger.
     gates = {g: "passed" for g in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")}
@@ -115,16 +115,22 @@ def mark_gates_passed(v: str) -> None:
 
 
 def register_mitigated_variant(workdir: Path, base_version: str, seed: int = 42) -> str:
-    """The demo's deployed variant of ``base_version``, logged as ``rtml.mitigation`` logs it."""
+    """The demo's deployed variant of ``base_version``, logged as ``rtml.evaluate.mitigation`` logs it."""
     import mlflow
     from mlflow.models import Model as MlflowModel
     from mlflow.models import ModelSignature, infer_signature
     from sklearn.model_selection import cross_val_predict
 
-    from rtml.fairness import fit_rule
+    from rtml.evaluate.fairsearch import fit_rule
+    from rtml.evaluate.mitigation import (
+        BASE_VERSION_TAG,
+        MITIGATED,
+        PIPELINE_ARTIFACT,
+        VARIANT_TAG,
+        MitigatedModel,
+    )
     from rtml.features import build_pipeline, sensitive_frame, target_vector, to_frame
-    from rtml.mitigation import BASE_VERSION_TAG, MITIGATED, PIPELINE_ARTIFACT, VARIANT_TAG, MitigatedModel
-    from rtml.registry import mlflow_client
+    from rtml.registry.client import mlflow_client
     from rtml.spec import load_spec
     from rtml.train import model_requirements
 
@@ -258,7 +264,7 @@ def main() -> int:
     os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI", "RTML_HOME",
                                            "RTML_STORAGE", "RTML_SERVE_TOKEN", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION",
                                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
     from rtml.serve import frame_to_records
     from rtml.settings import get_settings
     from rtml.spec import load_spec

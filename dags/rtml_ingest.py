@@ -4,7 +4,7 @@ Every few minutes (`RTML_INGEST_INTERVAL_MINUTES`, default 5) each run ingests o
 
 * **landing zone** (`RTML_SOURCE=landing`, default): every file under `landing/<dataset>/<kind>/`
   keyed before the run's `data_interval_end` that no committed batch has ingested yet (a ledger kept
-  in the batch manifests; see `rtml.sources`). Intervals missed while the scheduler was down or the
+  in the batch manifests; see `rtml.ingest.sources`). Intervals missed while the scheduler was down or the
   DAG paused are swept by the next run, so `catchup=False` skips no file;
 * **Redis Streams** (`RTML_SOURCE=redis`): the next entries of `rtml:<dataset>:<kind>` (and the
   entries a crashed attempt left pending), acknowledged only after the batch manifest is written;
@@ -53,7 +53,7 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
     """One batch of ``kind``; publishes the counts on the Asset event, skips when nothing is new."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from rtml.ingest import ingest_run
+    from rtml.ingest.batches import ingest_run
     from rtml.settings import get_settings
 
     settings = get_settings(refresh=True)
@@ -68,7 +68,7 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
     if summary.get("alerts"):
         import logging
 
-        log = logging.getLogger("rtml.ingest")
+        log = logging.getLogger("rtml.ingest.batches")
         for alert in summary["alerts"]:
             log.warning("ALERT %s", alert)
     extra = {

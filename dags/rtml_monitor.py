@@ -45,7 +45,7 @@ SPEC_PATH = str(get_settings().spec)
 def rtml_monitor():
     @task
     def check(params: dict | None = None) -> dict:
-        from rtml.monitor import monitor
+        from rtml.monitor.live import monitor
 
         params = params or {}
         report = monitor(load_spec(params.get("spec") or SPEC_PATH), get_settings(refresh=True),
@@ -64,7 +64,7 @@ def rtml_monitor():
 
     @task
     def compare_shadow(params: dict | None = None) -> dict:
-        from rtml.shadow import compare
+        from rtml.monitor.shadow import compare
 
         result = compare(load_spec((params or {}).get("spec") or SPEC_PATH), get_settings(refresh=True))
         print(result["message"])

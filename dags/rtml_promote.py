@@ -19,7 +19,7 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
    `champion` goes back to the previous version (only to one that passed, is approved and was never
    rejected). The run then ends failed, saying why; the decision log records the rollback and why.
 
-One run at a time (`max_active_runs=1`), and `rtml.registry` holds a lease in the lake during a
+One run at a time (`max_active_runs=1`), and `rtml.registry.promotion` holds a lease in the lake during a
 promotion or rollback, so the CLI and this DAG never interleave either.
 """
 
@@ -30,8 +30,8 @@ from datetime import datetime
 from airflow.sdk import Param, TriggerRule, dag, task
 
 from rtml.assets import CHALLENGER, SPEC
+from rtml.registry.triggers import WaitForApprovalOperator
 from rtml.spec import load_spec
-from rtml.triggers import WaitForApprovalOperator
 
 MODEL = SPEC.model.registered_name
 
@@ -57,8 +57,8 @@ def promote(name: str, version: str, approval: dict) -> dict:
     """Move the champion alias; refuse versions that did not pass every gate."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from rtml.registry import PromotionError
-    from rtml.registry import promote as do_promote
+    from rtml.registry.promotion import PromotionError
+    from rtml.registry.promotion import promote as do_promote
 
     try:
         return do_promote(name, version, approver=approval.get("by") or "MLflow UI (approval.by not set)")
@@ -107,8 +107,9 @@ def rollback(name: str, version: str, **context) -> None:
     """Only after a failed promotion, reload or smoke check: put the previous champion back."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from rtml.registry import CHAMPION, alias_version, mlflow_client
-    from rtml.registry import rollback as do_rollback
+    from rtml.names import CHAMPION
+    from rtml.registry.client import alias_version, mlflow_client
+    from rtml.registry.promotion import rollback as do_rollback
     from rtml.serve import request_reload
 
     if alias_version(mlflow_client(), name, CHAMPION) != version:
@@ -129,7 +130,7 @@ def rollback(name: str, version: str, **context) -> None:
     schedule=[CHALLENGER],
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,  # one promotion at a time (rtml.registry also holds a lease in the lake)
+    max_active_runs=1,  # one promotion at a time (rtml.registry.promotion also holds a lease in the lake)
     tags=["rtml", "promotion"],
     doc_md=__doc__,
     params={

@@ -103,7 +103,7 @@ def rtml_train():
 
     @task
     def quality(trained: dict, params: dict | None = None) -> dict:
-        from rtml.gates import evaluate_quality
+        from rtml.evaluate.gates import evaluate_quality
 
         res = evaluate_quality(_spec(params or {}), trained["version"])
         print("quality:", "passed" if res["passed"] else res["reasons"])
@@ -111,7 +111,7 @@ def rtml_train():
 
     @task
     def fairness(trained: dict, params: dict | None = None) -> dict:
-        from rtml.gates import evaluate_fairness
+        from rtml.evaluate.gates import evaluate_fairness
 
         res = evaluate_fairness(_spec(params or {}), trained["version"])
         print("fairness:", "passed" if res["passed"] else res["reasons"])
@@ -119,7 +119,7 @@ def rtml_train():
 
     @task
     def drift(trained: dict, params: dict | None = None) -> dict:
-        from rtml.gates import evaluate_drift
+        from rtml.evaluate.gates import evaluate_drift
 
         res = evaluate_drift(_spec(params or {}), trained["version"])
         print("drift:", "passed" if res["passed"] else res["reasons"])
@@ -127,7 +127,7 @@ def rtml_train():
 
     @task
     def decide(trained: dict, quality: dict, fairness: dict, drift: dict, params: dict | None = None) -> dict:
-        from rtml.gates import decide as decide_gates
+        from rtml.evaluate.gates import decide as decide_gates
 
         res = decide_gates(_spec(params or {}), trained["version"], quality, fairness, drift)
         print(res["message"])
@@ -135,7 +135,7 @@ def rtml_train():
 
     @task
     def mitigate(decision: dict, params: dict | None = None) -> dict:
-        from rtml.mitigation import mitigate_version
+        from rtml.evaluate.mitigation import mitigate_version
 
         res = mitigate_version(_spec(params or {}), decision)
         print(res["message"])

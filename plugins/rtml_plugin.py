@@ -6,7 +6,7 @@
   its aliases, gate tags (``gate.quality``, ``gate.fairness``, ``gate.drift``, ``gate.decision``,
   ``gate.reasons``), the ``approval`` tag and links to its MLflow page and run (where the reports are).
   ``/rtml/api/models`` gives the same as JSON. It reads MLflow's REST API with httpx: no mlflow import.
-  The page also shows the newest entries of the decision log (``rtml.audit``); ``/rtml/api/decisions``
+  The page also shows the newest entries of the decision log (``rtml.registry.audit``); ``/rtml/api/decisions``
   gives them as JSON with the result of the chain check.
 - Every route needs an Airflow login: Airflow's own FastAPI dependency (``get_user`` of
   ``airflow.api_fastapi.core_api.security``, what the core routes use) accepts the UI's session
@@ -92,7 +92,7 @@ def model_versions(max_models: int = 50) -> list[dict[str, Any]]:
 
 def decisions(limit: int = 50) -> dict[str, Any]:
     """The newest decision-log entries and whether the whole chain verifies."""
-    from rtml import audit
+    from rtml.registry import audit
 
     store = audit.open_log_store(_settings())
     check = audit.verify(store)

@@ -527,13 +527,13 @@ def model_card_html(summary: dict[str, Any]) -> str:
             + "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>" for k, v in links.items())
             + "</ul>"
         )
-    if summary.get("decisions"):  # added by rtml.audit.refresh_model_card
+    if summary.get("decisions"):  # added by rtml.registry.audit.refresh_model_card
         b.append(decision_log_html(summary["decisions"]))
     return _page(f"Model card {title}", "".join(b))
 
 
 def decision_log_html(entries: list[dict[str, Any]]) -> str:
-    """The version's entries of the hash-chained decision log (rtml.audit), oldest first."""
+    """The version's entries of the hash-chained decision log (rtml.registry.audit), oldest first."""
     rows = [
         {"#": e.get("seq"), "when": e.get("at"), "what": e.get("action"), "version": e.get("version"),
          "from": e.get("from_version"), "who": e.get("actor"), "for": e.get("on_behalf_of"),

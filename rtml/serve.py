@@ -446,7 +446,7 @@ class SmokeCheckError(RuntimeError):
 Outputs = tuple["np.ndarray", "np.ndarray | None"]
 
 PLAIN = "plain"
-MITIGATED = "mitigated"  # rtml.mitigation's variant tag value (not imported: it pulls in mlflow.pyfunc)
+MITIGATED = "mitigated"  # rtml.evaluate.mitigation's variant tag value (not imported: it pulls in mlflow.pyfunc)
 
 
 @dataclass
@@ -578,7 +578,7 @@ class LoadedModel:
         try:
             inner = pyfunc.unwrap_python_model()
             pipe, rule, mspec = inner._pipe, inner._rule, inner._spec
-        except Exception as err:  # noqa: BLE001 - not the wrapper rtml.mitigation builds
+        except Exception as err:  # noqa: BLE001 - not the wrapper rtml.evaluate.mitigation builds
             log.info("no fast path for version %s: %r", self.version, err)
             return False
         if pipe is None or rule is None or mspec is None:
@@ -679,7 +679,7 @@ def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFra
         return split(pyfunc_model.predict(df))
 
     # The raw predict output is what /invocations answers with; the pyfunc itself lets serving
-    # compile a fast path for the wrapper rtml.mitigation builds.
+    # compile a fast path for the wrapper rtml.evaluate.mitigation builds.
     outputs.raw, outputs.split, outputs.pyfunc = pyfunc_model.predict, split, pyfunc_model
     return outputs
 
@@ -859,7 +859,7 @@ def compile_fast_path(estimator: Any, columns: Sequence[str], numeric: Sequence[
 
 
 def compile_group_thresholds(rule: Any, spec: ProjectSpec, columns: Sequence[str]):
-    """``cols -> per-row threshold`` of a ``rtml.fairness.GroupRule``, without pandas, or None.
+    """``cols -> per-row threshold`` of a ``rtml.evaluate.grouprule.GroupRule``, without pandas, or None.
 
     The same groups as ``rtml.features.sensitive_groups`` + ``GroupRule.keys``: a categorical
     attribute's value as text (``missing`` for none), a binned one's label, ``[lo, hi)`` bins,
@@ -998,7 +998,7 @@ class ModelSource(Protocol):
     def load(self, version: str) -> LoadedModel: ...
 
 
-VARIANT_TAG = "rtml.variant"  # = rtml.mitigation.VARIANT_TAG
+VARIANT_TAG = "rtml.variant"  # = rtml.evaluate.mitigation.VARIANT_TAG
 
 
 class RegistrySource:
@@ -1035,16 +1035,16 @@ class RegistrySource:
         return str(mv.version), list(mv.aliases or [])
 
     def vet(self, version: str, alias: str) -> None:
-        """Before any swap: refuse (``rtml.signing.NotServable``) a version whose gates did not all
+        """Before any swap: refuse (``rtml.registry.signing.NotServable``) a version whose gates did not all
         pass, whose gate result is not validly signed, or, as champion, that nobody approved."""
-        from rtml.signing import check_servable
+        from rtml.registry.signing import check_servable
 
         mv = self.client.get_model_version(self.name, version)
         check_servable(self.name, version, mv.run_id, dict(mv.tags or {}), alias, self.settings)
 
     def record(self, action: str, version: str, **kw: Any) -> None:
         """Append the endpoint's reloads and refusals to the decision log (best effort)."""
-        from rtml.audit import try_record
+        from rtml.registry.audit import try_record
 
         try_record(action, self.name, version, settings=self.settings, **kw)
 
@@ -1063,7 +1063,7 @@ class RegistrySource:
                 dst_path=tmp,
                 tracking_uri=self.settings.mlflow_tracking_uri,
             )
-            from rtml.signing import verify_files  # the files must be the ones the evaluator signed
+            from rtml.registry.signing import verify_files  # the files must be the ones the evaluator signed
 
             verify_files(self.name, version, mv.run_id, dict(mv.tags or {}), local, self.settings)
             meta = Model.load(local)
@@ -1633,7 +1633,7 @@ class ModelServer:
         model = self._cache.get(version)
         try:
             vet = getattr(self.source, "vet", None)
-            if vet is not None:  # gates, signature, approval (rtml.signing): before every swap
+            if vet is not None:  # gates, signature, approval (rtml.registry.signing): before every swap
                 await loop.run_in_executor(self._io_pool, vet, version, alias)
                 self._clear_refusal(alias)
             if model is None:
@@ -1647,7 +1647,7 @@ class ModelServer:
             except TimeoutError:
                 raise SmokeCheckError(f"version {version}: scoring the sample rows did not finish in time") from None
         except Exception as err:  # noqa: BLE001 - any failure: do not serve it, say why
-            from rtml.signing import NotServable
+            from rtml.registry.signing import NotServable
 
             if isinstance(err, NotServable) and self._refuse(version, alias, err):
                 return None

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     serve_url: str = ""  # default: http://<serve_host>:<serve_port>
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
 
-    # Governance (rtml.signing, rtml.audit). Gate results are signed with an Ed25519 key that only
+    # Governance (rtml.registry.signing, rtml.registry.audit). Gate results are signed with an Ed25519 key that only
     # the evaluator holds; promotion and serving verify with the public key. Empty paths mean
     # <home>/keys/gate_signing.key (generated once by the evaluator) and <home>/keys/gate_signing.pub.
     gate_signing_key_file: str = ""

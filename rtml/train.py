@@ -11,11 +11,9 @@ frames are stored as run artifacts; the function returns references (URIs, ids, 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rtml.cli import CLIError, command
+from rtml.names import DATA_DIR, HOLDOUT_FILE, LINEAGE_FILE, OOF_SCORE, SCORE, TRAIN_FILE
+from rtml.registry.client import setup_mlflow
 from rtml.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -33,16 +32,10 @@ if TYPE_CHECKING:
     from rtml.lake import Lake
     from rtml.spec import ProjectSpec
 
-SCORE = "_score"  # the training-time positive-class probability stored next to the holdout rows
-# Out-of-fold scores of the training window: the reference for prediction drift and the data the
-# fairness mitigation is fitted on. In-sample scores would be sharper than anything the model
-# produces on new data, so every holdout would look "drifted".
-OOF_SCORE = "_oof_score"
+# Out-of-fold scores of the training window (rtml.names.OOF_SCORE): the reference for prediction
+# drift and the data the fairness mitigation is fitted on. In-sample scores would be sharper than
+# anything the model produces on new data, so every holdout would look "drifted".
 OOF_FOLDS = 3
-DATA_DIR = "data"
-TRAIN_FILE = "train.parquet"
-HOLDOUT_FILE = "holdout.parquet"
-LINEAGE_FILE = "lineage.json"
 TAG_MAX = 4900  # MLflow tag values are limited to 5000 characters
 
 
@@ -75,20 +68,6 @@ def code_version() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
-
-
-def setup_mlflow(settings: Settings | None = None):
-    """Point the mlflow client at the configured server and experiment; returns an MlflowClient."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    s = settings or get_settings()
-    # Task logs in Airflow are files: progress bars only add noise there.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-    mlflow.set_registry_uri(s.mlflow_tracking_uri)
-    mlflow.set_experiment(s.mlflow_experiment)
-    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
 
 
 def _join(ids: list[str]) -> str:
@@ -305,9 +284,9 @@ def train(
     """Train on the window, log everything to MLflow, register a version; returns references only."""
     import mlflow
 
+    from rtml.evaluate.quality import quality_metrics
     from rtml.features import target_vector, thread_limit, to_frame
     from rtml.lake import Lake
-    from rtml.quality import quality_metrics
 
     s = settings or get_settings()
     lake = lake or Lake(s)
@@ -484,49 +463,3 @@ def new_data_status(
             f"{'enough' if ready else 'not enough'} to train (need {needed} new, {spec.training.min_rows} total)"
         ),
     }
-
-
-# --- CLI ---------------------------------------------------------------------------------------------------
-def _load(path: str) -> ProjectSpec:
-    from rtml.cli import load_spec_arg
-
-    return load_spec_arg(path)
-
-
-def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    spec = _load(args.spec)
-    try:
-        result = train(
-            spec,
-            end=args.end,
-            window_days=args.window_days,
-            random_state=args.seed,
-            register=not args.no_register,
-        )
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-    if args.evaluate and result.get("version"):
-        from rtml.gates import evaluate
-        from rtml.mitigation import mitigate_version
-
-        result["evaluation"] = evaluate(spec, result["version"])
-        result["message"] += "\n" + result["evaluation"]["message"]
-        mitigated = mitigate_version(spec, result["evaluation"])
-        result["mitigated"] = mitigated
-        if mitigated["ran"]:
-            result["message"] += "\n" + mitigated["message"]
-    return result
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    p = command(
-        sub, "train", _cmd_train, "train a model on the lake's labelled window and register it in MLflow"
-    )
-    p.add_argument("spec", help="path to the project spec YAML")
-    p.add_argument(
-        "--end", help="window end (event time, exclusive; default: just after the newest event in the lake)"
-    )
-    p.add_argument("--window-days", type=float, help="window length in days (default: training.window_days)")
-    p.add_argument("--seed", type=int, help="random state (default: model.random_state)")
-    p.add_argument("--no-register", action="store_true", help="log the run without registering a version")
-    p.add_argument("--evaluate", action="store_true", help="run the evaluation gates on the new version")

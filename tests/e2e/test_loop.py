@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 def test_the_whole_loop(stack, airflow_settings, airflow_api):
     from mlflow import MlflowClient
 
-    from rtml.demo import run_demo
+    from rtml.cli.demo import run_demo
     from rtml.lake import Lake
     from rtml.spec import load_spec
 
@@ -36,7 +36,7 @@ def test_the_whole_loop(stack, airflow_settings, airflow_api):
     result = run_demo(settings, spec, approve=True, start_stack=False)
 
     # The demo leaves the whole loop live and says so.
-    from rtml.demo import LOOP_DAGS
+    from rtml.cli.demo import LOOP_DAGS
 
     for dag_id in LOOP_DAGS:
         assert airflow_api.get(f"/api/v2/dags/{dag_id}").json()["is_paused"] is False, dag_id

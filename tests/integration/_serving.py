@@ -100,8 +100,8 @@ def register_broken(settings: Settings, spec: ProjectSpec, gates: str = "passed"
 def set_gates(settings: Settings, name: str, version: str, gates: str | dict[str, str]) -> None:
     """Gate tags as the evaluator writes them: signed with its key (the session's RTML_HOME), and a
     version that passed everything becomes the ``challenger``."""
-    from rtml.registry import mlflow_client
-    from rtml.signing import write_signed_gates
+    from rtml.registry.client import mlflow_client
+    from rtml.registry.signing import write_signed_gates
 
     client = mlflow_client(settings)
     values = {g: gates for g in GATES} if isinstance(gates, str) else gates

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from rtml.demo import backfill_ingest, wait_idle
+from rtml.cli.demo import backfill_ingest, wait_idle
 from rtml.platform.stack import Stack
 
 pytestmark = pytest.mark.integration

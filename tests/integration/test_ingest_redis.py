@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from rtml import produce as prod
-from rtml.ingest import ingest_stream
+from rtml.ingest import produce as prod
+from rtml.ingest.batches import ingest_stream
+from rtml.ingest.sources import batch_id_for_ids, redis_client
 from rtml.lake import Lake
 from rtml.settings import Settings
-from rtml.sources import batch_id_for_ids, redis_client
 from rtml.spec import load_spec
 
 pytestmark = pytest.mark.integration
@@ -193,8 +193,8 @@ def test_pending_entries_of_a_committed_batch_plus_new_ones(settings, stream, tm
 # --- dead letters, gaps, safe trimming -----------------------------------------------------------
 def _failed_attempt(settings, stream: str, max_records: int = 100) -> list[str]:
     """One ingestion attempt that died after reading (no commit): its entries stay pending."""
-    from rtml.contract import Contract
-    from rtml.sources import RedisStreamSource
+    from rtml.ingest.contract import Contract
+    from rtml.ingest.sources import RedisStreamSource
 
     src = RedisStreamSource(stream, group=GROUP, settings=settings, max_records=max_records, consumer="doomed")
     batch = src.read(Contract(SPEC))
@@ -265,6 +265,6 @@ def test_producer_maxlen_never_trims_unread_entries(settings, stream):
     assert r.xlen(stream) == 60
     res = ingest_stream(SPEC, "events", settings=settings, lake=lake, stream=stream, group=GROUP, max_batches=10)
     assert "gaps" not in res and res["records_in"] == 60 and res["accepted"] == 60
-    from rtml.produce import safe_trim
+    from rtml.ingest.produce import safe_trim
 
     assert safe_trim(r, stream, 10) == 50 and r.xlen(stream) == 10  # all acknowledged now

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rtml import produce as prod
-from rtml.ingest import ingest_interval, last_interval
+from rtml.ingest import produce as prod
+from rtml.ingest.batches import ingest_interval, last_interval
+from rtml.ingest.sources import landing_key, landing_store
 from rtml.lake import Lake
 from rtml.settings import Settings
-from rtml.sources import landing_key, landing_store
 from rtml.spec import load_spec
 
 pytestmark = pytest.mark.integration

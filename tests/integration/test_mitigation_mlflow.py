@@ -20,16 +20,17 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from support.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
 
+from rtml.evaluate.gates import evaluate, load_context
+from rtml.evaluate.mitigation import mitigate_version
 from rtml.features import to_frame
-from rtml.gates import evaluate, load_context
 from rtml.lake import Lake, from_parquet_bytes
-from rtml.mitigation import LABEL, mitigate_version
+from rtml.names import HOLDOUT_FILE, LABEL, SCORE
 from rtml.settings import get_settings
 from rtml.spec import load_spec
 from rtml.storage import open_store
-from rtml.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
-from rtml.train import HOLDOUT_FILE, SCORE, new_data_status, train
+from rtml.train import new_data_status, train
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +158,7 @@ def test_real_credit_data_loop_produces_a_challenger(env):
     """The shipped spec on modeldata credit_data (replayed with a fixed seed as the producer does)."""
     import pandas as pd
 
-    from rtml.produce import build
+    from rtml.ingest.produce import build
 
     shipped = load_spec(SPEC_PATH)
     data = shipped.model_dump(mode="json")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def env(mlflow_settings, tmp_path_factory):
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
 
     name = unique_name("promo")
     spec = spec_for(name)
@@ -65,7 +65,7 @@ def served_version(server) -> str:
 
 
 def decisions(name: str, version: str | None = None) -> list[dict]:
-    from rtml.audit import entries
+    from rtml.registry.audit import entries
 
     return [e for e in entries() if e["model"] == name and (version is None or e["version"] == version)]
 
@@ -89,7 +89,9 @@ def wait_refused(server, version: str, reason: str, timeout: float = 20) -> dict
 
 
 def test_cli_refuses_a_version_without_passing_gates(env):
-    from rtml.registry import CHAMPION, PromotionError, alias_version, mlflow_client, promote
+    from rtml.names import CHAMPION
+    from rtml.registry.client import alias_version, mlflow_client
+    from rtml.registry.promotion import PromotionError, promote
 
     name, settings = env["name"], env["settings"]
     v = register(settings, env["spec"], seed=5, gates="passed")
@@ -108,7 +110,10 @@ def test_cli_refuses_a_version_without_passing_gates(env):
 
 
 def test_cli_approve_deploys_within_seconds_and_records_who(env):
-    from rtml.registry import CHAMPION, PREVIOUS, alias_version, audit_trail, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.names import PREVIOUS_CHAMPION as PREVIOUS
+    from rtml.registry.client import alias_version, mlflow_client
+    from rtml.registry.promotion import audit_trail
 
     name, server = env["name"], env["server"]
     v2 = register(env["settings"], env["spec"], seed=2)
@@ -136,7 +141,8 @@ def test_cli_approve_deploys_within_seconds_and_records_who(env):
 
 def test_endpoint_refuses_a_champion_that_failed_forged_or_was_not_approved(env):
     """Setting the alias by hand (one click in the MLflow UI) deploys nothing the gates or a person did not pass."""
-    from rtml.registry import CHAMPION, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.registry.client import mlflow_client
 
     name, server, v2, settings = env["name"], env["server"], env["v2"], env["settings"]
     client = mlflow_client()
@@ -176,7 +182,9 @@ def test_endpoint_refuses_a_champion_that_failed_forged_or_was_not_approved(env)
 
 
 def test_challenger_is_shadow_scored_then_rejected_and_never_served(env):
-    from rtml.registry import CHALLENGER, PromotionError, alias_version, mlflow_client, promote
+    from rtml.names import CHALLENGER
+    from rtml.registry.client import alias_version, mlflow_client
+    from rtml.registry.promotion import PromotionError, promote
 
     name, server, v2 = env["name"], env["server"], env["v2"]
     v3 = register(env["settings"], env["spec"], seed=3)
@@ -201,7 +209,14 @@ def test_challenger_is_shadow_scored_then_rejected_and_never_served(env):
 
 
 def test_only_the_newer_challenger_is_promoted_unless_forced(env):
-    from rtml.registry import CHALLENGER, CHAMPION, PromotionError, alias_version, mlflow_client, promote
+    from rtml.registry.promotion import (
+        CHALLENGER,
+        CHAMPION,
+        PromotionError,
+        alias_version,
+        mlflow_client,
+        promote,
+    )
 
     name, settings, v2 = env["name"], env["settings"], env["v2"]
     client = mlflow_client()
@@ -242,7 +257,9 @@ def test_only_the_newer_challenger_is_promoted_unless_forced(env):
 
 
 def test_cli_rollback_restores_the_previous_version(env):
-    from rtml.registry import CHAMPION, PREVIOUS, alias_version, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.names import PREVIOUS_CHAMPION as PREVIOUS
+    from rtml.registry.client import alias_version, mlflow_client
 
     name, server = env["name"], env["server"]
     r = rtml("rollback", name, "--reason", "drill", user="carol")
@@ -256,7 +273,7 @@ def test_cli_rollback_restores_the_previous_version(env):
     assert r.returncode == 2 and "nothing to roll back" in r.stderr
     # Put v2 back for the next tests (idempotent promote of the current champion changes nothing);
     # v2 is no longer the challenger: re-promoting it takes --force (recorded).
-    from rtml.registry import PromotionError, promote
+    from rtml.registry.promotion import PromotionError, promote
 
     assert promote(name, env["v1"])["changed"] is False
     with pytest.raises(PromotionError, match="not the current challenger"):
@@ -268,7 +285,7 @@ def test_cli_rollback_restores_the_previous_version(env):
 
 
 def test_rollback_never_goes_to_a_rejected_version(env):
-    from rtml.registry import (
+    from rtml.registry.promotion import (
         CHAMPION,
         PREVIOUS,
         PromotionError,
@@ -292,8 +309,8 @@ def test_rollback_never_goes_to_a_rejected_version(env):
 
 
 def test_approval_trigger_fires_on_the_tag_and_times_out_cleanly(env):
-    from rtml.registry import mlflow_client
-    from rtml.triggers import ApprovalTrigger
+    from rtml.registry.client import mlflow_client
+    from rtml.registry.triggers import ApprovalTrigger
 
     name, settings = env["name"], env["settings"]
     v = register(settings, env["spec"], seed=4)
@@ -317,14 +334,14 @@ def test_approval_trigger_fires_on_the_tag_and_times_out_cleanly(env):
     assert event["status"] == "approved" and event["by"] == "dora" and event["version"] == v
     # Round trip through serialize(), as the triggerer does.
     cls_path, kwargs = ApprovalTrigger(name, v, settings.mlflow_tracking_uri, time.time() + 1).serialize()
-    assert cls_path == "rtml.triggers.ApprovalTrigger"
+    assert cls_path == "rtml.registry.triggers.ApprovalTrigger"
     v_pending = register(settings, env["spec"], seed=6)
     kwargs.update(version=v_pending, poll_interval=0.3)
     timed_out = asyncio.run(first_event(ApprovalTrigger(**kwargs)))
     assert timed_out["status"] == "timeout"
     missing = asyncio.run(first_event(ApprovalTrigger(name, "9999", settings.mlflow_tracking_uri, time.time() + 30, 0.5)))
     assert missing["status"] == "missing"
-    from rtml.registry import approval_decision
+    from rtml.registry.promotion import approval_decision
 
     assert approval_decision(name, v) == "approved" and approval_decision(name, v_pending) is None
 
@@ -368,7 +385,8 @@ def _wait_task(airflow_api, run_id: str, task_id: str, states: tuple[str, ...], 
 
 def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow_api):
     """The real DAG in Airflow: the wait is deferred (triggerer), approval in MLflow deploys, rejection does not."""
-    from rtml.registry import CHAMPION, alias_version, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.registry.client import alias_version, mlflow_client
 
     name, server = env["name"], env["server"]
     client = mlflow_client()
@@ -383,7 +401,7 @@ def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow
     time.sleep(3)
     assert airflow_api.run_state("rtml_promote", run_no) == "queued"
     assert served_version(server) == before
-    # A person takes minutes; give the deferring workloads a moment to be reaped (see rtml.triggers).
+    # A person takes minutes; give the deferring workloads a moment to be reaped (see rtml.registry.triggers).
     time.sleep(5)
     # What a person does in the MLflow UI: tags on the model version.
     client.set_model_version_tag(name, v_ok, "approval.by", "frank")
@@ -413,7 +431,8 @@ def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow
 
 def test_challenger_asset_event_starts_the_promotion(env, airflow_api):
     """What the training DAG does: an rtml_challenger event with {"name", "version"} runs rtml_promote."""
-    from rtml.registry import CHAMPION, alias_version, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.registry.client import alias_version, mlflow_client
     from rtml.spec import load_spec
 
     name, server = env["name"], env["server"]
@@ -450,7 +469,8 @@ def test_live_answers_that_differ_from_offline_roll_back_through_the_dag(env, ai
     from _serving import train
     from _skewed import register_skewed
 
-    from rtml.registry import CHAMPION, alias_version, mlflow_client
+    from rtml.names import CHAMPION
+    from rtml.registry.client import alias_version, mlflow_client
 
     name, server, settings = env["name"], env["server"], env["settings"]
     client = mlflow_client()
@@ -479,7 +499,7 @@ def test_decision_log_verifies_and_a_tampered_copy_does_not(env):
     import json
     import threading
 
-    from rtml import audit
+    from rtml.registry import audit
     from rtml.storage import open_store
 
     r = rtml("audit", "verify")

@@ -27,11 +27,11 @@ NOWS = ("2026-11-25T10:02:17+00:00", "2027-03-08T23:59:58+00:00")
 
 
 def _data_path(mlflow_settings: Settings, tmp_path: Path, now: str, tag: str) -> dict:
-    from rtml.demo import replay
-    from rtml.gates import evaluate
-    from rtml.ingest import ingest_interval
+    from rtml.cli.demo import replay
+    from rtml.evaluate.gates import evaluate
+    from rtml.evaluate.mitigation import mitigate_version
+    from rtml.ingest.batches import ingest_interval
     from rtml.lake import Lake
-    from rtml.mitigation import mitigate_version
     from rtml.spec import load_spec, parse_spec
     from rtml.storage import open_store
     from rtml.train import train

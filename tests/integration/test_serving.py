@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def env(mlflow_settings, tmp_path_factory):
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
 
     name = unique_name("serving")
     spec = spec_for(name)
@@ -113,7 +113,7 @@ def test_bad_payloads_never_5xx_and_token_required(env):
 
 def test_hot_swap_under_load_loses_no_request(env):
     """Approve a new version while 4 clients send requests nonstop: every request answered, no 5xx."""
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
 
     server, spec, name = env["server"], env["spec"], env["name"]
     pipe2 = train(spec, seed=2, max_iter=30)
@@ -161,7 +161,9 @@ def test_hot_swap_under_load_loses_no_request(env):
 
 
 def test_broken_version_is_never_served_and_rollback_restores(env):
-    from rtml.registry import PREVIOUS, alias_version, approve, mlflow_client, rollback
+    from rtml.names import PREVIOUS_CHAMPION as PREVIOUS
+    from rtml.registry.client import alias_version, mlflow_client
+    from rtml.registry.promotion import approve, rollback
 
     server, spec, name = env["server"], env["spec"], env["name"]
     v2 = env["v2"]

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def env(mlflow_settings, tmp_path_factory):
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
 
     name = unique_name("hostile")
     spec = spec_for(name)

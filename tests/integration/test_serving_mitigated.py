@@ -1,7 +1,7 @@
 """A REAL fairness-mitigated version served by a real ``rtml serve`` process (real MLflow, real S3 lake).
 
 Toy data with a planted bias (as in test_mitigation_mlflow.py): the plain version is trained and
-registered by ``rtml.train.train``, its mitigated variant by ``rtml.mitigation.register_mitigated``
+registered by ``rtml.train.train``, its mitigated variant by ``rtml.evaluate.mitigation.register_mitigated``
 (an MLflow pyfunc deciding with one threshold per sensitive group). Both get passing gate tags.
 The endpoint first serves the plain champion with the mitigated version as challenger (shadow),
 then the mitigated version as champion; its answers, the prediction log and the shadow log must
@@ -31,13 +31,14 @@ BIAS = {"region_group": {"south": 1.5}}
 @pytest.fixture(scope="module")
 def env(mlflow_settings, tmp_path_factory):
     import mlflow
+    from support.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
 
+    from rtml.evaluate.mitigation import register_mitigated
     from rtml.features import sensitive_frame, to_frame
     from rtml.lake import Lake
-    from rtml.mitigation import register_mitigated
-    from rtml.registry import approve, mlflow_client
+    from rtml.registry.client import mlflow_client
+    from rtml.registry.promotion import approve
     from rtml.serve import frame_to_records
-    from rtml.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
     from rtml.train import train
 
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
@@ -82,10 +83,10 @@ def names(labels) -> list[str]:
 
 
 def test_the_sample_covers_groups_where_the_rules_disagree(env):
-    import rtml.mitigation as mitigation
+    import rtml.evaluate.mitigation as mitigation
     import rtml.serve as serve
 
-    # serve keeps its own copy of the tag (importing rtml.mitigation would pull mlflow.pyfunc in)
+    # serve keeps its own copy of the tag (importing rtml.evaluate.mitigation would pull mlflow.pyfunc in)
     assert (serve.VARIANT_TAG, serve.MITIGATED) == (mitigation.VARIANT_TAG, mitigation.MITIGATED)
     offline, thr_labels, groups = env["offline"], env["by_threshold"], env["groups"]
     assert list(offline.columns) == ["score", "label"]
@@ -125,7 +126,7 @@ def _wait_shadow(server: ServeProcess, version: str, timeout: float = 30) -> boo
 
 
 def test_mitigated_champion_answers_with_its_group_decisions(env):
-    from rtml.registry import approve
+    from rtml.registry.promotion import approve
     from rtml.serve import live_smoke_check
 
     server, records, offline = env["server"], env["records"], env["offline"]

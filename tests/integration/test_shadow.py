@@ -12,7 +12,7 @@ import pytest
 from _serving import register, spec_for, unique_name
 
 from rtml.lake import Lake
-from rtml.shadow import MARK, compare
+from rtml.monitor.shadow import MARK, compare
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import uuid
 import pytest
 import yaml
 from mlflow import MlflowClient
+from support.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
 
 from rtml.lake import Lake
 from rtml.storage import open_store
-from rtml.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
 
 pytestmark = pytest.mark.integration
 

@@ -18,15 +18,16 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from support.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
 
 from rtml.cli import main as cli_main
+from rtml.evaluate.gates import evaluate
 from rtml.features import to_frame
-from rtml.gates import evaluate
 from rtml.lake import Lake, from_parquet_bytes
+from rtml.names import HOLDOUT_FILE, OOF_SCORE, SCORE
 from rtml.settings import get_settings
 from rtml.storage import open_store
-from rtml.synthetic import TOY_SPEC, synthetic_frame, toy_spec, write_to_lake
-from rtml.train import HOLDOUT_FILE, OOF_SCORE, SCORE, new_data_status, train
+from rtml.train import new_data_status, train
 
 pytestmark = pytest.mark.integration
 

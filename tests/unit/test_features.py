@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from support.synthetic import TOY_SPEC, synthetic_frame, toy_spec
 
 from rtml.features import (
     MISSING,
@@ -18,7 +19,6 @@ from rtml.features import (
     to_frame,
 )
 from rtml.spec import load_spec, parse_spec
-from rtml.synthetic import TOY_SPEC, synthetic_frame, toy_spec
 
 CREDIT = load_spec()  # the shipped example spec
 

@@ -361,7 +361,7 @@ def test_invocations_answers_like_mlflow_models_serve(spec, fitted, data):
 
 # --- the mitigated variant's fast path -----------------------------------------------------------
 class FakePyfunc:
-    """What mlflow.pyfunc.load_model gives for rtml.mitigation's wrapper: predict + unwrap_python_model."""
+    """What mlflow.pyfunc.load_model gives for rtml.evaluate.mitigation's wrapper: predict + unwrap_python_model."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
@@ -374,8 +374,8 @@ class FakePyfunc:
 
 
 def mitigated(spec, fitted, data, thresholds=None):
-    from rtml.fairness import GroupRule
-    from rtml.mitigation import MitigatedModel
+    from rtml.evaluate.grouprule import GroupRule
+    from rtml.evaluate.mitigation import MitigatedModel
     from rtml.serve import LoadedModel, RecordValidator, outputs_for_pyfunc, scores_of
 
     keys = [f"marital_status={m} & age_group={a}" for m in ("married", "single") for a in ("18-29", "30-44", "45+")]

@@ -1,0 +1,296 @@
+"""``rtml demo``: the whole loop on the local stack, driven the way a user drives it.
+
+1. starts the stack (``rtml stack up``) unless it runs already;
+2. replays the demo dataset into the landing zone (events, and labels that arrive a minute later),
+   from a fixed start (``REPLAY_START``, or ``--start``): the same arguments give the same events,
+   files and batches whenever the demo runs, so the model and its gate decisions are the same too;
+3. backfills the ingestion DAG over those intervals through Airflow's REST API (as the UI's
+   *Backfill* does). A backfill only covers intervals the scheduler never schedules itself
+   (``rtml_ingest`` has ``catchup=False``: it only creates runs from the latest complete interval
+   on), so the two never create the same run (:func:`backfill_range`);
+4. trains once all of it is in: ``rtml_train`` stays paused during the backfill (a paused DAG
+   queues no Asset-triggered run), then is unpaused and triggered, so training never sees a half
+   ingested replay;
+5. waits for the gate decision; a version that passed every gate is the ``challenger`` and
+   ``rtml_promote`` waits for a person: the demo prints the clicks to approve it in the MLflow UI,
+   or, with ``--approve``, sets the same tag itself, then waits until the endpoint serves it;
+6. leaves the whole loop live (every rtml DAG unpaused, monitoring included) and says what now
+   runs on its own and where to watch it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rtml.settings import Settings, get_settings
+from rtml.spec import ProjectSpec, load_spec
+
+
+def _say(msg: str) -> None:
+    print(f"[rtml demo] {msg}", flush=True)
+
+
+# The replay's first event time: a fixed instant, so every run of the demo (and of the tests that
+# drive it) ingests the same batches and trains the same model. It is the ingestion DAG's
+# start_date, long before any interval the scheduler creates itself (catchup=False).
+REPLAY_START = datetime(2026, 1, 1, tzinfo=UTC)
+REPLAY_RATE = 10.0  # events per second of event time: the table spans a few ingestion intervals
+LABEL_DELAY = 60.0  # seconds from an event to its label
+
+
+def _floor(t: datetime, minutes: int) -> datetime:
+    step = minutes * 60
+    return datetime.fromtimestamp(int(t.timestamp()) // step * step, tz=UTC)
+
+
+def _ceil(t: datetime, minutes: int) -> datetime:
+    floor = _floor(t, minutes)
+    return floor if floor == t else floor + timedelta(minutes=minutes)
+
+
+def replay_interval(start: datetime, rows: int, minutes: int) -> tuple[datetime, datetime]:
+    """The whole ingestion intervals that hold a replay of ``rows`` events (and their labels)."""
+    last = start + timedelta(seconds=(rows - 1) / REPLAY_RATE + LABEL_DELAY)
+    return _floor(start, minutes), _ceil(last + timedelta(microseconds=1), minutes)
+
+
+def replay(
+    spec: ProjectSpec, settings: Settings, rows: int | None = None, seed: int = 0, start: datetime | None = None
+) -> dict[str, Any]:
+    """Produce the dataset into the landing zone from ``start`` (default ``REPLAY_START``)."""
+    from rtml.ingest.produce import load_base, produce
+
+    start = (start or REPLAY_START).astimezone(UTC)
+    n = rows or len(load_base(spec))
+    out = produce(spec, to="landing", settings=settings, rows=n, start=start, rate=REPLAY_RATE, seed=seed,
+                  label_delay=LABEL_DELAY)
+    first, end = replay_interval(start, n, settings.ingest_interval_minutes)
+    out["interval"] = [first.isoformat(), end.isoformat()]
+    return out
+
+
+def backfill_range(start: datetime, end: datetime, now: datetime, minutes: int) -> tuple[datetime, datetime]:
+    """The part of [start, end) that a backfill may cover: intervals before the latest complete one.
+
+    With ``catchup=False`` the scheduler creates the run of the latest complete interval (and of
+    every later one) itself; a backfill creating the same run at the same moment collides with it
+    (``UNIQUE constraint failed: dag_run.dag_id, dag_run.logical_date``, which kills the
+    scheduler). Earlier intervals are never scheduled, so they are the backfill's alone."""
+    horizon = _floor(now, minutes) - timedelta(minutes=minutes)
+    start, end = _floor(start, minutes), min(_ceil(end, minutes), horizon)
+    if end <= start:
+        raise ValueError(
+            f"nothing to backfill: [{start:%Y-%m-%d %H:%M}, {end:%H:%M}) is not before the latest complete "
+            f"interval ({horizon:%Y-%m-%d %H:%M} UTC), which the scheduler runs itself; wait for it or "
+            "replay from an earlier --start"
+        )
+    return start, end
+
+
+def backfill_ingest(client: Any, start: datetime, end: datetime, minutes: int, timeout: float = 900) -> list[dict]:
+    """Backfill ``rtml_ingest`` over [start, end) and wait for every run; returns the runs.
+
+    Only intervals the scheduler never schedules itself are covered (:func:`backfill_range`)."""
+    start, end = backfill_range(start, end, datetime.now(UTC), minutes)
+    first, last = start, end - timedelta(minutes=minutes)
+    r = client.post("/api/v2/backfills", json={
+        "dag_id": "rtml_ingest", "from_date": first.isoformat(), "to_date": last.isoformat(),
+        "max_active_runs": 1, "reprocess_behavior": "completed",
+    })
+    if r.status_code >= 300:
+        raise RuntimeError(f"backfill refused: {r.status_code} {r.text[:300]}")
+    wanted = int((end - start).total_seconds() // (minutes * 60))
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.get("/api/v2/dags/rtml_ingest/dagRuns",
+                          params={"run_type": "backfill", "limit": 200}).json()["dag_runs"]
+        ours = [x for x in runs if x.get("data_interval_start")
+                and start <= datetime.fromisoformat(x["data_interval_start"].replace("Z", "+00:00")) < end]
+        done = [x for x in ours if x["state"] in ("success", "failed")]
+        if len(done) >= wanted:
+            return ours
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ingestion backfill: {len(done)}/{wanted} runs finished after {timeout:.0f}s")
+        time.sleep(3)
+
+
+def wait_idle(af: Any, dag_id: str, timeout: float = 600) -> None:
+    """Wait until ``dag_id`` has no queued or running run (e.g. the scheduler's own ingestion run)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = af.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"], "limit": 1})
+        r.raise_for_status()
+        if r.json()["total_entries"] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{dag_id} still has active runs after {timeout:.0f}s")
+        time.sleep(2)
+
+
+def _training_active(af: Any) -> bool:
+    r = af.get("/api/v2/dags/rtml_train/dagRuns", params={"state": ["queued", "running"], "limit": 1})
+    r.raise_for_status()
+    return r.json()["total_entries"] > 0
+
+
+def wait_for_decision(spec: ProjectSpec, settings: Settings, after: set[str], af: Any, timeout: float = 900) -> Any:
+    """The new model version the gates decided on: one that passed (the challenger) if training
+    produced one, else, once no training run is active, the newest version with a decision."""
+    from rtml.registry.client import mlflow_client
+
+    client = mlflow_client(settings)
+    name = spec.model.registered_name
+    deadline = time.monotonic() + timeout
+    while True:
+        versions: list[Any]
+        try:
+            versions = list(client.search_model_versions(f"name='{name}'"))
+        except Exception:  # the registered model does not exist yet
+            versions = []
+        decided = sorted((mv for mv in versions if mv.version not in after and mv.tags.get("gate.decision")),
+                         key=lambda v: int(v.version))
+        passed = [mv for mv in decided if mv.tags["gate.decision"] == "passed"]
+        if passed:
+            return passed[-1]
+        if decided and not _training_active(af):
+            return decided[-1]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no gated version of {name} after {timeout:.0f}s (see the rtml_train runs)")
+        time.sleep(5)
+
+
+def wait_for_serving(settings: Settings, version: str, timeout: float = 300) -> dict[str, Any]:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{settings.serve_url}/v1/model", timeout=5,
+                          headers={"Authorization": f"Bearer {settings.resolved_serve_token()}"})
+            last = r.json() if r.status_code == 200 else r.text
+            if r.status_code == 200 and str(last.get("version")) == str(version):
+                return last
+        except httpx.HTTPError as err:
+            last = str(err)
+        time.sleep(2)
+    raise TimeoutError(f"the endpoint did not serve version {version} within {timeout:.0f}s: {last}")
+
+
+LOOP_DAGS = ("rtml_ingest", "rtml_train", "rtml_promote", "rtml_monitor")
+
+
+def run_demo(
+    settings: Settings | None = None,
+    spec: ProjectSpec | None = None,
+    approve: bool = False,
+    rows: int | None = None,
+    start_stack: bool = True,
+    start: datetime | None = None,
+) -> dict[str, Any]:
+    from rtml.platform.airflow import AirflowClient
+    from rtml.platform.stack import Stack
+    from rtml.registry.client import mlflow_client
+
+    settings = settings or get_settings()
+    spec = spec or load_spec(settings.spec)
+    stack = Stack(settings)
+    if start_stack:
+        _say("starting the local stack (S3, MLflow, Airflow, serving) ...")
+        stack.up()
+    mlflow = mlflow_client(settings)
+    name = spec.model.registered_name
+    try:
+        before = {mv.version for mv in mlflow.search_model_versions(f"name='{name}'")}
+    except Exception:
+        before = set()
+
+    produced = replay(spec, settings, rows=rows, start=start)
+    _say(produced["message"])
+    first, end = (datetime.fromisoformat(x) for x in produced["interval"])
+
+    with AirflowClient(settings) as af:
+        for dag_id in LOOP_DAGS:
+            af.wait_dag(dag_id)
+        # Training waits for the whole replay: paused, it queues no run on the Asset updates.
+        af.pause("rtml_train")
+        for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
+            af.unpause(dag_id)
+        _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC "
+             "(Airflow UI: Dags > rtml_ingest) ...")
+        runs = backfill_ingest(af, first, end, settings.ingest_interval_minutes)
+        failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+        if failed:
+            raise RuntimeError(f"ingestion runs failed: {failed}")
+        wait_idle(af, "rtml_ingest")
+        _say(f"{len(runs)} ingestion runs succeeded; training on the whole replay (rtml_train) ...")
+        run_id = af.trigger("rtml_train", {"force": True})
+        state = af.wait("rtml_train", run_id, timeout=1200)
+        if state != "success":
+            raise RuntimeError(f"rtml_train run {run_id} ended {state}:\n{af.explain('rtml_train', run_id)}")
+        mv = wait_for_decision(spec, settings, before, af)
+
+    result: dict[str, Any] = {
+        "ok": True,
+        "airflow_ui": settings.airflow_url,
+        "mlflow_ui": settings.mlflow_tracking_uri,
+        "model": name,
+        "version": mv.version,
+        "gate_decision": mv.tags.get("gate.decision"),
+        "gate_reasons": mv.tags.get("gate.reasons", ""),
+        "serving": settings.serve_url,
+    }
+    version_url = f"{settings.mlflow_tracking_uri}/#/models/{name}/versions/{mv.version}"
+    _say(f"version {mv.version}: gates {mv.tags.get('gate.decision')} ({version_url})")
+    if mv.tags.get("gate.decision") == "passed":
+        if approve:
+            _say(f"approving version {mv.version} (tag approval=approved, as in the MLflow UI) ...")
+            mlflow.set_model_version_tag(name, mv.version, "approval", "approved")
+            served = wait_for_serving(settings, mv.version)
+            result["served"] = served
+            _say(f"the endpoint now serves version {served.get('version')}")
+        else:
+            _say(
+                "rtml_promote waits for your decision. In the MLflow UI open "
+                f"{version_url}, under Tags add key 'approval' value 'approved' (or 'rejected'), save; "
+                "within seconds the version becomes 'champion' and the endpoint serves it."
+            )
+    minutes = settings.ingest_interval_minutes
+    result["live"] = list(LOOP_DAGS)
+    result["message"] = "\n".join([
+        "rtml is running:",
+        f"  Airflow UI   {settings.airflow_url}  (login: `rtml stack status` shows it)",
+        f"  MLflow UI    {settings.mlflow_tracking_uri}  (model {name}, version {mv.version}: "
+        "model card, fairness and drift reports under the run's artifacts)",
+        f"  Serving      {settings.serve_url}/v1/predict  (token: {settings.home}/serve_token)",
+        "From now on, on its own (every rtml DAG is unpaused):",
+        f"  rtml_ingest   every {minutes} min: new files under landing/{spec.dataset.name}/ "
+        "(add some with `rtml produce`)",
+        "  rtml_train    when ingestion brings enough new labels: train, gate, mark the challenger",
+        "  rtml_promote  when a challenger appears: waits for your approval in MLflow, then serves it",
+        "  rtml_monitor  hourly: live drift and quality of the served model; asks for retraining",
+        "Watch it in the Airflow UI (Dags, filter tag 'rtml'), `rtml stack status` for the processes.",
+        "Stop everything with: rtml stack down",
+    ])
+    return result
+
+
+def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from rtml.cli import parse_time
+
+    start = parse_time(args.start, "--start")
+    return run_demo(approve=args.approve, rows=args.rows, start_stack=not args.no_stack, start=start)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from rtml.cli import command
+
+    p = command(sub, "demo", _cmd_demo, "run the whole loop on the local stack (produce, ingest, train, gates)")
+    p.add_argument("--approve", action="store_true",
+                   help="approve a passing version yourself (sets the tag a person sets in the MLflow UI)")
+    p.add_argument("--rows", type=int, default=None, help="events to replay (default: the whole table)")
+    p.add_argument("--no-stack", action="store_true", help="use the running stack, do not start it")
+    p.add_argument("--start", help=f"first event time of the replay (ISO 8601; default {REPLAY_START.isoformat()})")

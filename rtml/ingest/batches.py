@@ -1,0 +1,408 @@
+"""The micro-batch step: source -> contract -> lake, exactly once per batch.
+
+One call of :func:`ingest_batch`:
+
+1. reads what is new for one batch from a :mod:`rtml.ingest.sources` source (the files of a data
+   interval, or the next stream entries / the entries a crashed attempt left pending);
+2. validates every record against the spec's contract (:mod:`rtml.ingest.contract`), including duplicate
+   event ids inside the batch and against *earlier* committed batches;
+3. writes the accepted rows as Parquet at keys fixed by the batch id (a retry or a backfill of the
+   same batch rewrites the same bytes), and the rejected ones with their reasons to quarantine;
+4. writes the batch manifest LAST (counts, watermark, source position, schema hash, files): until
+   then readers do not see the batch;
+5. only then acknowledges the source (Redis XACK).
+
+A crash anywhere before 5 leaves the source entries pending; the retry reads the same entries, so
+it computes the same batch id and rewrites the same objects. ``records_in == accepted +
+quarantined`` holds in every manifest (a refused file or line counts as one quarantined item).
+
+``rtml ingest SPEC`` runs it from the command line; the ``rtml_ingest`` DAG calls
+:func:`ingest_run` with its data interval.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from rtml.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from rtml.ingest.sources import Source, SourceBatch
+    from rtml.lake import Lake
+    from rtml.spec import ProjectSpec
+
+ROWS_PER_PART = 1_000_000
+SETTLE_SECONDS = 5.0
+# Duplicate ids are looked for in the batches of this many days before the current one.
+DEDUPE_LOOKBACK_DAYS = 2.0
+CRASH_ENV = "RTML_TEST_CRASH_AFTER_WRITE"  # test hook: "data" (before the manifest) or "1"/"manifest"
+
+
+def _crash_point(stage: str) -> None:
+    value = os.environ.get(CRASH_ENV, "")
+    if value and (value == stage or (value == "1" and stage == "manifest")):
+        # Simulates a process killed at this point: no cleanup, no acknowledgement.
+        os._exit(75)
+
+
+def _batch_time(batch_id: str) -> datetime | None:
+    try:
+        return datetime.strptime(batch_id[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def committed_ids(
+    lake: Lake,
+    spec: ProjectSpec,
+    kind: str,
+    before: str,
+    lookback_days: float = DEDUPE_LOOKBACK_DAYS,
+) -> dict[str, Any]:
+    """Event ids in committed batches that sort before ``before`` (within the lookback).
+
+    Only *earlier* batches count, so re-running a batch (or backfilling an old one after newer
+    ones were committed) gives the same result as the first run. For labels the value also holds
+    the label, because a different label for the same event is a correction, not a duplicate.
+    """
+    import pyarrow.parquet as pq
+
+    eid = spec.event_id
+    t0 = _batch_time(before)
+    horizon = t0 - timedelta(days=lookback_days) if t0 else None
+    out: dict[str, Any] = {}
+    # Filter on the manifest *names* (= batch ids) first: only the batches in the window are read.
+    for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
+        bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
+        if not mkey.endswith(".json") or bid >= before:
+            continue
+        bt = _batch_time(bid)
+        if horizon is not None and bt is not None and bt < horizon:
+            continue
+        m = json.loads(lake.store.get(mkey))
+        for key in m.get("files", []):
+            cols = [eid] if kind == "events" else [eid, spec.target.name]
+            table = pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)
+            ids = table.column(eid).to_pylist()
+            if kind == "events":
+                out.update(dict.fromkeys(ids, bid))
+            else:
+                for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
+                    out[i] = (bid, y)
+    return out
+
+
+def _committed_ranges(lake: Lake, dataset: str, kind: str, stream: str) -> dict[str, tuple[str, str]]:
+    out = {}
+    for m in lake.manifests(dataset, kind):
+        src = m.get("source") or {}
+        if src.get("type") == "redis" and src.get("stream") == stream:
+            out[m["batch_id"]] = (src["first_id"], src["last_id"])
+    return out
+
+
+def _iso(t: Any) -> str | None:
+    import pandas as pd
+
+    return None if t is None or pd.isna(t) else pd.Timestamp(t).isoformat()
+
+
+def ingest_batch(
+    spec: ProjectSpec,
+    kind: str,
+    source: Source,
+    lake: Lake | None = None,
+    settings: Settings | None = None,
+    batch: SourceBatch | None = None,
+) -> dict[str, Any]:
+    """Read, validate, write and commit one batch; returns the summary (also the XCom value)."""
+    import pyarrow.compute as pc
+
+    from rtml.ingest.contract import Contract, quarantine_lines
+    from rtml.lake import Lake, arrow_to_parquet_bytes
+
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    ds = spec.dataset.name
+    contract = Contract(spec, kind)
+    if batch is None:
+        batch = source.read(contract)
+    if batch is None:
+        return {
+            "ok": True,
+            "dataset": ds,
+            "kind": kind,
+            "batch_id": None,
+            "records_in": 0,
+            "accepted": 0,
+            "quarantined": 0,
+            "unknown_fields": {},
+            "missing_fields": {},
+            "alerts": [],
+            "message": f"{ds}/{kind}: nothing new",
+        }
+    bid = batch.batch_id
+    committed = committed_ids(lake, spec, kind, before=bid)
+    result = contract.validate(batch.raw, committed)
+    table, rejects = result.table, result.rejects
+    n_acc = table.num_rows
+    if result.records_in != n_acc + len(rejects):  # the contract's own invariant
+        raise RuntimeError(f"conservation broken in batch {bid}: {result.records_in} in, {n_acc}+{len(rejects)} out")
+
+    # Data files: fixed keys per batch id; stale parts of an earlier, larger attempt are removed.
+    files = []
+    for part, lo in enumerate(range(0, n_acc, ROWS_PER_PART)):
+        key = lake.data_key(ds, kind, bid, part)
+        lake.store.put(key, arrow_to_parquet_bytes(table.slice(lo, ROWS_PER_PART)))
+        files.append(key)
+    folder = lake.data_key(ds, kind, bid).rsplit("/", 1)[0]
+    for key in lake.store.list(folder):
+        if key not in files:
+            lake.store.delete(key)
+    qkey = lake.quarantine_key(ds, kind, bid)
+    if rejects:
+        lake.store.put(qkey, quarantine_lines(rejects))
+    elif lake.store.exists(qkey):
+        lake.store.delete(qkey)
+    _crash_point("data")
+
+    tcol = contract.time_column
+    span = pc.min_max(table.column(tcol)).as_py() if n_acc else {"min": None, "max": None}
+    manifest = {
+        "batch_id": bid,
+        "dataset": ds,
+        "kind": kind,
+        "files": files,
+        "quarantine": qkey if rejects else None,
+        "records_in": result.records_in,
+        "accepted": n_acc,
+        "quarantined": len(rejects),
+        "reasons": result.reason_counts,
+        "time_column": tcol,
+        "min_time": _iso(span["min"]),
+        "watermark": _iso(span["max"]),
+        "columns": table.column_names,
+        "schema_hash": spec.schema_hash(),
+        "unknown_fields": result.drift["unknown_fields"],
+        "missing_fields": result.drift["missing_fields"],
+        "renamed": result.drift["renamed"],
+        "source": batch.position,
+    }
+    ref = lake.write_manifest(ds, kind, bid, manifest)
+    _crash_point("manifest")
+    source.commit(batch)
+
+    msg = (
+        f"{ds}/{kind} batch {bid}: {result.records_in} in, {n_acc} accepted, {len(rejects)} quarantined"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in result.reason_counts.items())})" if rejects else "")
+    )
+    alerts = list(result.drift["alerts"])
+    if alerts:
+        msg += "".join(f"\n  ALERT {a}" for a in alerts)
+    return {
+        "ok": True,
+        "dataset": ds,
+        "kind": kind,
+        "batch_id": bid,
+        "manifest": ref.manifest_key,
+        "lake": lake.uri,
+        "files": files,
+        "quarantine": manifest["quarantine"],
+        "records_in": result.records_in,
+        "accepted": n_acc,
+        "quarantined": len(rejects),
+        "reasons": result.reason_counts,
+        "watermark": manifest["watermark"],
+        "unknown_fields": manifest["unknown_fields"],
+        "missing_fields": manifest["missing_fields"],
+        "renamed": manifest["renamed"],
+        "alerts": alerts,
+        "source": {k: v for k, v in batch.position.items() if k != "files"} | batch.info,
+        "message": msg,
+    }
+
+
+# --- the two ways to pick a batch ----------------------------------------------------------------
+def ingest_interval(
+    spec: ProjectSpec,
+    kind: str,
+    start: datetime,
+    end: datetime,
+    settings: Settings | None = None,
+    lake: Lake | None = None,
+    landing_uri: str | None = None,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> dict[str, Any]:
+    """The landing-zone batch of the data interval ``[start, end)``: every landing file keyed
+    before ``end`` that no committed batch consumed yet (see :mod:`rtml.ingest.sources`, the ledger).
+
+    An interval that has not closed yet is refused (:class:`~rtml.ingest.sources.IntervalNotClosed`). A run
+    that starts right at the end of its interval first waits ``settle_seconds`` past it, so a file
+    keyed just before the end whose upload is still finishing is not left to the next batch."""
+    import time
+
+    from rtml.ingest.sources import IntervalNotClosed, LandingSource, landing_store
+    from rtml.lake import Lake
+
+    now = datetime.now(UTC)
+    if end > now:
+        raise IntervalNotClosed(
+            f"the interval [{start.isoformat()}, {end.isoformat()}) has not closed yet (it ends in "
+            f"{(end - now).total_seconds():.0f}s): files may still arrive in it; ingest it after its end"
+        )
+    wait = (end + timedelta(seconds=settle_seconds) - now).total_seconds()
+    if 0 < wait <= settle_seconds:
+        time.sleep(wait)
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    source = LandingSource(landing_store(settings, landing_uri), spec.dataset.name, kind, start, end, lake.store)
+    return ingest_batch(spec, kind, source, lake=lake, settings=settings)
+
+
+def ingest_stream(
+    spec: ProjectSpec,
+    kind: str,
+    settings: Settings | None = None,
+    lake: Lake | None = None,
+    stream: str | None = None,
+    group: str | None = None,
+    max_records: int = 100_000,
+    max_batches: int = 1,
+    claim_idle_ms: int = 0,
+    client=None,
+) -> dict[str, Any]:
+    """Up to ``max_batches`` batches from the Redis stream of ``kind``; returns the totals."""
+    from rtml.ingest.contract import Contract
+    from rtml.ingest.sources import DEFAULT_GROUP, RedisStreamSource, stream_key
+    from rtml.lake import Lake
+
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    ds = spec.dataset.name
+    key = stream or stream_key(ds, kind)
+    gaps: list[dict[str, Any]] = []
+
+    def record_gap(gap: dict[str, Any]) -> None:
+        # Same gap, same key: a retry rewrites it. Written before the group reads past the gap.
+        name = f"{gap['after_id']}-{gap['before_id']}".replace(":", "_")
+        where = f"{ds}/_gaps/{kind}/{key.replace(':', '_')}/{name}.json"
+        lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
+        gaps.append({**gap, "record": where})
+
+    source = RedisStreamSource(
+        key,
+        group=group or DEFAULT_GROUP,
+        client=client,
+        settings=settings,
+        max_records=max_records,
+        claim_idle_ms=claim_idle_ms,
+        kind=kind,
+        max_deliveries=spec.ingestion.max_deliveries,
+        on_gap=record_gap,
+    )
+    contract = Contract(spec, kind)
+    # The lake must answer before any entry is claimed: a claim counts as a delivery, and an
+    # unreachable lake must not turn good entries into dead letters.
+    lake.store.list(f"{ds}/_manifests/{kind}")
+    batches = []
+    for _ in range(max_batches):
+        batch = source.read(contract, committed=lambda: _committed_ranges(lake, ds, kind, key))
+        if batch is None:
+            break
+        batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+    out = _totals(ds, kind, batches)
+    if gaps:
+        out["gaps"] = gaps
+        for g in gaps:
+            lost = "an unknown number of" if g["lost_unread"] < 0 else str(g["lost_unread"])
+            out["alerts"].append(
+                f"stream gap in {key}: {lost} unread and {g['lost_pending']} pending entries were trimmed before "
+                f"being committed (after id {g['after_id']}, stream now starts at {g['before_id']}); see {g['record']}"
+            )
+        out["message"] += "".join(f"\n  ALERT {a}" for a in out["alerts"] if a.startswith("stream gap"))
+    return out
+
+
+def _totals(dataset: str, kind: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
+    tot = {k: sum(b["records_in" if k == "records_in" else k] for b in batches) for k in ("records_in", "accepted", "quarantined")}
+    reasons: dict[str, int] = {}
+    for b in batches:
+        for r, c in b.get("reasons", {}).items():
+            reasons[r] = reasons.get(r, 0) + c
+    marks = [b["watermark"] for b in batches if b.get("watermark")]
+    unknown: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    for b in batches:
+        for name, c in b.get("unknown_fields", {}).items():
+            unknown[name] = unknown.get(name, 0) + c
+        for name, c in b.get("missing_fields", {}).items():
+            missing[name] = missing.get(name, 0) + c
+    return {
+        "ok": True,
+        "dataset": dataset,
+        "kind": kind,
+        "batches": batches,
+        "batch_ids": [b["batch_id"] for b in batches],
+        "manifests": [b["manifest"] for b in batches],
+        **tot,
+        "reasons": dict(sorted(reasons.items())),
+        "watermark": max(marks) if marks else None,
+        "unknown_fields": dict(sorted(unknown.items())),
+        "missing_fields": dict(sorted(missing.items())),
+        "alerts": [a for b in batches for a in b.get("alerts", [])],
+        "dead_letters": sum((b.get("source") or {}).get("dead_letters", 0) for b in batches),
+        "message": f"{dataset}/{kind}: {len(batches)} batch(es), {tot['records_in']} in, "
+        f"{tot['accepted']} accepted, {tot['quarantined']} quarantined",
+    }
+
+
+def last_interval(now: datetime, minutes: int) -> tuple[datetime, datetime]:
+    """The last complete ``minutes``-long interval before ``now`` (aligned to the epoch)."""
+    now = now.astimezone(UTC)
+    step = minutes * 60
+    end_ts = int(now.timestamp()) // step * step
+    end = datetime.fromtimestamp(end_ts, tz=UTC)
+    return end - timedelta(minutes=minutes), end
+
+
+def ingest_run(
+    kinds: list[str] | tuple[str, ...] = ("events", "labels"),
+    start: datetime | None = None,
+    end: datetime | None = None,
+    spec_path: str | None = None,
+    source: str | None = None,
+    settings: Settings | None = None,
+    **stream_kw: Any,
+) -> dict[str, Any]:
+    """What the DAG task and the CLI call: each kind from the configured source.
+
+    Landing: the batch is the data interval (default: the last complete one). Redis: the
+    interval is ignored; the stream is drained in batches (``max_batches`` per call).
+    """
+    from rtml.spec import load_spec
+
+    settings = settings or get_settings()
+    spec = load_spec(spec_path)
+    source = source or settings.source
+    out: dict[str, Any] = {"ok": True, "source": source}
+    if source == "landing":
+        if start is None or end is None:
+            start, end = last_interval(datetime.now(UTC), settings.ingest_interval_minutes)
+        out["interval"] = [start.isoformat(), end.isoformat()]
+        for kind in kinds:
+            out[kind] = ingest_interval(spec, kind, start, end, settings=settings, landing_uri=stream_kw.get("landing_uri"))
+    elif source == "redis":
+        kw = {k: v for k, v in stream_kw.items() if k != "landing_uri" and v is not None}
+        kw.setdefault("max_batches", 10)
+        for kind in kinds:
+            out[kind] = ingest_stream(spec, kind, settings=settings, **kw)
+    else:
+        raise ValueError(f"unknown source {source!r} (expected 'landing' or 'redis')")
+    out["message"] = "\n".join(out[k]["message"] for k in kinds)
+    # Schema drift and stream gaps, for a person reading `rtml ingest --json` or the task log.
+    out["alerts"] = [f"{k}: {a}" for k in kinds for a in out[k].get("alerts", [])]
+    return out

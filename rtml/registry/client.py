@@ -1,0 +1,45 @@
+"""The one way to an MLflow client: tracking and registry URIs from the settings.
+
+``mlflow_client`` for registry reads and writes; ``setup_mlflow`` also points the ``mlflow``
+module (fluent API: runs, artifacts) at the server and the settings' experiment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from rtml.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+
+def mlflow_client(settings: Settings | None = None) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    s = settings or get_settings()
+    return MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
+
+
+def setup_mlflow(settings: Settings | None = None) -> MlflowClient:
+    """Point the mlflow client at the configured server and experiment; returns an MlflowClient."""
+    import mlflow
+
+    s = settings or get_settings()
+    # Task logs in Airflow are files: progress bars only add noise there.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    mlflow.set_registry_uri(s.mlflow_tracking_uri)
+    mlflow.set_experiment(s.mlflow_experiment)
+    return mlflow_client(s)
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points to, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

@@ -1,0 +1,197 @@
+"""Waiting for a person's approval without holding an Airflow worker slot.
+
+``ApprovalTrigger`` runs in the triggerer: an asyncio loop that reads the model version from the
+MLflow REST API every few seconds and fires when its ``approval`` tag says ``approved`` or
+``rejected``, or when the deadline passes. ``WaitForApprovalOperator`` defers to it and turns the
+event into the task's outcome: approved -> success (returns the decision), rejected or timed out ->
+skipped (so nothing downstream deploys), version gone -> failed. An approval or rejection is
+appended to the decision log (``rtml.registry.audit``) once, with the name the person gave in ``approval.by``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from rtml.names import APPROVED, REJECTED, normalize_decision
+
+
+def _auth() -> tuple[dict[str, str], tuple[str, str] | None]:
+    """MLflow client credentials from the standard variables (basic auth or a bearer token)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return headers, (user, password) if user and password else None
+
+
+async def fetch_decision(client: Any, tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    """One read of the model version: {"status": approved|rejected|pending|missing, "by", "at", ...}."""
+    r = await client.get(
+        f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/model-versions/get", params={"name": name, "version": version}
+    )
+    if r.status_code == 404 or (r.status_code == 400 and "RESOURCE_DOES_NOT_EXIST" in r.text):
+        return {"status": "missing", "message": f"{name} version {version} does not exist"}
+    r.raise_for_status()
+    mv = r.json().get("model_version", {})
+    tags = {t["key"]: t.get("value", "") for t in mv.get("tags", [])}
+    decision = normalize_decision(tags.get("approval"))
+    return {
+        "status": decision or "pending",
+        "by": tags.get("approval.by", ""),
+        "at": tags.get("approval.at", ""),
+        "aliases": mv.get("aliases", []),
+    }
+
+
+class ApprovalTrigger(BaseTrigger):
+    """Fires once the version's ``approval`` tag is set, or at ``deadline`` (epoch seconds)."""
+
+    def __init__(
+        self, name: str, version: str, tracking_uri: str, deadline: float, poll_interval: float = 5.0
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.version = str(version)
+        self.tracking_uri = tracking_uri
+        self.deadline = float(deadline)
+        self.poll_interval = float(poll_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "rtml.registry.triggers.ApprovalTrigger",
+            {
+                "name": self.name,
+                "version": self.version,
+                "tracking_uri": self.tracking_uri,
+                "deadline": self.deadline,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        import httpx
+
+        headers, auth = _auth()
+        base = {"name": self.name, "version": self.version}
+        waited_for_name = False
+        # Airflow 3.3 with a busy LocalExecutor: if the trigger fires while the deferring workload
+        # is still being reaped, the scheduler can mark the resumed task failed ("state changed
+        # externally"). The operator already checked once before deferring, so wait one interval.
+        await asyncio.sleep(min(self.poll_interval, max(0.0, self.deadline - time.time())))
+        async with httpx.AsyncClient(timeout=10, headers=headers, auth=auth) as client:
+            while True:
+                try:
+                    got = await fetch_decision(client, self.tracking_uri, self.name, self.version)
+                except (httpx.HTTPError, ValueError) as err:
+                    # The MLflow server may be restarting: keep waiting, the deadline still applies.
+                    self.log.warning("reading %s version %s failed: %s", self.name, self.version, err)
+                    got = {"status": "pending"}
+                if got["status"] in (APPROVED, REJECTED) and not got.get("by") and not waited_for_name:
+                    # People often add 'approval' first and 'approval.by' right after: one more look.
+                    waited_for_name = True
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                if got["status"] in (APPROVED, REJECTED, "missing"):
+                    yield TriggerEvent({**base, **got})
+                    return
+                left = self.deadline - time.time()
+                if left <= 0:
+                    yield TriggerEvent({**base, "status": "timeout", "message": "no decision before the deadline"})
+                    return
+                await asyncio.sleep(min(self.poll_interval, left))
+
+
+class WaitForApprovalOperator(BaseOperator):
+    """Wait (deferred, in the triggerer) for the ``approval`` tag on ``name`` / ``version``.
+
+    ``timeout`` ends the wait cleanly: the task is skipped, as on a rejection, so nothing deploys.
+    """
+
+    template_fields = ("name", "version", "timeout_seconds")
+    ui_color = "#fdf1d6"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        tracking_uri: str | None = None,
+        timeout_seconds: float | str = 3 * 24 * 3600,
+        poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.version = version
+        self.tracking_uri = tracking_uri
+        self.timeout_seconds = timeout_seconds
+        self.poll_interval = poll_interval
+
+    def _uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        from rtml.settings import get_settings
+
+        return get_settings().mlflow_tracking_uri
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        self.log.info(
+            "Waiting for a decision on %s version %s: in the MLflow UI open Models -> %s -> Version %s, "
+            "and add the tag 'approval' = 'approved' (or 'rejected'); 'approval.by' = your name is welcome.",
+            self.name, self.version, self.name, self.version,
+        )
+        deadline = time.time() + float(self.timeout_seconds)
+        decided = self._decided_already()
+        if decided is not None:  # no need to occupy the triggerer
+            return self.execute_complete(context, decided)
+        self.defer(
+            trigger=ApprovalTrigger(self.name, str(self.version), self._uri(), deadline, self.poll_interval),
+            method_name="execute_complete",
+        )
+
+    def _decided_already(self) -> dict[str, Any] | None:
+        import httpx
+
+        headers, auth = _auth()
+
+        async def once() -> dict[str, Any]:
+            async with httpx.AsyncClient(timeout=10, headers=headers, auth=auth) as client:
+                return await fetch_decision(client, self._uri(), self.name, str(self.version))
+
+        try:
+            got = asyncio.run(once())
+        except (httpx.HTTPError, ValueError):
+            return None
+        if got["status"] in (APPROVED, REJECTED, "missing"):
+            return {"name": self.name, "version": str(self.version), **got}
+        return None
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+        event = event or {}
+        status = event.get("status")
+        who = f" by {event['by']}" if event.get("by") else ""
+        if status in (APPROVED, REJECTED):
+            # The decision log is the record: a decision it cannot hold does not deploy anything.
+            from rtml.registry.promotion import record_observed_decision
+
+            record_observed_decision(self.name, str(self.version), status, event.get("by", ""), event.get("at", ""),
+                                     via="MLflow tag seen by rtml_promote")
+        if status == APPROVED:
+            self.log.info("%s version %s approved%s", self.name, self.version, who)
+            return event
+        if status == REJECTED:
+            raise AirflowSkipException(f"{self.name} version {self.version} was rejected{who}: nothing is deployed")
+        if status == "timeout":
+            raise AirflowSkipException(
+                f"no decision on {self.name} version {self.version} within {float(self.timeout_seconds):.0f} s: "
+                "nothing is deployed"
+            )
+        raise AirflowFailException(event.get("message") or f"unexpected approval event {event!r}")

@@ -1,0 +1,249 @@
+"""The mitigated variant on frames (no MLflow): the deterministic group rule reproduces fairlearn's
+ThresholdOptimizer and the gate's numbers, a planted bias fails plain and passes mitigated, the
+served decision does not depend on the batch, the watermark fix."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import demographic_parity_ratio, equalized_odds_difference
+from support.synthetic import synthetic_frame, toy_spec, write_to_lake
+
+from rtml.evaluate.fairsearch import fit_rule, search_rule
+from rtml.evaluate.gates import evaluate_frames, run_fairness
+from rtml.evaluate.grouprule import GroupRule, group_keys
+from rtml.evaluate.mitigation import MitigatedModel, should_mitigate
+from rtml.features import sensitive_frame, target_vector, to_frame
+from rtml.lake import Lake
+from rtml.names import OOF_SCORE
+from rtml.storage import LocalStore
+from rtml.train import fit_pipeline, load_window, oof_scores, split_holdout
+
+BIAS = {"region_group": {"south": 1.5}}
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return toy_spec()
+
+
+@pytest.fixture(scope="module")
+def biased(spec):
+    df = synthetic_frame(spec, 3000, seed=1, bias=BIAS)
+    train, hold = split_holdout(df, spec)
+    pipe = fit_pipeline(spec, train)
+    oof = oof_scores(spec, train, spec.model.random_state)
+    y_train = target_vector(train[spec.target.name], spec)
+    to_rule, opt = fit_rule(
+        oof,
+        y_train,
+        sensitive_frame(train, spec),
+        spec.model.random_state,
+        spec.gates.fairness.min_group_size,
+        return_optimizer=True,
+    )
+    # the registered variant's rule: the mitigation search (holdout-sized simulations as in the gates)
+    rule, report = search_rule(
+        oof,
+        y_train,
+        sensitive_frame(train, spec),
+        spec.gates.fairness,
+        spec.gates.quality.decision_threshold,
+        spec.model.random_state,
+        holdout_rows=len(hold),
+    )
+    assert rule is not None, report["reason"]
+    model = MitigatedModel(spec.model_dump(mode="json"), rule.to_dict())
+    model._setup(pipe)
+    return {
+        "pipe": pipe,
+        "model": model,
+        "rule": rule,
+        "report": report,
+        "to_rule": to_rule,
+        "opt": opt,
+        "train": train.assign(**{OOF_SCORE: oof}),
+        "hold": hold,
+        "scores": pipe.predict_proba(to_frame(hold, spec))[:, 1],
+    }
+
+
+def test_rule_reproduces_thresholdoptimizers_selection_rates(spec, biased):
+    rule, opt, train = biased["to_rule"], biased["opt"], biased["train"]
+    oof = train[OOF_SCORE].to_numpy()
+    keys = rule.keys(sensitive_frame(train, spec))
+    assert set(keys) == set(rule.thresholds) and len(rule.thresholds) == 6  # the intersection cells
+    # fairlearn's own expected selection, per group, on the rows it was fitted on ...
+    pmf = opt._pmf_predict(pd.DataFrame({"score": oof}), sensitive_features=keys)[:, 1]
+    decided = rule.decide(oof, keys)
+    for g in rule.thresholds:
+        m = keys == g
+        assert rule.meta["target_selection_rate"][g] == pytest.approx(pmf[m].mean())
+        # ... is what the deterministic rule selects there, up to one row (rounding; no ties in scores)
+        assert abs(decided[m].sum() - pmf[m].sum()) <= 0.5 + 1e-9, g
+    # the decision is a plain per-group threshold, the same on any batch of rows
+    hold_keys = rule.keys(sensitive_frame(biased["hold"], spec))
+    expected = np.array([s >= rule.thresholds[k] for s, k in zip(biased["scores"], hold_keys, strict=True)])
+    np.testing.assert_array_equal(rule.decide(biased["scores"], hold_keys), expected.astype(int))
+    # serialisable as plain JSON-able data, and back
+    again = GroupRule.from_dict(rule.to_dict())
+    np.testing.assert_array_equal(
+        again.decide(biased["scores"], hold_keys), rule.decide(biased["scores"], hold_keys)
+    )
+    assert all(">=" in t or t.startswith(("never", "always")) for t in rule.describe().values())
+
+
+def test_unknown_groups_use_the_fallback_rule(spec, biased):
+    rule = biased["rule"]
+    sens = pd.DataFrame({"region_group": ["west", "south"], "age_group": ["missing", "18-39"]})
+    keys = rule.keys(sens)
+    assert keys[0] == rule.fallback and keys[1] == "region_group=south & age_group=18-39"
+    s = np.array([0.3, 0.3])
+    np.testing.assert_array_equal(rule.decide(s, keys), rule.decide(s, np.array([rule.fallback, keys[1]])))
+
+
+def test_small_cells_are_pooled():
+    rng = np.random.default_rng(0)
+    n = 2000
+    a = np.where(np.arange(n) % 2, "x", "y").astype(object)
+    a[:20] = "tiny"
+    y = rng.integers(0, 2, n)
+    s = np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1)
+    rule = fit_rule(s, y, pd.DataFrame({"a": a}), 0, min_group_size=30)
+    # 20 rows: no rule of their own, and too few to pool; they use the largest cell's rule
+    assert set(rule.thresholds) == {"a=x", "a=y"} and rule.fallback in {"a=x", "a=y"}
+    a[20:40] = "small"  # two small cells: pooled together (40 rows), the pool gets a rule
+    rule = fit_rule(s, y, pd.DataFrame({"a": a}), 0, min_group_size=30)
+    assert set(rule.thresholds) == {"a=x", "a=y", "__other__"} and rule.fallback == "__other__"
+    keys = rule.keys(pd.DataFrame({"a": ["tiny", "small", "x", "never-seen"]}))
+    assert list(keys) == ["__other__", "__other__", "a=x", "__other__"]
+    assert list(group_keys(pd.DataFrame({"a": ["x"], "b": ["1"]}))) == ["a=x & b=1"]
+
+
+def test_gate_numbers_are_those_of_the_deterministic_rule(spec, biased):
+    model, hold = biased["model"], biased["hold"]
+    X = to_frame(hold, spec)
+    decisions = model.labels(X, biased["scores"])
+    res = run_fairness(spec, hold, biased["scores"], decisions=decisions)
+    y = target_vector(hold[spec.target.name], spec)
+    for attr in ("region_group", "age_group"):
+        groups = sensitive_frame(hold, spec)[attr]
+        got = res["attributes"][attr]
+        assert got["demographic_parity_ratio"] == pytest.approx(
+            demographic_parity_ratio(y, decisions, sensitive_features=groups)
+        )
+        assert got["equalized_odds_difference"] == pytest.approx(
+            equalized_odds_difference(y, decisions, sensitive_features=groups)
+        )
+        # the plain model's decisions are shown next to them
+        plain = (biased["scores"] >= spec.gates.quality.decision_threshold).astype(int)
+        assert got["plain"]["demographic_parity_ratio"] == pytest.approx(
+            demographic_parity_ratio(y, plain, sensitive_features=groups)
+        )
+    # the variant shown in the plain version's report is exactly the one that gets registered
+    plain_res = run_fairness(
+        spec, hold, biased["scores"], biased["train"], biased["train"][OOF_SCORE].to_numpy()
+    )
+    assert plain_res["mitigation"]["rule"] == biased["rule"].to_dict()
+    for attr in ("region_group", "age_group"):
+        shown = plain_res["attributes"][attr]["mitigated"]
+        assert shown["demographic_parity_ratio"] == pytest.approx(
+            res["attributes"][attr]["demographic_parity_ratio"]
+        )
+
+
+def test_planted_bias_fails_plain_and_passes_mitigated(spec, biased, tmp_path):
+    plain = evaluate_frames(spec, biased["pipe"], biased["train"], biased["hold"])
+    assert plain["gates"]["fairness"]["passed"] is False
+    assert plain["gates"]["quality"]["passed"] and plain["gates"]["drift"]["passed"]
+    assert should_mitigate(spec, {**plain, "gates": {k: v["passed"] for k, v in plain["gates"].items()}})[0]
+    out = tmp_path / "reports"
+    mit = evaluate_frames(
+        spec,
+        biased["model"],
+        biased["train"],
+        biased["hold"],
+        out_dir=out,
+        meta={"model": "toy", "version": "2"},
+    )
+    assert mit["passed"] is True, mit["reasons"]
+    region = mit["fairness"]["attributes"]["region_group"]
+    assert region["demographic_parity_ratio"] >= 0.8 > region["plain"]["demographic_parity_ratio"]
+    # same scores: the score-based quality metrics are identical, the decision ones are not
+    for m in ("roc_auc", "pr_auc", "log_loss", "brier", "ece"):
+        assert mit["quality"]["candidate"][m] == plain["quality"]["candidate"][m]
+    assert mit["quality"]["candidate"]["f1"] != plain["quality"]["candidate"]["f1"]
+    html = (out / "fairness.html").read_text()
+    assert "plain model" in html and "this version, mitigated" in html
+
+
+def test_served_decision_does_not_depend_on_the_batch(spec, biased):
+    model, hold = biased["model"], biased["hold"]
+    X = to_frame(hold, spec)
+    full = model.predict(None, X)
+    assert list(full.columns) == ["score", "label"] and full["label"].dtype == np.int64
+    np.testing.assert_array_equal(full["score"].to_numpy(), biased["scores"])
+    perm = np.random.default_rng(3).permutation(len(X))
+    shuffled = model.predict(None, X.iloc[perm].reset_index(drop=True))
+    np.testing.assert_array_equal(shuffled["label"].to_numpy(), full["label"].to_numpy()[perm])
+    for i in (0, 5, 17):
+        one = model.predict(None, X.iloc[[i]])
+        assert one["label"].iloc[0] == full["label"].iloc[i] and one["score"].iloc[0] == full["score"].iloc[i]
+    # repeated calls: identical (no randomness)
+    np.testing.assert_array_equal(model.predict(None, X)["label"].to_numpy(), full["label"].to_numpy())
+
+
+def test_pickled_wrapper_is_small_and_holds_no_pipeline(spec, biased):
+    blob = pickle.dumps(biased["model"])
+    assert len(blob) < 20_000
+    back = pickle.loads(blob)
+    assert back._pipe is None and back.rule_data == biased["rule"].to_dict()
+
+
+def test_should_mitigate_only_when_fairness_alone_fails(spec):
+    only_fair = {"passed": False, "gates": {"quality": True, "fairness": False, "drift": True}}
+    assert should_mitigate(spec, only_fair)[0] is True
+    assert should_mitigate(spec, {"passed": True, "gates": {}})[0] is False
+    assert should_mitigate(spec, {**only_fair, "gates": {**only_fair["gates"], "quality": False}})[0] is False
+    assert should_mitigate(spec, {**only_fair, "gates": {**only_fair["gates"], "drift": False}})[0] is False
+    no = toy_spec(gates={"fairness": {"mitigate": False}})
+    assert should_mitigate(no, only_fair) == (False, "gates.fairness.mitigate is false")
+
+
+class _CountingLake(Lake):
+    full_reads = 0
+
+    def labelled(self, spec, start=None, end=None):
+        if start is None and end is None:
+            type(self).full_reads += 1
+        return super().labelled(spec, start, end)
+
+
+def test_empty_ingestion_intervals_do_not_force_a_full_read(spec, tmp_path):
+    lake = _CountingLake(store=LocalStore(tmp_path / "lake"))
+    df = synthetic_frame(spec, 600, seed=4)
+    write_to_lake(lake, spec, df, batches=3)
+    # an empty interval, as ingestion writes it: no files, nothing accepted, watermark null
+    lake.write_manifest(
+        spec.dataset.name,
+        "events",
+        "29990101T000000-9999",
+        {
+            "batch_id": "29990101T000000-9999",
+            "kind": "events",
+            "files": [],
+            "records_in": 0,
+            "accepted": 0,
+            "quarantined": 0,
+            "watermark": None,
+            "schema_hash": spec.schema_hash(),
+        },
+    )
+    _CountingLake.full_reads = 0
+    window, lineage = load_window(spec, lake)
+    assert _CountingLake.full_reads == 0
+    assert len(window) == 600
+    assert pd.Timestamp(lineage["window_end"]) == df[spec.event_time].max() + pd.Timedelta(microseconds=1)

@@ -1,0 +1,394 @@
+"""Micro-batch ingestion into a local-folder lake: conservation, idempotency, bad files, labels."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rtml.ingest import produce as prod
+from rtml.ingest.batches import ingest_interval, last_interval
+from rtml.ingest.sources import landing_key, landing_store
+from rtml.lake import Lake
+from rtml.settings import Settings
+from rtml.spec import load_spec
+
+SPEC = load_spec()
+DS = SPEC.dataset.name
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+FIVE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(storage="local", home=tmp_path, lake_uri=str(tmp_path / "lake"))
+
+
+def produce(settings: Settings, **kw) -> dict:
+    args = dict(rows=600, start=T0, rate=1.0, seed=3, label_delay=300.0, file_seconds=60.0)
+    args.update(kw)
+    return prod.produce(SPEC, to="landing", settings=settings, **args)
+
+
+def lake_bytes(settings: Settings) -> dict[str, bytes]:
+    store = Lake(settings).store
+    return {k: store.get(k) for k in store.list(DS)}
+
+
+def test_intervals_conserve_every_record(settings):
+    out = produce(settings, bad_fraction=0.03)
+    assert out["events"] == 600
+    lake = Lake(settings)
+    for k in range(2):  # 600 events at 1/s = two 5-minute intervals
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    manifests = lake.manifests(DS, "events")
+    assert [m["batch_id"] for m in manifests] == ["20261125T120000-20261125T120500", "20261125T120500-20261125T121000"]
+    for m in manifests + lake.manifests(DS, "labels"):
+        assert m["records_in"] == m["accepted"] + m["quarantined"]
+        assert m["schema_hash"] == SPEC.schema_hash()
+        assert m["source"]["type"] == "landing"
+    assert all(m["source"]["files"] for m in manifests)
+    assert sum(m["records_in"] for m in manifests) == 600
+    quarantined = sum(m["quarantined"] for m in manifests)
+    assert 5 <= quarantined <= 40  # the producer broke ~3 %
+    events = lake.read_batches(DS, "events")
+    assert len(events) == 600 - quarantined
+    assert events[SPEC.event_id].is_unique
+    # Each batch holds exactly the events of its interval (files are keyed by arrival time).
+    first = lake.read_batches(DS, "events", ["20261125T120000-20261125T120500"])
+    assert first[SPEC.event_time].max() < pd.Timestamp(T0 + FIVE)
+    assert manifests[0]["watermark"] == "2026-11-25T12:04:59+00:00"
+    # Quarantine lines carry the reasons.
+    q = Lake(settings).store.get(manifests[0]["quarantine"]).decode().splitlines()
+    assert len(q) == manifests[0]["quarantined"]
+    assert all(json.loads(line)["reasons"] for line in q)
+
+
+def test_same_batch_three_times_is_byte_identical(settings):
+    produce(settings, bad_fraction=0.02)
+    lake = Lake(settings)
+    results, snapshots = [], []
+    for _ in range(3):
+        results.append(ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake))
+        snapshots.append(lake_bytes(settings))
+    assert snapshots[0] == snapshots[1] == snapshots[2]
+    assert len([k for k in snapshots[0] if k.endswith(".parquet")]) == 1
+    counts = [(r["records_in"], r["accepted"], r["quarantined"]) for r in results]
+    assert counts[0] == counts[1] == counts[2] and counts[0][0] == 300
+
+
+def test_backfill_after_later_batches_gives_the_same_bytes(settings):
+    produce(settings)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    before = lake_bytes(settings)
+    # A later interval that re-delivers an id of the first one: quarantined as a duplicate there...
+    first = lake.read_batches(DS, "events").iloc[[0]].copy()
+    first[SPEC.event_time] = pd.Timestamp(T0 + FIVE + timedelta(seconds=30))
+    key = landing_key(DS, "events", T0 + FIVE + timedelta(seconds=30), "resend", "jsonl")
+    landing_store(settings).put(key, first.to_json(orient="records", lines=True, date_format="iso").encode())
+    later = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert later["reasons"] == {"duplicate event_id": 1}
+    q = lake.store.get(later["quarantine"]).decode()
+    assert "already committed in batch 20261125T120000-20261125T120500" in q
+    # ...and backfilling the first interval afterwards does not flip it: earlier batches win.
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    after = lake_bytes(settings)
+    assert {k: v for k, v in after.items() if "120000-20261125T120500" in k} == before
+
+
+def test_empty_interval_writes_a_zero_manifest(settings):
+    res = ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings)
+    assert (res["records_in"], res["accepted"], res["quarantined"]) == (0, 0, 0)
+    m = Lake(settings).manifests(DS, "events")[0]
+    assert m["files"] == [] and m["quarantine"] is None and m["watermark"] is None
+
+
+def test_bad_files_are_refused_and_the_batch_goes_on(settings):
+    produce(settings, rows=120, file_seconds=60.0)  # 2 good files in the interval
+    store = landing_store(settings)
+    t = T0 + timedelta(seconds=150)
+    store.put(landing_key(DS, "events", t, "fake", "parquet"), b'{"event_id": "x"}\n')
+    store.put(landing_key(DS, "events", t, "gz", "jsonl"), b"\x1f\x8b\x08\x00....")
+    store.put(landing_key(DS, "events", t, "mixed", "jsonl"), b'{"event_id": \n[1]\n')
+    store.put(landing_key(DS, "events", t, "empty", "csv"), b"")
+    csv = pd.DataFrame([{**{c: None for c in SPEC.feature_names}, "event_id": "c1"}]).to_csv(index=False)
+    store.put(landing_key(DS, "events", t, "csv", "csv"), csv.encode())
+    res = ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings)
+    assert res["accepted"] == 120
+    assert res["records_in"] == 120 + 2 + 2 + 1  # 2 refused files, 2 bad lines, 1 bad CSV row
+    # Reasons are counted per occurrence: the CSV row lacks 9 required fields.
+    assert res["reasons"] == {"file refused": 2, "malformed JSON": 1, "missing field": 9, "not a JSON object": 1}
+    m = Lake(settings).manifests(DS, "events")[0]
+    assert len(m["source"]["files"]) == 7
+    assert m["records_in"] == m["accepted"] + m["quarantined"]
+
+
+def test_labels_join_and_lineage_lists_only_contributing_batches(settings):
+    produce(settings, label_delay=240.0)  # events 12:00-12:10, labels 12:04-12:14
+    lake = Lake(settings)
+    for k in range(3):
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    df, lineage = lake.labelled(SPEC, T0, T0 + FIVE)
+    assert len(df) == 300 and df[SPEC.target.name].isin(["good", "bad"]).all()
+    assert df[SPEC.event_time].is_monotonic_increasing
+    assert lineage["events"] == ["20261125T120000-20261125T120500"]
+    # Labels of the first 5 minutes arrived between 12:04 and 12:09: two label batches.
+    assert lineage["labels"] == ["20261125T120000-20261125T120500", "20261125T120500-20261125T121000"]
+    # The (empty) third event batch and the third label batch contributed nothing here.
+    df2, lineage2 = lake.labelled(SPEC)
+    assert len(df2) == 600 and "20261125T121000-20261125T121500" in lineage2["labels"]
+    assert "20261125T121000-20261125T121500" not in lineage2["events"]
+
+
+def test_crash_after_data_before_manifest_is_invisible_then_repaired(settings, tmp_path):
+    produce(settings, rows=100)
+    env = {
+        **os.environ,
+        "RTML_STORAGE": "local",
+        "RTML_HOME": str(tmp_path),
+        "RTML_LAKE_URI": settings.lake_uri,
+        "RTML_TEST_CRASH_AFTER_WRITE": "data",
+    }
+    cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",
+           "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(), "--json"]
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 75, crashed.stderr
+    lake = Lake(settings)
+    assert lake.manifests(DS, "events") == []  # data written, but not visible without a manifest
+    assert lake.read_batches(DS, "events").empty
+    env.pop("RTML_TEST_CRASH_AFTER_WRITE")
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)["events"]
+    assert summary["accepted"] == 100
+    assert len(lake.read_batches(DS, "events")) == 100
+
+
+def test_cli_produce_and_ingest_json(settings, tmp_path, monkeypatch, capsys):
+    from rtml.cli import main
+    from rtml.settings import get_settings
+
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_HOME", str(tmp_path))
+    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
+    get_settings(refresh=True)
+    try:
+        assert main(["produce", "--rows", "50", "--start", "2026-11-25T12:00:00Z", "--format", "csv", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["events"] == 50 and out["event_files"] == 1
+        assert main(["ingest", "--start", "2026-11-25T12:00:00", "--end", "2026-11-25T12:05:00", "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["events"]["accepted"] == 50 and res["labels"]["records_in"] == 0
+        assert main(["ingest", "--start", "2026-11-25T12:05:00", "--json"]) == 2
+        assert "--start and --end go together" in capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        get_settings(refresh=True)
+
+
+def test_producer_is_seeded_and_scenarios_apply():
+    a_ev, a_lb = prod.build(SPEC, rows=500, start=T0, seed=7)
+    b_ev, b_lb = prod.build(SPEC, rows=500, start=T0, seed=7)
+    pd.testing.assert_frame_equal(a_ev, b_ev)
+    pd.testing.assert_frame_equal(a_lb, b_lb)
+    assert a_ev[SPEC.event_id].is_unique and SPEC.target.name not in a_ev.columns
+    ev_time = a_ev.set_index(SPEC.event_id)[SPEC.event_time]
+    assert (a_lb["label_time"].to_numpy() - ev_time.loc[a_lb[SPEC.event_id]].to_numpy() == pd.Timedelta(seconds=600)).all()
+    mid = T0 + timedelta(seconds=250)
+    d_ev, _ = prod.build(SPEC, rows=500, start=T0, seed=7, drift_from=mid, drift_features=["Amount"], drift_factor=2.0)
+    before = d_ev[SPEC.event_time] < pd.Timestamp(mid)
+    assert (d_ev.loc[before, "Amount"] == a_ev.loc[before, "Amount"]).all()
+    assert (d_ev.loc[~before, "Amount"] == (a_ev.loc[~before, "Amount"] * 2).clip(upper=100000)).all()
+    g_ev, _ = prod.build(SPEC, rows=2000, start=T0, seed=7, group_shift=prod.GroupShift.parse("Marital=single:0.7"))
+    assert 0.65 < (g_ev["Marital"] == "single").mean() < 0.75
+    with pytest.raises(ValueError, match="COLUMN=VALUE:SHARE"):
+        prod.GroupShift.parse("Marital")
+
+
+def test_last_interval_is_aligned():
+    start, end = last_interval(datetime(2026, 11, 25, 12, 7, 31, tzinfo=UTC), 5)
+    assert (start, end) == (datetime(2026, 11, 25, 12, 0, tzinfo=UTC), datetime(2026, 11, 25, 12, 5, tzinfo=UTC))
+
+
+# --- the landing ledger: no file skipped, none taken twice ------------------------------------------
+def _ingested_files(lake: Lake) -> list[str]:
+    return [f["key"] for m in lake.manifests(DS, "events") for f in m["source"]["files"]]
+
+
+def test_missed_intervals_are_swept_by_the_next_run_exactly_once(settings):
+    """The scheduler was down for 12:00-12:10: the 12:10 run takes every file keyed before its end."""
+    produce(settings, rows=900, bad_fraction=0.02)  # 12:00-12:15, one file a minute
+    lake = Lake(settings)
+    third = ingest_interval(SPEC, "events", T0 + 2 * FIVE, T0 + 3 * FIVE, settings=settings, lake=lake)
+    assert third["records_in"] == 900 and third["source"]["late_files"] == 10
+    # Backfilling the missed intervals afterwards finds nothing left: no file is taken twice.
+    for k in range(2):
+        again = ingest_interval(SPEC, "events", T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+        assert again["records_in"] == 0
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 15
+    events = lake.read_batches(DS, "events")
+    assert len(events) == third["accepted"] and events[SPEC.event_id].is_unique
+    assert sum(m["records_in"] for m in lake.manifests(DS, "events")) == 900
+
+
+def test_a_file_landing_in_an_ingested_interval_goes_to_the_next_batch(settings):
+    produce(settings, rows=300)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    before = lake_bytes(settings)
+    # A slow upload: keyed inside the first interval, visible only after that interval was ingested.
+    late = prod.build(SPEC, rows=20, start=T0 + timedelta(seconds=100), seed=99)[0]
+    landing_store(settings).put(landing_key(DS, "events", T0 + timedelta(seconds=120), "slow", "jsonl"),
+                                late.to_json(orient="records", lines=True, date_format="iso").encode())
+    # A retry of the first interval rewrites the same batch (its file list is fixed once committed)...
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    assert lake_bytes(settings) == {**before, **{k: v for k, v in lake_bytes(settings).items() if "_ledger" in k}}
+    # ...and the next interval takes the late file.
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert (nxt["records_in"], nxt["accepted"], nxt["source"]["late_files"]) == (20, 20, 1)
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 6
+    assert len(lake.read_batches(DS, "events")) == 320
+
+
+def test_crashed_interval_is_taken_by_a_later_run_and_its_retry_takes_nothing(settings, tmp_path):
+    produce(settings, rows=300)
+    env = {**os.environ, "RTML_STORAGE": "local", "RTML_HOME": str(tmp_path), "RTML_LAKE_URI": settings.lake_uri,
+           "RTML_TEST_CRASH_AFTER_WRITE": "data"}
+    cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",
+           "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(), "--json"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 75
+    lake = Lake(settings)
+    # Retries ran out; the next interval's run ingests the files the crashed one had read.
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert nxt["records_in"] == 300
+    env.pop("RTML_TEST_CRASH_AFTER_WRITE")
+    late = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert late.returncode == 0, late.stderr
+    assert json.loads(late.stdout)["events"]["records_in"] == 0
+    # The crashed attempt's data files were replaced by an empty batch: nothing is visible twice.
+    assert len(lake.read_batches(DS, "events")) == 300
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 5
+
+
+def test_ledger_cache_is_rebuilt_from_the_manifests(settings):
+    produce(settings, rows=600)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    cache = f"{DS}/_ledger/events/landing.json"
+    lake.store.put(cache, b"\xff not json")
+    nxt = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert nxt["records_in"] == 300 and nxt["source"]["late_files"] == 0
+    # Rebuilt while reading the second batch: it holds the batches committed before it.
+    assert list(json.loads(lake.store.get(cache))["batches"]) == ["20261125T120000-20261125T120500"]
+
+
+def test_an_interval_that_has_not_closed_is_refused(settings, capsys, monkeypatch, tmp_path):
+    from rtml.cli import main
+    from rtml.ingest.sources import IntervalNotClosed
+    from rtml.settings import get_settings
+
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    with pytest.raises(IntervalNotClosed, match="has not closed yet"):
+        ingest_interval(SPEC, "events", end - FIVE, end, settings=settings)
+    assert Lake(settings).manifests(DS, "events") == []
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_HOME", str(tmp_path))
+    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
+    get_settings(refresh=True)
+    try:
+        code = main(["ingest", "--start", (end - FIVE).isoformat(), "--end", end.isoformat(), "--json"])
+        assert code == 2 and "has not closed yet" in capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        get_settings(refresh=True)
+
+
+# --- schema drift ----------------------------------------------------------------------------------------
+def _spec_with(**ingestion) -> object:
+    from rtml.spec import parse_spec
+
+    data = SPEC.model_dump(mode="json")
+    data["ingestion"].update(ingestion)
+    return parse_spec(data)
+
+
+def _renamed_file(settings) -> None:
+    ev, _ = prod.build(SPEC, rows=10, start=T0, seed=5)
+    text = ev.to_json(orient="records", lines=True, date_format="iso").splitlines()
+    rec = json.loads(text[3])
+    rec["annual_income"] = rec.pop("Income")  # renamed upstream
+    text[3] = json.dumps(rec)
+    landing_store(settings).put(landing_key(DS, "events", T0 + timedelta(seconds=20), "drift", "jsonl"),
+                                ("\n".join(text) + "\n").encode())
+
+
+def test_renamed_field_is_counted_and_alerted(settings, monkeypatch, tmp_path, capsys):
+    from rtml.cli import main
+    from rtml.settings import get_settings
+
+    _renamed_file(settings)
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_HOME", str(tmp_path))
+    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
+    get_settings(refresh=True)
+    try:
+        assert main(["ingest", "--kind", "events", "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(),
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+    finally:
+        monkeypatch.undo()
+        get_settings(refresh=True)
+    ev = out["events"]
+    assert (ev["records_in"], ev["accepted"]) == (10, 10)  # Income is nullable: accepted, and reported
+    assert ev["unknown_fields"] == {"annual_income": 1}
+    assert ev["missing_fields"]["Income"] >= 1 and ev["renamed"] == {"Income": "annual_income"}
+    assert out["alerts"] == ["events: schema drift: unknown field 'annual_income' in 1 record(s), accepted, "
+                             "field dropped (probably 'Income' renamed: 'Income' is missing in those records)"]
+    m = Lake(settings).manifests(DS, "events")[0]
+    assert m["unknown_fields"] == {"annual_income": 1} and m["renamed"] == {"Income": "annual_income"}
+
+
+@pytest.mark.parametrize("policy,accepted,alerts", [("quarantine", 9, 1), ("ignore", 10, 0), ("record", 10, 1)])
+def test_unknown_fields_policy(settings, policy, accepted, alerts):
+    from rtml.ingest.batches import ingest_batch
+    from rtml.ingest.sources import LandingSource
+
+    spec = _spec_with(unknown_fields=policy)
+    _renamed_file(settings)
+    lake = Lake(settings)
+    src = LandingSource(landing_store(settings), DS, "events", T0, T0 + FIVE, lake.store)
+    res = ingest_batch(spec, "events", src, lake=lake, settings=settings)
+    assert (res["records_in"], res["accepted"], len(res["alerts"])) == (10, accepted, alerts)
+    assert res["unknown_fields"] == {"annual_income": 1}  # counted whatever the policy
+    if policy == "quarantine":
+        item = json.loads(lake.store.get(res["quarantine"]))
+        assert item["reasons"] == ["unknown field: annual_income"]
+
+
+def test_training_reader_refuses_batches_of_another_schema(settings):
+    from rtml.lake import SchemaMismatch
+    from rtml.spec import parse_spec
+
+    produce(settings, rows=300, label_delay=10.0)
+    lake = Lake(settings)
+    for kind in ("events", "labels"):
+        ingest_interval(SPEC, kind, T0, T0 + FIVE, settings=settings, lake=lake)
+    assert len(lake.labelled(SPEC)[0]) > 250
+    data = SPEC.model_dump(mode="json")
+    data["features"][0]["max"] = 99  # another contract: same columns, other rules
+    other = parse_spec(data)
+    with pytest.raises(SchemaMismatch, match="re-ingest those batches") as err:
+        lake.labelled(other)
+    assert SPEC.schema_hash() in str(err.value) and "20261125T120000-20261125T120500" in str(err.value)
