@@ -351,8 +351,20 @@ def produce(
             write_redis(lab, lb_stream, "label_time", client, settings, realtime, file_seconds, maxlen)
         out.update(event_stream=ev_stream, label_stream=lb_stream if labels else None)
         where = f"streams {ev_stream}" + (f" and {lb_stream}" if labels else "")
+    elif to == "kafka":
+        from rtml.kafka import topic_name, write_kafka
+
+        if realtime and labels:
+            raise ValueError("--realtime with kafka: produce events and labels in two runs (events with --no-labels; labels are not paced)")
+        ev_topic = topic_name(spec.dataset.name, "events", stream_prefix)
+        lb_topic = topic_name(spec.dataset.name, "labels", stream_prefix)
+        write_kafka(events, ev_topic, spec.event_time, settings, spec.event_id, realtime, file_seconds)
+        if labels:
+            write_kafka(lab, lb_topic, "label_time", settings, spec.event_id, realtime, file_seconds)
+        out.update(event_topic=ev_topic, label_topic=lb_topic if labels else None)
+        where = f"Kafka topics {ev_topic}" + (f" and {lb_topic}" if labels else "") + f" at {settings.kafka_bootstrap}"
     else:
-        raise ValueError(f"unknown target {to!r} (landing or redis)")
+        raise ValueError(f"unknown target {to!r} (landing, redis or kafka)")
     out["message"] = (
         f"produced {len(events)} events and {out['labels']} labels "
         f"({out['first_event_time']} .. {out['last_event_time']}) to {where}"
@@ -410,7 +422,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = command(sub, "produce", _cmd_produce, "replay the spec's dataset as an event stream (landing files or Redis)")
     p.add_argument("spec", nargs="?", default=None, help="project spec YAML (default: RTML_SPEC / the example)")
-    p.add_argument("--to", choices=["landing", "redis"], default="landing")
+    p.add_argument("--to", choices=["landing", "redis", "kafka"], default="landing")
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl", help="landing file format")
     p.add_argument("--rows", type=int, default=None, help="events to emit (default: the table once; more cycles it)")
     p.add_argument("--start", help="first event time (ISO 8601; default: so that the replay ends now)")
@@ -428,6 +440,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="pace writes to the wall clock")
     p.add_argument("--lake", help="lake URI (the landing zone lives in its store)")
     p.add_argument("--landing", help="landing-zone store URI (default: the lake's store)")
-    p.add_argument("--stream-prefix", default="rtml", help="redis: streams are PREFIX:<dataset>:<kind>")
+    p.add_argument("--stream-prefix", default="rtml",
+                   help="redis: streams are PREFIX:<dataset>:<kind>; kafka: topics are PREFIX.<dataset>.<kind>")
     p.add_argument("--maxlen", type=int, default=None,
                    help="redis: keep about this many entries, trimming only entries every consumer group acknowledged")
