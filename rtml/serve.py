@@ -23,7 +23,8 @@ back into the buffer.
 
 Routes: ``POST /v1/predict``, ``POST /invocations`` (MLflow's scoring protocol, answered like
 ``mlflow models serve``) and ``POST /admin/reload`` need ``Authorization: Bearer <token>``;
-``GET /health``, ``/ready``, ``/metrics`` are open; ``GET /v1/model`` needs the token too.
+``GET /health``, ``/ready``, ``/metrics`` (and MLflow's ``/ping``, ``/version``) are open;
+``GET /v1/model`` needs the token too.
 """
 
 from __future__ import annotations
@@ -2144,6 +2145,15 @@ def create_app(server: ModelServer, token: str):
         return jr({"predictions": out["predictions"]},
                   headers={"x-request-id": request_id, "x-model-version": version})
 
+    async def ping(request: Request) -> Response:
+        # as mlflow models serve: 200 once a model is loaded, else 404 (its clients wait on this)
+        return Response("\n", 200 if server.current is not None else 404, media_type="application/json")
+
+    async def mlflow_version(request: Request) -> Response:
+        from importlib.metadata import version
+
+        return Response(version("mlflow"), 200, media_type="application/json")
+
     async def health(request: Request) -> Response:
         return jr({"status": "ok"})
 
@@ -2186,6 +2196,8 @@ def create_app(server: ModelServer, token: str):
         Route("/v1/predict", predict, methods=["POST"]),
         Route("/invocations", invocations, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/version", mlflow_version, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/v1/model", model, methods=["GET"]),
         Route("/admin/reload", reload, methods=["POST"]),

@@ -359,6 +359,8 @@ def test_invocations_answers_like_mlflow_models_serve(spec, fitted, data):
         assert client.post("/invocations", content=b"a,b\n1,2", headers={**AUTH, "content-type": "text/csv"}
                            ).status_code == 415
         assert client.post("/invocations", json={"dataframe_records": rows}).status_code == 401
+        # what MLflow's scoring-server clients poll before they invoke
+        assert client.get("/ping").status_code == 200 and client.get("/version").text.startswith("3.")
 
 
 # --- the mitigated variant's fast path -----------------------------------------------------------

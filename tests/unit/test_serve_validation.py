@@ -326,6 +326,7 @@ def test_not_ready_without_champion(spec, fitted):
         time.sleep(0.2)
         r = client.get("/ready")
         assert r.status_code == 503 and r.json()["ready"] is False
+        assert client.get("/ping").status_code == 404  # as mlflow models serve without a model
         r = client.post("/v1/predict", json=good_record(spec), headers=AUTH)
         assert r.status_code == 503
         assert client.get("/health").status_code == 200
