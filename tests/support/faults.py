@@ -191,7 +191,7 @@ class FaultResult:
     def line(self) -> str:
         c = self.census
         return (
-            f"{self.name:<34} in {c.produced:>4} = {c.accepted:>4} accepted + {c.quarantined:>3} quarantined  "
+            f"{self.name:<38} in {c.produced:>4} = {c.accepted:>4} accepted + {c.quarantined:>3} quarantined  "
             f"lost {c.lost}  duplicated {c.duplicated}  {'OK  ' if self.ok else 'FAIL'} {self.seconds:6.1f}s  {self.detail}"
         )
 
