@@ -265,7 +265,7 @@ def main() -> int:
                                            "RTML_STORAGE", "RTML_SERVE_TOKEN", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION",
                                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
     from rtml.registry.promotion import approve
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.settings import get_settings
     from rtml.spec import load_spec
 

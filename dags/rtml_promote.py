@@ -76,7 +76,7 @@ def _say_why(context, step: str, err: Exception) -> None:
 @task(retries=0)
 def reload(promoted: dict, **context) -> dict:
     """Ask the serving endpoint to load the new champion now; wait until it answers with it."""
-    from rtml.serve import request_reload, wait_for_version
+    from rtml.serve.client import request_reload, wait_for_version
 
     try:
         status = request_reload()
@@ -91,7 +91,7 @@ def reload(promoted: dict, **context) -> dict:
 @task(retries=0)
 def smoke_check(promoted: dict, served: dict, **context) -> dict:
     """The live endpoint's answers on a holdout sample equal the model's offline predictions."""
-    from rtml.serve import live_smoke_check, version_holdout_rows
+    from rtml.serve.client import live_smoke_check, version_holdout_rows
 
     try:
         spec = load_spec()
@@ -110,7 +110,7 @@ def rollback(name: str, version: str, **context) -> None:
     from rtml.names import CHAMPION
     from rtml.registry.client import alias_version, mlflow_client
     from rtml.registry.promotion import rollback as do_rollback
-    from rtml.serve import request_reload
+    from rtml.serve.client import request_reload
 
     if alias_version(mlflow_client(), name, CHAMPION) != version:
         raise AirflowFailException(f"{name} version {version} was not deployed (see the failed task); no rollback needed")

@@ -61,7 +61,14 @@ class Settings(BaseSettings):
 
     # Streams.
     redis_url: str = "redis://127.0.0.1:6379/0"
-    source: Literal["landing", "redis"] = "landing"
+    source: Literal["landing", "redis", "kafka"] = "landing"
+    # Kafka (rtml.ingest.kafka): the stack's KRaft broker listens on kafka_port, its controller on +1.
+    kafka_port: int = 9092
+    kafka_bootstrap: str = ""  # default: <host>:<kafka_port>; any broker list for an external cluster
+    kafka_version: str = "4.1.1"  # org.apache.kafka:kafka_2.13 resolved from Maven Central
+    kafka_jars_dir: str = ""  # jar cache; default ~/.cache/rtml/kafka-<version> (kept between runs)
+    kafka_partitions: int = Field(default=1, ge=1)  # partitions of topics rtml creates
+    kafka_heap_mb: int = Field(default=512, ge=128)
     ingest_interval_minutes: int = Field(default=5, ge=1)
 
     # Serving endpoint.
@@ -98,6 +105,8 @@ class Settings(BaseSettings):
             self.airflow_url = f"http://{self.host}:{self.airflow_port}"
         if not self.airflow_db_uri:
             self.airflow_db_uri = f"sqlite:///{self.home / 'airflow' / 'airflow.db'}"
+        if not self.kafka_bootstrap:
+            self.kafka_bootstrap = f"{self.host}:{self.kafka_port}"
         if not self.serve_url:
             self.serve_url = f"http://{self.serve_host}:{self.serve_port}"
         return self

@@ -26,7 +26,7 @@ COMMAND_MODULES = [
     "rtml.cli.evaluate",
     "rtml.cli.promote",
     "rtml.cli.audit",
-    "rtml.serve",
+    "rtml.cli.serve",
     "rtml.cli.shadow",
     "rtml.cli.monitor",
     "rtml.cli.demo",

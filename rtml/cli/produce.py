@@ -58,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = command(sub, "produce", _cmd_produce, "replay the spec's dataset as an event stream (landing files or Redis)")
     p.add_argument("spec", nargs="?", default=None, help="project spec YAML (default: RTML_SPEC / the example)")
-    p.add_argument("--to", choices=["landing", "redis"], default="landing")
+    p.add_argument("--to", choices=["landing", "redis", "kafka"], default="landing")
     p.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl", help="landing file format")
     p.add_argument("--rows", type=int, default=None, help="events to emit (default: the table once; more cycles it)")
     p.add_argument("--start", help="first event time (ISO 8601; default: so that the replay ends now)")
@@ -76,6 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="pace writes to the wall clock")
     p.add_argument("--lake", help="lake URI (the landing zone lives in its store)")
     p.add_argument("--landing", help="landing-zone store URI (default: the lake's store)")
-    p.add_argument("--stream-prefix", default="rtml", help="redis: streams are PREFIX:<dataset>:<kind>")
+    p.add_argument("--stream-prefix", default="rtml",
+                   help="redis: streams are PREFIX:<dataset>:<kind>; kafka: topics are PREFIX.<dataset>.<kind>")
     p.add_argument("--maxlen", type=int, default=None,
                    help="redis: keep about this many entries, trimming only entries every consumer group acknowledged")

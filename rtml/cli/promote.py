@@ -12,7 +12,7 @@ def _notify_endpoint(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Best effort: ask the serving endpoint to follow the alias now (it also polls on its own)."""
     if getattr(args, "no_reload", False):
         return
-    from rtml.serve import request_reload
+    from rtml.serve.client import request_reload
 
     try:
         status = request_reload(args.url, timeout=60)

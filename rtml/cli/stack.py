@@ -74,11 +74,11 @@ def add_commands(sub: Any) -> None:
         stack_sub, "up", _cmd_up, "start SeaweedFS, MLflow and Airflow in the background; wait until healthy"
     )
     up.add_argument(
-        "--only", help="comma-separated services to start (s3, mlflow, airflow) with what they need"
+        "--only", help="comma-separated services to start (s3, mlflow, airflow, serve, kafka) with what they need"
     )
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
     down = command(stack_sub, "down", _cmd_down, "stop the processes this stack started")
-    down.add_argument("--only", help="comma-separated services to stop (s3, mlflow, airflow)")
+    down.add_argument("--only", help="comma-separated services to stop (s3, mlflow, airflow, serve, kafka)")
     command(
         stack_sub, "status", _cmd_status, "print each service, its URL, pid, health and the Airflow login"
     )

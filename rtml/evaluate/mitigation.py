@@ -258,7 +258,7 @@ def register_mitigated(
             BASE_VERSION_TAG: base.version,
             "rtml.lineage": f"runs:/{run_id}/{LINEAGE_FILE}",
             "rtml.holdout": f"runs:/{run_id}/{DATA_DIR}/{HOLDOUT_FILE}",
-            "rtml.evaluate.mitigation": f"runs:/{run_id}/{RULE_FILE}",
+            "rtml.mitigation": f"runs:/{run_id}/{RULE_FILE}",
         }
     )
     for k, val in tags.items():

@@ -380,7 +380,7 @@ def ingest_run(
 ) -> dict[str, Any]:
     """What the DAG task and the CLI call: each kind from the configured source.
 
-    Landing: the batch is the data interval (default: the last complete one). Redis: the
+    Landing: the batch is the data interval (default: the last complete one). Redis/Kafka: the
     interval is ignored; the stream is drained in batches (``max_batches`` per call).
     """
     from rtml.spec import load_spec
@@ -396,13 +396,95 @@ def ingest_run(
         for kind in kinds:
             out[kind] = ingest_interval(spec, kind, start, end, settings=settings, landing_uri=stream_kw.get("landing_uri"))
     elif source == "redis":
-        kw = {k: v for k, v in stream_kw.items() if k != "landing_uri" and v is not None}
+        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "max_wait") and v is not None}
         kw.setdefault("max_batches", 10)
         for kind in kinds:
             out[kind] = ingest_stream(spec, kind, settings=settings, **kw)
+    elif source == "kafka":
+
+        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "claim_idle_ms") and v is not None}
+        kw.setdefault("max_batches", 10)
+        if "stream" in kw:
+            kw["topic"] = kw.pop("stream")
+        for kind in kinds:
+            out[kind] = ingest_kafka(spec, kind, settings=settings, **kw)
     else:
-        raise ValueError(f"unknown source {source!r} (expected 'landing' or 'redis')")
+        raise ValueError(f"unknown source {source!r} (expected 'landing', 'redis' or 'kafka')")
     out["message"] = "\n".join(out[k]["message"] for k in kinds)
     # Schema drift and stream gaps, for a person reading `rtml ingest --json` or the task log.
     out["alerts"] = [f"{k}: {a}" for k in kinds for a in out[k].get("alerts", [])]
+    return out
+
+
+# --- Kafka -------------------------------------------------------------------------------------
+def ingest_kafka(
+    spec: Any,
+    kind: str,
+    settings: Settings | None = None,
+    lake: Any = None,
+    topic: str | None = None,
+    group: str | None = None,
+    max_records: int = 100_000,
+    max_batches: int = 1,
+    max_wait: float = 10.0,
+    instance_id: str | None = None,
+    **_ignored: Any,
+) -> dict[str, Any]:
+    """Up to ``max_batches`` batches from the Kafka topic of ``kind``; returns the totals
+    (the same shape as :func:`rtml.ingest.batches.ingest_stream`)."""
+    from rtml.ingest.contract import Contract
+    from rtml.ingest.kafka import _TOPIC_CHARS, DEFAULT_GROUP, KafkaSource, state_key, topic_name
+    from rtml.lake import Lake
+
+    settings = settings or get_settings()
+    lake = lake or Lake(settings)
+    ds = spec.dataset.name
+    topic = topic or topic_name(ds, kind)
+    # One group per topic (as a Redis group belongs to one stream): static members of other
+    # topics in the same group would hold up every rebalance until their session expires.
+    group = group or f"{DEFAULT_GROUP}.{topic}"
+    gaps: list[dict[str, Any]] = []
+
+    def record_gap(gap: dict[str, Any]) -> None:
+        where = (f"{ds}/_gaps/{kind}/kafka_{_TOPIC_CHARS.sub('_', topic)}/"
+                 f"p{gap['partition']}-{gap['after_offset']}-{gap['before_offset']}.json")
+        lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
+        gaps.append({**gap, "record": where})
+
+    source = KafkaSource(
+        topic,
+        store=lake.store,
+        state=state_key(ds, kind, group, topic),
+        group=group,
+        settings=settings,
+        max_records=max_records,
+        max_wait=max_wait,
+        kind=kind,
+        max_deliveries=spec.ingestion.max_deliveries,
+        on_gap=record_gap,
+        is_committed=lambda bid: lake.store.exists(lake.manifest_key(ds, kind, bid)),
+        instance_id=instance_id,
+    )
+    contract = Contract(spec, kind)
+    # The lake must answer before a batch is handed out (see KafkaSource: deliveries are counted there).
+    lake.store.list(f"{ds}/_manifests/{kind}")
+    batches = []
+    try:
+        for _ in range(max_batches):
+            batch = source.read(contract)
+            if batch is None:
+                break
+            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+    finally:
+        source.close()
+    out = _totals(ds, kind, batches)
+    out["topic"] = topic
+    if gaps:
+        out["gaps"] = gaps
+        for g in gaps:
+            out["alerts"].append(
+                f"kafka gap in {topic}[{g['partition']}]: {g['lost_unread']} unread and {g['lost_pending']} read but "
+                f"uncommitted records were deleted before being committed (offsets {g['after_offset'] + 1}.."
+                f"{g['before_offset'] - 1}); see {g['record']}")
+        out["message"] += "".join(f"\n  ALERT {a}" for a in out["alerts"] if a.startswith("kafka gap"))
     return out

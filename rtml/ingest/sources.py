@@ -56,11 +56,8 @@ Nothing wedges the stream and nothing disappears unseen:
   the summary's alerts, and a record under ``<dataset>/_gaps/<kind>/`` in the lake). The producer
   (:func:`rtml.ingest.produce.write_redis`) never trims entries a group has not acknowledged.
 
-**Kafka** fits the same shape (not shipped, confluent-kafka is not a dependency): ``read`` polls up to
-``max_records`` messages with ``enable.auto.commit=false`` and, after a restart, resumes from the
-group's committed offsets (the same messages come back, like the Redis PEL); ``batch_id`` is built
-from the first message timestamp and the ``partition:offset`` ranges; ``position`` records those
-ranges; ``commit`` calls ``consumer.commit(offsets=..., asynchronous=False)`` after the manifest.
+**Kafka** fits the same shape: :class:`rtml.ingest.kafka.KafkaSource` (its own module, since it also runs
+the broker of the local stack).
 """
 
 from __future__ import annotations

@@ -79,6 +79,19 @@ def check_serve(settings: Settings | None = None) -> dict[str, Any]:
     return {"ok": health.status_code == 200, "ready": ready.status_code == 200, "detail": detail}
 
 
+def check_kafka(settings: Settings | None = None, timeout: float = 3.0) -> dict[str, Any]:
+    """Cluster metadata from ``kafka_bootstrap``: ``ok`` when it answers and names a broker."""
+    s = settings or get_settings()
+    try:
+        from confluent_kafka.admin import AdminClient
+
+        md = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=timeout)
+    except Exception as err:  # any failure means "not healthy"; the message says why
+        return {"ok": False, "bootstrap": s.kafka_bootstrap, "error": f"{type(err).__name__}: {err}"}
+    topics = [t for t in md.topics if not t.startswith("__")]
+    return {"ok": bool(md.brokers), "bootstrap": s.kafka_bootstrap, "brokers": len(md.brokers), "topics": len(topics)}
+
+
 def airflow_health(settings: Settings | None = None) -> dict[str, Any]:
     """Airflow's own view: ``/api/v2/monitor/health`` (metadatabase, scheduler, triggerer, dag processor)."""
     import httpx

@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from rtml.platform import supervisor
-from rtml.platform.health import airflow_health, check_mlflow, check_s3, check_serve
+from rtml.platform.health import airflow_health, check_kafka, check_mlflow, check_s3, check_serve
 from rtml.settings import Settings, get_settings
 
-SERVICES = ("s3", "mlflow", "airflow", "serve")
+SERVICES = ("s3", "mlflow", "airflow", "serve", "kafka")
+# Started only when asked for (``--only kafka``) or when the configured source is Kafka.
+ON_DEMAND = ("kafka",)
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,6 +82,8 @@ def all_ports(settings: Settings, services: Iterable[str] = SERVICES) -> list[in
         out += airflow_ports(settings).values()
     if "serve" in services:
         out.append(settings.serve_port)
+    if "kafka" in services:
+        out += [settings.kafka_port, settings.kafka_port + 1]
     return out
 
 
@@ -188,7 +192,9 @@ class Stack:
 
     def services(self, wanted: Iterable[str] | None = None) -> list[str]:
         """Requested services plus what they need, in start order (``storage=local`` drops s3)."""
-        wanted = set(wanted or SERVICES)
+        if wanted is None:
+            wanted = {s for s in SERVICES if s not in ON_DEMAND or self.settings.source == s}
+        wanted = set(wanted)
         unknown = wanted - set(SERVICES)
         if unknown:
             raise StackError(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(SERVICES)}")
@@ -327,6 +333,15 @@ class Stack:
             # The scoring endpoint: it answers /health at once and becomes ready when a champion exists.
             cmd = [_bin("rtml"), "serve"]
             return [Proc("rtml-serve", "serve", cmd, s.serve_port, self.base_env(), lambda: check_serve(s)["ok"])]
+        if service == "kafka":
+            # One KRaft process (broker + controller) on loopback; jars and storage: _kafka_prepare.
+            from rtml.platform.kafka import KafkaError, broker_command
+
+            try:
+                cmd = broker_command(s)
+            except KafkaError as err:
+                raise StackError(str(err)) from None
+            return [Proc("kafka", "kafka", cmd, s.kafka_port, self.base_env(), lambda: check_kafka(s)["ok"])]
         raise StackError(f"unknown service {service!r}")
 
     def _airflow_api_ready(self) -> bool:
@@ -420,6 +435,16 @@ class Stack:
                 "airflow db migrate failed; see its log:\n" + self.log_tail("airflow-db-migrate")
             )
 
+    def _kafka_prepare(self, timeout: float) -> None:
+        """Jars from Maven Central (cached per machine), config, storage format before the first start."""
+        from rtml.platform.kafka import KafkaError, prepare_broker
+
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            prepare_broker(self.settings, timeout=timeout, log=self.logs / "kafka-prepare.log")
+        except (KafkaError, subprocess.TimeoutExpired) as err:
+            raise StackError(f"{err}\n(see {self.logs / 'kafka-prepare.log'})") from None
+
     def up(self, services: Iterable[str] | None = None, timeout: float = 240) -> dict[str, Any]:
         """Start the services (and what they need) unless running; wait until each is healthy."""
         deadline = time.monotonic() + timeout
@@ -429,6 +454,8 @@ class Stack:
             procs = self.procs(service)
             if service == "airflow" and any(self.running_pid(p.name) is None for p in procs):
                 self._airflow_migrate(procs[0].env, timeout=max(30.0, deadline - time.monotonic()))
+            if service == "kafka" and self.running_pid("kafka") is None:
+                self._kafka_prepare(timeout=max(60.0, deadline - time.monotonic()))
             since = time.time()
             for proc in procs:
                 actions[proc.name] = self._start(proc)
@@ -525,6 +552,8 @@ class Stack:
             return [Proc("mlflow", "mlflow", [], self.settings.mlflow_port)]
         if service == "serve":
             return [Proc("rtml-serve", "serve", [], self.settings.serve_port)]
+        if service == "kafka":
+            return [Proc("kafka", "kafka", [], self.settings.kafka_port)]
         return [
             Proc(f"airflow-{c}", "airflow", [], self.settings.airflow_port if c == "api-server" else None)
             for c in AIRFLOW_COMPONENTS
@@ -599,6 +628,14 @@ class Stack:
             "healthy": health["ok"],
             "detail": health.get("error") or health.get("detail", ""),
         }
+        kafka_pid = self.running_pid("kafka")
+        health = check_kafka(s, timeout=1.0) if kafka_pid or s.source == "kafka" else {"ok": False, "error": "not started"}
+        services["kafka"] = {
+            "url": s.kafka_bootstrap,
+            "pid": kafka_pid,
+            "healthy": health["ok"],
+            "detail": health.get("error") or f"{health.get('topics', 0)} topic(s)",
+        }
         for name, info in services.items():
             procs = [p.name for p in self._proc_names(name)]
             info["restarts"] = sum(programs.get(p, {}).get("restarts", 0) for p in procs)
@@ -606,7 +643,11 @@ class Stack:
             last = max(exits, key=lambda e: e[0]["at"]) if exits else None
             info["last_exit"] = f"{last[1]} {last[0]['reason']} at {_clock(last[0]['at'])}" if last else None
         # The endpoint counts only once started: `up --only s3,mlflow,airflow` is a healthy stack.
-        result["ok"] = all(v["healthy"] for k, v in services.items() if k != "serve" or v["pid"])
+        # So does Kafka, unless it is the configured source.
+        def counts(k: str, v: dict[str, Any]) -> bool:
+            return k not in ("serve", *ON_DEMAND) or bool(v["pid"]) or s.source == k
+
+        result["ok"] = all(v["healthy"] for k, v in services.items() if counts(k, v))
         return result
 
 

@@ -144,7 +144,7 @@ def test_mitigated_model_loads_back_with_training_time_score_and_label(env, loop
         model.predict(X.drop(columns=["debt"]).head(3))
     # the serving loader takes it as a pyfunc: scores from its "score" column (its "label" column,
     # the group decision, is what serving answers: tests/integration/test_serving_mitigated.py)
-    from rtml.serve import RegistrySource, smoke_check
+    from rtml.serve.source import RegistrySource, smoke_check
 
     served = RegistrySource(loop["name"], spec, env["settings"]).load(m["version"])
     assert served.flavor == "pyfunc" and smoke_check(served) > 0

@@ -50,7 +50,7 @@ def rtml(*args: str, user: str = "cli-user") -> subprocess.CompletedProcess:
 
 
 def one_record():
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.spec import load_spec
 
     raw, _ = credit_rows()

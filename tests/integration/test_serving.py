@@ -45,7 +45,7 @@ def env(mlflow_settings, tmp_path_factory):
 
 
 def rows(n: int = 20, start: int = 0):
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.spec import load_spec
 
     raw, _ = credit_rows()

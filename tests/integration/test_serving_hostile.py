@@ -39,7 +39,7 @@ def env(mlflow_settings, tmp_path_factory):
 
 
 def good_rows(n: int = 5) -> list[dict]:
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.spec import load_spec
 
     raw, _ = credit_rows()

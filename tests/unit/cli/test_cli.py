@@ -96,7 +96,7 @@ def test_stack_status_json_when_nothing_runs(tmp_path, monkeypatch, capsys):
         assert cli.main(["stack", "status", "--json"]) == 1
         data = json.loads(capsys.readouterr().out)
         assert data["ok"] is False
-        assert set(data["services"]) == {"s3", "mlflow", "airflow", "serve"}
+        assert set(data["services"]) == {"s3", "mlflow", "airflow", "serve", "kafka"}
         assert all(not s["healthy"] for s in data["services"].values())
         assert data["services"]["mlflow"]["url"] == f"http://127.0.0.1:{base + 10}"
         assert cli.main(["stack", "down", "--json"]) == 0
@@ -107,5 +107,5 @@ def test_stack_status_json_when_nothing_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_stack_up_rejects_unknown_service(capsys):
-    assert cli.main(["stack", "up", "--only", "kafka", "--json"]) == 1
+    assert cli.main(["stack", "up", "--only", "zookeeper", "--json"]) == 1
     assert "unknown service" in json.loads(capsys.readouterr().out)["error"]

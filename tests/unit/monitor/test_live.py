@@ -50,6 +50,7 @@ def _serve(world, n: int, seed: int, drift: float = 0.0, scramble: bool = False,
         lake.write_table(key, frame.reset_index(drop=True))
         lake.write_manifest(ds, kind, batch, {"batch_id": batch, "kind": kind, "files": [key],
                                               "records_in": n, "accepted": n, "quarantined": 0,
+                                              "schema_hash": spec.schema_hash(),
                                               "watermark": live[spec.event_time].max().isoformat()})
     y = target_vector(live[spec.target.name], spec)
     honest = quality_metrics(y, model.predict_proba(live[spec.feature_names])[:, 1], 0.35)["roc_auc"]

@@ -29,7 +29,7 @@ from rtml.settings import Settings
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return Settings(home=tmp_path, s3_port=30000, mlflow_port=30010, airflow_port=30011, serve_port=30014)
+    return Settings(home=tmp_path, s3_port=30000, mlflow_port=30010, airflow_port=30011, serve_port=30014, kafka_port=30015)
 
 
 def test_every_port_derives_from_settings_and_none_is_a_default(settings):
@@ -40,7 +40,7 @@ def test_every_port_derives_from_settings_and_none_is_a_default(settings):
     # The ports weed mini and Airflow open by default would clash between two stacks.
     assert settings.serve_port in ports
     assert not {9333, 19333, 8888, 18888, 9340, 23646, 7333, 8080, 8793, 8794, 8000} & set(ports)
-    other = Settings(home=settings.home, s3_port=31000, mlflow_port=31010, airflow_port=31011, serve_port=31014)
+    other = Settings(home=settings.home, s3_port=31000, mlflow_port=31010, airflow_port=31011, serve_port=31014, kafka_port=31015)
     assert not set(all_ports(other)) & set(ports)
 
 
@@ -53,8 +53,11 @@ def test_services_pull_in_what_they_need(settings, tmp_path):
     assert stack.services(None) == ["s3", "mlflow", "airflow", "serve"]
     local = Stack(Settings(home=tmp_path, storage="local"))
     assert local.services(["airflow"]) == ["mlflow", "airflow"]
+    # Kafka starts when asked for, or by default when it is the configured source; it needs nothing.
+    assert stack.services(["kafka"]) == ["kafka"]
+    assert Stack(Settings(home=tmp_path, source="kafka")).services(None)[-1] == "kafka"
     with pytest.raises(StackError, match="unknown service"):
-        stack.services(["kafka"])
+        stack.services(["zookeeper"])
 
 
 def test_airflow_environment(settings):

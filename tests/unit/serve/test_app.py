@@ -9,15 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.serving import AUTH, FakeSource, good_record, make_client, wait_until
 
 from rtml.settings import EXAMPLE_SPEC
 from rtml.spec import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-
-TOKEN = "unit-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
 
 @pytest.fixture(scope="module")
 def spec():
@@ -42,63 +39,6 @@ def fitted(spec, data):
     pipe = build_pipeline(spec)
     pipe.set_params(model__max_iter=20)
     return pipe.fit(X, target_vector(raw["Status"], spec))
-
-
-def good_record(spec) -> dict[str, Any]:
-    return {
-        "Seniority": 9, "Home": "rent", "Time": 60, "Age": 30, "Marital": "married", "Records": "no",
-        "Job": "freelance", "Expenses": 73, "Income": 129.0, "Assets": 0.0, "Debt": 0.0, "Amount": 800,
-        "Price": 846,
-    }
-
-
-class FakeSource:
-    """In-memory registry: alias -> version, version -> a model factory (or an exception)."""
-
-    def __init__(self, spec, models: dict[str, Any], aliases: dict[str, str]) -> None:
-        self.spec = spec
-        self.models = models
-        self.aliases = aliases
-        self.loads: list[str] = []
-
-    def resolve(self, alias: str):
-        v = self.aliases.get(alias)
-        return None if v is None else (v, [a for a, x in self.aliases.items() if x == v])
-
-    def load(self, version: str):
-        from rtml.serve import LoadedModel, RecordValidator, scorer_for_estimator
-
-        self.loads.append(version)
-        m = self.models[version]
-        if isinstance(m, Exception):
-            raise m
-        if isinstance(m, LoadedModel):
-            return m
-        model = LoadedModel(
-            name="credit_risk", version=version, score=scorer_for_estimator(m, self.spec.target.positive),
-            validator=RecordValidator(self.spec), samples=[good_record(self.spec)],
-        )
-        model.enable_fast_path(m, self.spec.target.positive)
-        return model
-
-
-def make_client(spec, source, lake=None, **cfg):
-    from starlette.testclient import TestClient
-
-    from rtml.serve import ModelServer, ServeConfig, create_app
-
-    config = ServeConfig(poll_seconds=cfg.pop("poll_seconds", 0.05), log_flush_seconds=0.2, **cfg)
-    server = ModelServer(spec, source, config, lake=lake)
-    return server, TestClient(create_app(server, TOKEN))
-
-
-def wait_until(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +125,7 @@ def test_auth_required_on_predict_model_and_admin(spec, served):
 
 
 def test_single_and_batch_answers_match_offline_predictions(spec, served, fitted, data):
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
 
     raw, X = data
     _, client = served
@@ -208,7 +148,7 @@ def test_single_and_batch_answers_match_offline_predictions(spec, served, fitted
 
 def test_concurrent_single_requests_are_batched_and_exact(spec, fitted, data):
     """Threads posting at once: answers equal offline scores and at least one model call had >1 row."""
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
 
     raw, X = data
     rows = frame_to_records(raw[spec.feature_names].head(64))
@@ -326,6 +266,7 @@ def test_not_ready_without_champion(spec, fitted):
         time.sleep(0.2)
         r = client.get("/ready")
         assert r.status_code == 503 and r.json()["ready"] is False
+        assert client.get("/ping").status_code == 404  # as mlflow models serve without a model
         r = client.post("/v1/predict", json=good_record(spec), headers=AUTH)
         assert r.status_code == 503
         assert client.get("/health").status_code == 200
@@ -335,7 +276,9 @@ def test_fast_path_is_exact_or_not_used(spec, fitted, data):
     """The numpy replay equals the pipeline bit for bit, missing values included; unknown shapes opt out."""
     from sklearn.linear_model import LogisticRegression
 
-    from rtml.serve import RecordValidator, compile_fast_path, frame_to_records
+    from rtml.serve.fastpath import compile_fast_path
+    from rtml.serve.source import frame_to_records
+    from rtml.serve.validation import RecordValidator
 
     raw, X = data
     validator = RecordValidator(spec)
@@ -375,7 +318,8 @@ class GroupDecider:
 
 
 def mitigated_model(spec, version: str, pyfunc) -> Any:
-    from rtml.serve import LoadedModel, RecordValidator, outputs_for_pyfunc, scores_of
+    from rtml.serve.model import LoadedModel, outputs_for_pyfunc, scores_of
+    from rtml.serve.validation import RecordValidator
 
     outputs = outputs_for_pyfunc(pyfunc, spec.target.positive)
     return LoadedModel(
@@ -386,7 +330,7 @@ def mitigated_model(spec, version: str, pyfunc) -> Any:
 
 def test_model_labels_replace_the_threshold_in_answers_logs_and_shadow(tmp_path, spec, fitted, data):
     from rtml.lake import Lake
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.settings import Settings
     from rtml.storage import LocalStore
 
@@ -428,7 +372,7 @@ def test_model_labels_replace_the_threshold_in_answers_logs_and_shadow(tmp_path,
 
 def test_mitigated_shadow_logs_its_own_labels(tmp_path, spec, fitted, data):
     from rtml.lake import Lake
-    from rtml.serve import frame_to_records
+    from rtml.serve.source import frame_to_records
     from rtml.settings import Settings
     from rtml.storage import LocalStore
 
@@ -450,7 +394,8 @@ def test_mitigated_shadow_logs_its_own_labels(tmp_path, spec, fitted, data):
 
 
 def test_smoke_check_refuses_a_deciding_model_without_good_labels(spec, fitted):
-    from rtml.serve import SmokeCheckError, smoke_check
+    from rtml.serve.model import SmokeCheckError
+    from rtml.serve.source import smoke_check
 
     assert smoke_check(mitigated_model(spec, "ok", GroupDecider(fitted))) == 1
     for bad, why in ((False, "no 'label' column"), (2, "0/1"), (0.5, "0/1")):
@@ -461,7 +406,7 @@ def test_smoke_check_refuses_a_deciding_model_without_good_labels(spec, fitted):
 def test_pyfunc_outputs_take_scores_and_labels_from_one_frame():
     import pandas as pd
 
-    from rtml.serve import outputs_for_pyfunc
+    from rtml.serve.model import outputs_for_pyfunc
 
     class Fixed:
         def __init__(self, out):

@@ -1,0 +1,242 @@
+"""The HTTP app (FastAPI on uvicorn): routes, the bearer-token dependency, and ``run``."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from rtml.serve.server import ModelServer, ServeConfig
+from rtml.serve.source import RegistrySource
+from rtml.serve.validation import RequestError, check_content_type, load_json, parse_body, parse_invocation
+
+if TYPE_CHECKING:
+    from rtml.settings import Settings
+
+log = logging.getLogger("rtml.serve.app")
+
+
+def create_app(server: ModelServer, token: str):
+    """A Starlette app around ``server``; the token guards predict, model info and admin routes."""
+    import orjson
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    expected = f"Bearer {token}".encode()
+    m = server.metrics
+    max_bytes = server.config.max_body_bytes
+
+    def jr(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        try:
+            content = orjson.dumps(body)
+        except TypeError:  # text orjson refuses (a lone surrogate): ASCII JSON escapes it
+            content = json.dumps(body, default=str).encode("ascii")
+        return Response(content, status, headers=headers, media_type="application/json")
+
+    def authorized(request: Request) -> bool:
+        got = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(got, expected)
+
+    def unauthorized() -> Response:
+        return jr({"error": "missing or wrong bearer token (header 'Authorization: Bearer <token>')"}, 401,
+                  {"WWW-Authenticate": "Bearer"})
+
+    async def read_body(request: Request) -> bytes:
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                if int(cl) > max_bytes:
+                    raise RequestError(413, f"request body of {cl} bytes is over the limit of {max_bytes}", "body")
+            except ValueError:
+                raise RequestError(400, "invalid Content-Length header", "content-length") from None
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestError(413, f"request body is over the limit of {max_bytes} bytes", "body")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def predict(request: Request) -> Response:
+        t0 = time.perf_counter()
+        cur = server.current
+        version = cur.version if cur else "none"
+        if not authorized(request):
+            m.requests.labels(version, "401").inc()
+            m.errors.labels(version, "auth").inc()
+            return unauthorized()
+        request_id = request_id_of(request)
+        try:
+            check_content_type(request.headers.get("content-type"))
+            records, single = parse_body(await read_body(request))
+            out = await server.predict(records, single, request_id)
+        except RequestError as err:
+            m.requests.labels(version, str(err.status)).inc()
+            m.errors.labels(version, "unavailable" if err.status == 503 else "validation").inc()
+            return jr({**err.body(), "request_id": request_id}, err.status, err.headers())
+        except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
+            log.exception("predict failed")
+            m.requests.labels(version, "500").inc()
+            m.errors.labels(version, "internal").inc()
+            return jr({"error": f"internal error: {type(err).__name__}", "request_id": request_id}, 500)
+        version = out["version"]
+        m.requests.labels(version, "200").inc()
+        m.latency.labels(version).observe(time.perf_counter() - t0)
+        return jr(out, headers={"x-request-id": request_id, "x-model-version": version})
+
+    def request_id_of(request: Request) -> str:
+        rid = request.headers.get("x-request-id")
+        # a client's id is echoed and logged: printable, short, or we make our own
+        return rid if rid and len(rid) <= 128 and rid.isprintable() and rid.isascii() else uuid.uuid4().hex
+
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol, answered like ``mlflow models serve``: ``{"predictions": [...]}``."""
+        t0 = time.perf_counter()
+        cur = server.current
+        version = cur.version if cur else "none"
+        if not authorized(request):
+            m.requests.labels(version, "401").inc()
+            m.errors.labels(version, "auth").inc()
+            return unauthorized()
+        request_id = request_id_of(request)
+        try:
+            check_content_type(request.headers.get("content-type"))
+            records, where = parse_invocation(load_json(await read_body(request)))
+            out = await server.predict(records, False, request_id, native=True, prefix=where)
+        except RequestError as err:
+            # MLflow answers every bad input with 400 and {"error_code", "message"}
+            status = 400 if err.status == 422 else err.status
+            m.requests.labels(version, str(status)).inc()
+            m.errors.labels(version, "unavailable" if status == 503 else "validation").inc()
+            code = {400: "BAD_REQUEST", 413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST",
+                    503: "TEMPORARILY_UNAVAILABLE"}.get(status, "BAD_REQUEST")
+            body = {"error_code": code, "message": err.message, "request_id": request_id}
+            if err.field is not None:
+                body["field"] = err.field
+            return jr(body, status, err.headers())
+        except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
+            log.exception("invocations failed")
+            m.requests.labels(version, "500").inc()
+            m.errors.labels(version, "internal").inc()
+            return jr({"error_code": "INTERNAL_ERROR", "message": f"internal error: {type(err).__name__}",
+                       "request_id": request_id}, 500)
+        version = out["version"]
+        m.requests.labels(version, "200").inc()
+        m.latency.labels(version).observe(time.perf_counter() - t0)
+        return jr({"predictions": out["predictions"]},
+                  headers={"x-request-id": request_id, "x-model-version": version})
+
+    async def ping(request: Request) -> Response:
+        # as mlflow models serve: 200 once a model is loaded, else 404 (its clients wait on this)
+        return Response("\n", 200 if server.current is not None else 404, media_type="application/json")
+
+    async def mlflow_version(request: Request) -> Response:
+        from importlib.metadata import version
+
+        return Response(version("mlflow"), 200, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return jr({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if server.ready:
+            return jr({"ready": True, "version": server.current.version, **server.refusal()})
+        return jr(server.not_ready_reason(), 503)
+
+    async def model(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        return jr(server.model_info())
+
+    async def reload(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        result = await server.sync(force=True)
+        return jr(result)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": f"method {request.method} not allowed on {request.url.path}"}, 405)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    routes = [
+        Route("/v1/predict", predict, methods=["POST"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ping", ping, methods=["GET"]),
+        Route("/version", mlflow_version, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/v1/model", model, methods=["GET"]),
+        Route("/admin/reload", reload, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed})
+
+
+def build_server(
+    settings: Settings | None = None,
+    spec_path: str | None = None,
+    model_name: str | None = None,
+    config: ServeConfig | None = None,
+) -> ModelServer:
+    from rtml.lake import Lake
+    from rtml.settings import get_settings
+    from rtml.spec import load_spec
+
+    settings = settings or get_settings()
+    spec = load_spec(spec_path or settings.spec)
+    name = model_name or spec.model.registered_name
+    config = config or ServeConfig.from_settings(settings)
+    return ModelServer(spec, RegistrySource(name, spec, settings), config, lake=Lake(settings), name=name)
+
+
+def run(
+    host: str | None = None,
+    port: int | None = None,
+    spec_path: str | None = None,
+    model_name: str | None = None,
+    config: ServeConfig | None = None,
+) -> None:
+    import uvicorn
+
+    from rtml.settings import get_settings
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the log
+    settings = get_settings()
+    server = build_server(settings, spec_path, model_name, config)
+    app = create_app(server, settings.resolved_serve_token())
+    uv = uvicorn.Config(
+        app,
+        host=host or settings.serve_host,
+        port=port or settings.serve_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=15,
+        backlog=2048,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.Server(uv).run()
