@@ -60,7 +60,10 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is None or end is None or start >= end:
         start = end = None  # a run without an interval: the last complete one
-    result = ingest_run([kind], start, end, settings=settings)
+    run = context.get("dag_run")
+    # A manual run sweeps what is new into a batch of its own (its interval may be committed already).
+    manual = run is not None and "manual" in str(getattr(run, "run_type", ""))
+    result = ingest_run([kind], start, end, settings=settings, batch_tag=run.run_id if manual else None)
     summary = result[kind]
     print(summary["message"])
     for reason, count in sorted(summary.get("reasons", {}).items()):

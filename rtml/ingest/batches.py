@@ -236,6 +236,7 @@ def ingest_interval(
     lake: Lake | None = None,
     landing_uri: str | None = None,
     settle_seconds: float = SETTLE_SECONDS,
+    batch_tag: str | None = None,
 ) -> dict[str, Any]:
     """The landing-zone batch of the data interval ``[start, end)``: every landing file keyed
     before ``end`` that no committed batch consumed yet (see :mod:`rtml.ingest.sources`, the ledger).
@@ -259,7 +260,8 @@ def ingest_interval(
         time.sleep(wait)
     settings = settings or get_settings()
     lake = lake or Lake(settings)
-    source = LandingSource(landing_store(settings, landing_uri), spec.dataset.name, kind, start, end, lake.store)
+    source = LandingSource(landing_store(settings, landing_uri), spec.dataset.name, kind, start, end, lake.store,
+                           batch_tag=batch_tag)
     return ingest_batch(spec, kind, source, lake=lake, settings=settings)
 
 
@@ -380,7 +382,8 @@ def ingest_run(
 ) -> dict[str, Any]:
     """What the DAG task and the CLI call: each kind from the configured source.
 
-    Landing: the batch is the data interval (default: the last complete one). Redis/Kafka: the
+    Landing: the batch is the data interval (default: the last complete one); ``batch_tag`` (a
+    manual run's id) makes it a batch of its own that sweeps what is new. Redis/Kafka: the
     interval is ignored; the stream is drained in batches (``max_batches`` per call).
     """
     from rtml.spec import load_spec
@@ -394,15 +397,16 @@ def ingest_run(
             start, end = last_interval(datetime.now(UTC), settings.ingest_interval_minutes)
         out["interval"] = [start.isoformat(), end.isoformat()]
         for kind in kinds:
-            out[kind] = ingest_interval(spec, kind, start, end, settings=settings, landing_uri=stream_kw.get("landing_uri"))
+            out[kind] = ingest_interval(spec, kind, start, end, settings=settings, landing_uri=stream_kw.get("landing_uri"),
+                                        batch_tag=stream_kw.get("batch_tag"))
     elif source == "redis":
-        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "max_wait") and v is not None}
+        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "max_wait", "batch_tag") and v is not None}
         kw.setdefault("max_batches", 10)
         for kind in kinds:
             out[kind] = ingest_stream(spec, kind, settings=settings, **kw)
     elif source == "kafka":
 
-        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "claim_idle_ms") and v is not None}
+        kw = {k: v for k, v in stream_kw.items() if k not in ("landing_uri", "claim_idle_ms", "batch_tag") and v is not None}
         kw.setdefault("max_batches", 10)
         if "stream" in kw:
             kw["topic"] = kw.pop("stream")

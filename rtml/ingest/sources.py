@@ -526,6 +526,11 @@ def batch_id_for_interval(start: datetime, end: datetime) -> str:
     return f"{_as_utc(start):%Y%m%dT%H%M%S}-{_as_utc(end):%Y%m%dT%H%M%S}"
 
 
+def _tag(text: str) -> str:
+    """A run id as a key-safe batch id suffix (the same run id gives the same suffix)."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:48]
+
+
 def _as_utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
@@ -570,6 +575,7 @@ class LandingSource:
         start: datetime,
         end: datetime,
         lake_store: ObjectStore | None = None,
+        batch_tag: str | None = None,
     ) -> None:
         self.store, self.dataset, self.kind = store, dataset, kind
         self.start, self.end = _as_utc(start), _as_utc(end)
@@ -577,7 +583,9 @@ class LandingSource:
             raise ValueError(f"empty data interval: end {self.end.isoformat()} is not after start {self.start.isoformat()}")
         # Where the manifests (the ledger) are: the lake's store, by default the landing one.
         self.lake_store = lake_store or store
-        self.batch_id = batch_id_for_interval(self.start, self.end)
+        # A run that is not the interval's own (a manual trigger) gets a batch of its own, so it
+        # sweeps what is new even when the interval's batch was committed already.
+        self.batch_id = batch_id_for_interval(self.start, self.end) + (f"-{_tag(batch_tag)}" if batch_tag else "")
         self.unkeyed: list[str] = []
 
     # --- the ledger -----------------------------------------------------------------------------

@@ -261,6 +261,29 @@ def test_a_file_landing_in_an_ingested_interval_goes_to_the_next_batch(settings)
     assert len(lake.read_batches(DS, "events")) == 320
 
 
+def test_a_manual_run_sweeps_what_is_new_into_a_batch_of_its_own(settings):
+    """A manually triggered run of an interval whose batch is committed still takes the new files,
+    exactly once, and its own retry (same run id) rewrites the same batch."""
+    produce(settings, rows=300)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    late = prod.build(SPEC, rows=20, start=T0 + timedelta(seconds=100), seed=98)[0]
+    landing_store(settings).put(landing_key(DS, "events", T0 + timedelta(seconds=130), "slow", "jsonl"),
+                                late.to_json(orient="records", lines=True, date_format="iso").encode())
+    run_id = "manual__2026-11-25T12:07:31.123456+00:00"
+    manual = ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake, batch_tag=run_id)
+    assert manual["batch_id"] == "20261125T120000-20261125T120500-manual_2026_11_25T12_07_31_123456_00_00"
+    assert (manual["records_in"], manual["accepted"]) == (20, 20)
+    before = lake_bytes(settings)
+    again = ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake, batch_tag=run_id)
+    assert again["records_in"] == 20 and lake_bytes(settings) == before
+    other = ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake, batch_tag="manual__later")
+    assert other["records_in"] == 0
+    files = _ingested_files(lake)
+    assert len(files) == len(set(files)) == 6
+    assert len(lake.read_batches(DS, "events")) == 320
+
+
 def test_crashed_interval_is_taken_by_a_later_run_and_its_retry_takes_nothing(settings, tmp_path):
     produce(settings, rows=300)
     env = {**os.environ, "RTML_STORAGE": "local", "RTML_HOME": str(tmp_path), "RTML_LAKE_URI": settings.lake_uri,
