@@ -411,6 +411,8 @@ def load_context(spec: ProjectSpec, version: str | int, settings: Settings | Non
         train = from_parquet_bytes(fetch(f"{DATA_DIR}/{TRAIN_FILE}").read_bytes())
         holdout = from_parquet_bytes(fetch(f"{DATA_DIR}/{HOLDOUT_FILE}").read_bytes())
         lineage = json.loads(fetch(LINEAGE_FILE).read_text())
+    if not mv.run_id:
+        raise ValueError(f"{name} version {version} has no MLflow run: rtml cannot evaluate it")
     ctx = Context(spec, s, client, name, version, mv.run_id, model, train, holdout, lineage)
     _CONTEXTS.clear()  # one version at a time is enough; frames can be large
     _CONTEXTS[key] = ctx

@@ -247,7 +247,7 @@ def register_mitigated(
             )
     v = str(info.registered_model_version)
     base_tags = client.get_model_version(base.name, base.version).tags or {}
-    tags = {
+    tags: dict[str, str] = {
         k: base_tags[k]
         for k in ("rtml.window_end", "rtml.events_last_batch", "rtml.labels_last_batch", "rtml.git_sha")
         if k in base_tags
@@ -312,7 +312,7 @@ def mitigate_version(
         MITIGATED_VERSION_TAG
     )
     if existing:  # a retried task: evaluate the variant registered before instead of adding another
-        reg = {
+        reg: dict[str, Any] = {
             "version": existing,
             "base_version": str(decision["version"]),
             "thresholds": {},

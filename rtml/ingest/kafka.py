@@ -371,7 +371,7 @@ class KafkaSource:
         failures = deliveries_at(st["segments"], start)
         reuse = plan is not None and (failures <= 1 or self.is_committed(plan.batch_id))
         deadline = time.monotonic() + self.max_wait
-        if reuse:
+        if reuse and plan is not None:
             msgs = self._fetch(p, plan.first, plan.last, deadline)
             if not msgs or msgs[-1].offset < plan.last and plan.last < hi:
                 # The same records must come back whole, or the batch would differ from the first try.

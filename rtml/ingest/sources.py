@@ -151,7 +151,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     d = dict(pairs)
     if len(d) != len(pairs):
         seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        dup = ""
+        for k, _ in pairs:
+            if k in seen:
+                dup = k
+                break
+            seen.add(k)
         raise _Refuse(f"malformed JSON: duplicate key {printable(dup)!r}")
     return d
 
@@ -359,7 +364,8 @@ def parse_csv(data: bytes, label: str, contract: Contract) -> RawBatch:
         size += pc.fill_null(pc.binary_length(table.column(name)), 0).to_numpy(zero_copy_only=False)
     # Physical line numbers of the good rows: data lines start at 2, minus the skipped ones.
     skipped = {num for num, _ in bad_rows if num is not None}
-    lines, line = [], 2
+    lines: list[int] = []
+    line = 2
     while len(lines) < n:
         if line not in skipped:
             lines.append(line)
@@ -374,7 +380,7 @@ def parse_csv(data: bytes, label: str, contract: Contract) -> RawBatch:
     ]
     rejects += [refused(f"{label}:{num}", "malformed CSV row: not UTF-8 text", text) for num, text in bad_text]
     if old_line is not None:
-        lines = [physical(x) for x in lines]
+        lines = [physical(x) or x for x in lines]  # a line number in, a line number out
     frame = table.to_pandas()
     return RawBatch(frame, Positions().add_lines(label, np.asarray(lines)), size, rejects)
 
@@ -458,6 +464,7 @@ def _parse_file(key: str, data: bytes, contract: Contract) -> RawBatch:
         return _parse_content(key, ext, fmt, data, contract)
     content, tail = _gunzip(key, data)
     if content is None:
+        assert tail is not None  # _gunzip gives the content, or the refusal of the whole file
         return tail
     if tail is not None and fmt == "parquet":
         return tail
@@ -654,7 +661,7 @@ class LandingSource:
             "interval": [self.start.isoformat(), self.end.isoformat()],
             "files": files,
         }
-        late = [f["key"] for f in files if key_time(f["key"]) < self.start]
+        late = [f["key"] for f in files if (key_time(str(f["key"])) or self.end) < self.start]
         info = {"files": len(files), "late_files": len(late), "unkeyed_files": len(self.unkeyed)}
         return SourceBatch(self.batch_id, raw, position, info)
 
@@ -841,12 +848,12 @@ class RedisStreamSource:
                 entries.extend((_s(i), f) for i, f in msgs)
         if not entries:
             return None
-        already = []
+        already: list[Any] = []
         if redelivered and committed is not None:
             ranges = committed()
             if batch_id_for_ids(entries[0][0], entries[-1][0]) not in ranges:
                 spans = [(_key(a), _key(b)) for a, b in ranges.values()]
-                keep = []
+                keep: list[Any] = []
                 for e in entries:
                     k = _key(e[0])
                     (already if any(a <= k <= b for a, b in spans) else keep).append(e)

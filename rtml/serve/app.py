@@ -147,8 +147,9 @@ def create_app(server: ModelServer, token: str):
         return jr({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        if server.ready:
-            return jr({"ready": True, "version": server.current.version, **server.refusal()})
+        current = server.current
+        if server.ready and current is not None:
+            return jr({"ready": True, "version": current.version, **server.refusal()})
         return jr(server.not_ready_reason(), 503)
 
     async def model(request: Request) -> Response:

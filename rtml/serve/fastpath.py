@@ -157,8 +157,9 @@ def compile_fast_path(estimator: Any, columns: Sequence[str], numeric: Sequence[
     def score(cols: dict[str, list]) -> np.ndarray:
         return proba(cols)[:, col]
 
-    score.proba, score.column = proba, col  # the whole predict_proba, for /invocations
-    return score
+    out: Any = score  # a function carrying the whole predict_proba too, for /invocations
+    out.proba, out.column = proba, col
+    return out
 
 
 def compile_group_thresholds(rule: Any, spec: ProjectSpec, columns: Sequence[str]):
@@ -172,7 +173,7 @@ def compile_group_thresholds(rule: Any, spec: ProjectSpec, columns: Sequence[str
     import numpy as np
 
     by_name = {a.name: a for a in spec.sensitive}
-    parts = []
+    parts: list[tuple[Any, str, list[float] | None, np.ndarray | None]] = []
     for name in rule.attributes:
         attr = by_name.get(name)
         if attr is None or attr.column not in columns:
@@ -193,6 +194,7 @@ def compile_group_thresholds(rule: Any, spec: ProjectSpec, columns: Sequence[str
             if bins is None:
                 text = [f"{name}=" + ("missing" if v is None else str(v)) for v in values]
             else:
+                assert labels is not None  # set with the bins
                 num = np.array([np.nan if v is None else v for v in values], dtype=float)
                 idx = np.digitize(num, bins[1:-1], right=False)
                 inside = (num >= bins[0]) & (num < bins[-1])
@@ -211,6 +213,7 @@ def group_edge_rows(spec: ProjectSpec, base: Sequence[dict[str, Any]]) -> list[d
     rows = []
     for row in base:
         for attr in spec.sensitive:
+            values: list[Any]
             if attr.bins is None:
                 feature = next((f for f in spec.features if f.name == attr.column), None)
                 values = list(feature.values or []) if feature is not None else []

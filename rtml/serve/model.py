@@ -42,7 +42,9 @@ class LoadedModel:
 
     name: str
     version: str
-    score: Callable[[pd.DataFrame], np.ndarray]
+    # The model functions may carry more of the model as attributes (scorer_for_estimator,
+    # outputs_for_pyfunc, compile_fast_path): typed Any for that reason.
+    score: Any  # DataFrame -> scores
     validator: RecordValidator
     aliases: list[str] = field(default_factory=list)
     run_id: str | None = None
@@ -50,8 +52,8 @@ class LoadedModel:
     loaded_at: str = field(default_factory=lambda: _now_iso())
     samples: list[dict[str, Any]] = field(default_factory=list)
     # cols -> scores without pandas; set only after it gave identical scores on the samples.
-    fast: Callable[[dict[str, list]], np.ndarray] | None = None
-    outputs: Callable[[pd.DataFrame], Outputs] | None = None
+    fast: Any = None  # cols -> scores, or None
+    outputs: Any = None  # DataFrame -> Outputs, or None
     variant: str = PLAIN
     # True when the version must decide itself (tagged mitigated, or its signature has a label
     # output): answering with the global threshold instead would be wrong, so missing labels fail.
@@ -181,6 +183,7 @@ class LoadedModel:
             got_scores, got_labels = fast_outputs(cols)
             same = (
                 want_labels is not None
+                and got_labels is not None
                 and np.array_equal(got_scores, np.asarray(want_scores, dtype=np.float64))
                 and np.array_equal(got_labels, np.asarray(want_labels))
             )
@@ -218,8 +221,9 @@ def scorer_for_estimator(estimator: Any, positive: Any) -> Callable[[pd.DataFram
     def score(df: pd.DataFrame) -> np.ndarray:
         return estimator.predict_proba(df)[:, col]
 
-    score.estimator, score.column = estimator, col  # the whole predict_proba, for /invocations
-    return score
+    out: Any = score  # carrying the whole predict_proba too, for /invocations
+    out.estimator, out.column = estimator, col
+    return out
 
 
 def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], Outputs]:
@@ -250,8 +254,9 @@ def outputs_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFra
 
     # The raw predict output is what /invocations answers with; the pyfunc itself lets serving
     # compile a fast path for the wrapper rtml.evaluate.mitigation builds.
-    outputs.raw, outputs.split, outputs.pyfunc = pyfunc_model.predict, split, pyfunc_model
-    return outputs
+    out: Any = outputs
+    out.raw, out.split, out.pyfunc = pyfunc_model.predict, split, pyfunc_model
+    return out
 
 
 def scorer_for_pyfunc(pyfunc_model: Any, positive: Any) -> Callable[[pd.DataFrame], np.ndarray]:

@@ -90,7 +90,7 @@ class PredictionLog:
         n = len(item["request_id"])
         out = []
         for i in range(n):
-            row = {}
+            row: dict[str, Any] = {}
             for k, v in item.items():
                 if k in ("keys", "features"):
                     row[k] = {c: [vals[i]] for c, vals in v.items()}
@@ -156,6 +156,8 @@ class PredictionLog:
         if self.on_dead is not None:
             self.on_dead(len(bad))
         try:
+            if self.lake is None:
+                raise RuntimeError("no lake configured")
             key = self.lake.quarantine_key(self.spec.dataset.name, self.kind, batch_id)
             self.lake.store.put(key, body)
             where = f"{self.lake.uri}/{key}"

@@ -158,7 +158,10 @@ class ModelServer:
                                          dead.labels("predictions").inc)
         self.shadow_log = PredictionLog("shadow", spec, lake, self.config.max_log_rows, dead.labels("shadow").inc)
         for plog in (self.predictions, self.shadow_log):
-            self.metrics.log_pending.labels(plog.kind).set_function(lambda p=plog: p.pending_rows)
+            def pending(p: PredictionLog = plog) -> float:
+                return p.pending_rows
+
+            self.metrics.log_pending.labels(plog.kind).set_function(pending)
         self.metrics.queue_rows.set_function(lambda: self._pending_rows)
         self.metrics.model_hung.set_function(lambda: 1 if self.hung else 0)
         self.hung: dict[str, Any] | None = None  # the model call past its timeout, while it runs
@@ -416,10 +419,12 @@ class ModelServer:
         job = _Job(request_id, cols, keys, len(records), fut, model, native)
         self._pending.append(job)
         self._pending_rows += job.n
+        wake, full = self._wake, self._full
+        assert wake is not None and full is not None, "the server was not started"
         if len(self._pending) == 1 or self._pending_rows >= self._target:
-            self._wake.set()
+            wake.set()
             if self._pending_rows >= self._target:
-                self._full.set()
+                full.set()
         version, scores, own, out = await fut
         if native:
             return {"request_id": request_id, "version": version, "predictions": out}
@@ -436,22 +441,24 @@ class ModelServer:
 
     async def _batch_loop(self) -> None:
         max_wait = self.config.max_wait_ms / 1000.0
+        wake, full = self._wake, self._full
+        assert wake is not None and full is not None, "the server was not started"
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await wake.wait()
+            wake.clear()
             if not self._pending:
                 continue
             if self._pending_rows < self._target and max_wait > 0:
                 # Adaptive: wait briefly for about as many rows as the last batch had.
-                self._full.clear()
+                full.clear()
                 try:
-                    await asyncio.wait_for(self._full.wait(), max_wait)
+                    await asyncio.wait_for(full.wait(), max_wait)
                 except TimeoutError:
                     pass
             jobs, rows = self._take()
             self._target = max(1, min(rows, self.config.max_batch))
             if self._pending:
-                self._wake.set()
+                wake.set()
             model = jobs[0].model
             if self.hung is not None:  # the model thread is stuck: answer now instead of queueing behind it
                 self._fail(jobs, self._unavailable("model_hung", "a model call is past its timeout; try again later"))
@@ -588,7 +595,7 @@ class ModelServer:
             "extra": ("version", "score", "label"),
         }
         self.predictions.add(item, len(scores))
-        if len(self._recent) < self._recent.maxlen:
+        if len(self._recent) < (self._recent.maxlen or 0):
             self._recent.append({c: feats[c][0] for c in validator.columns})
         shadow = self.shadow
         if shadow is not None and not self._closing:
@@ -602,9 +609,9 @@ class ModelServer:
         try:
             n = len(item["score"])
             cols = {c: feats.get(c, [None] * n) for c in shadow.validator.columns}
-            out, own = shadow.predict_columns(cols)
+            out, own_arr = shadow.predict_columns(cols)
             scores = [float(x) for x in out]
-            own = None if own is None else [int(x) for x in own]
+            own = None if own_arr is None else [int(x) for x in own_arr]
             shadow_item = {
                 **item,
                 "extra": ("champion_version", "champion_score", "champion_label", "version", "score", "label"),

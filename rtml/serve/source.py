@@ -73,7 +73,8 @@ def spec_sample_rows(spec: ProjectSpec, n: int = 3) -> list[dict[str, Any]]:
         row: dict[str, Any] = {}
         for f in spec.features:
             if f.type == "categorical":
-                row[f.name] = f.values[i % len(f.values)]
+                values: list[Any] = list(f.values) if f.values else [None]
+                row[f.name] = values[i % len(values)]
             elif f.type == "boolean":
                 row[f.name] = bool(i % 2)
             else:
@@ -91,7 +92,7 @@ def frame_to_records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
     out = []
     for rec in df.to_dict("records"):
-        clean = {}
+        clean: dict[str, Any] = {}
         for k, v in rec.items():
             if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
                 clean[k] = None
@@ -199,6 +200,7 @@ class RegistrySource:
                 outputs = outputs_for_pyfunc(mlflow.pyfunc.load_model(local), positive)
                 scorer, flavor = scores_of(outputs), "pyfunc"
             samples: list[dict[str, Any]] = []
+            example: Any
             try:
                 example = meta.load_input_example(local)
             except Exception:  # noqa: BLE001 - an unreadable example only means fewer samples
