@@ -9,16 +9,17 @@ retraining (**rtml_retrain**), or when triggered by hand.
    Params: `min_new_labels` (default: the spec's `training.min_rows`), `force` to train anyway.
 2. **train** - sliding window of labelled data from the lake, out-of-time holdout (newest slice),
    seeded; logged to MLflow and registered as a new version of the spec's model.
-3. **quality / fairness / drift** - the gates, on the same holdout as the current `champion`.
-4. **decide** - reports (model card, fairness, Evidently drift, JSON summary) in the run's
-   `evaluation/` artifacts, version tags `gate.*`; a version passing every gate gets the alias
-   `challenger`.
-5. **mitigate** - when the plain version failed ONLY the fairness gate and the spec allows it
+3. **evaluate** - the quality (against the current `champion` on the same holdout), fairness and
+   drift gates in one task (the version's model, frames and stored scores are loaded once), then
+   the decision: reports (model card, fairness, Evidently drift, JSON summary) in the run's
+   `evaluation/` artifacts, signed version tags `gate.*`; a version passing every gate gets the
+   alias `challenger`.
+4. **mitigate** - when the plain version failed ONLY the fairness gate and the spec allows it
    (`gates.fairness.mitigate`), registers the fairness-mitigated variant as a new version
    (tags `rtml.variant=mitigated`, `rtml.base_version`; same scores, per-group decision
    thresholds) and runs the same gates on it; passing them all gives it `challenger`.
    Otherwise it does nothing (the log says why).
-6. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version of the version
+5. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version of the version
    that got `challenger`, plain or mitigated), which starts `rtml_promote`; skipped when no version
    passed (the reasons are in the versions' `gate.reasons` tags).
 """
@@ -102,34 +103,12 @@ def rtml_train():
         return {k: result[k] for k in keep}
 
     @task
-    def quality(trained: dict, params: dict | None = None) -> dict:
-        from rtml.evaluate.gates import evaluate_quality
+    def evaluate(trained: dict, params: dict | None = None) -> dict:
+        from rtml.evaluate.gates import evaluate as evaluate_gates
 
-        res = evaluate_quality(_spec(params or {}), trained["version"])
-        print("quality:", "passed" if res["passed"] else res["reasons"])
-        return res
-
-    @task
-    def fairness(trained: dict, params: dict | None = None) -> dict:
-        from rtml.evaluate.gates import evaluate_fairness
-
-        res = evaluate_fairness(_spec(params or {}), trained["version"])
-        print("fairness:", "passed" if res["passed"] else res["reasons"])
-        return res
-
-    @task
-    def drift(trained: dict, params: dict | None = None) -> dict:
-        from rtml.evaluate.gates import evaluate_drift
-
-        res = evaluate_drift(_spec(params or {}), trained["version"])
-        print("drift:", "passed" if res["passed"] else res["reasons"])
-        return res
-
-    @task
-    def decide(trained: dict, quality: dict, fairness: dict, drift: dict, params: dict | None = None) -> dict:
-        from rtml.evaluate.gates import decide as decide_gates
-
-        res = decide_gates(_spec(params or {}), trained["version"], quality, fairness, drift)
+        # One task, one process: the version's model, frames and stored scores are loaded once
+        # for the three gates and the decision (separate tasks would each download them again).
+        res = evaluate_gates(_spec(params or {}), trained["version"])
         print(res["message"])
         return {k: res[k] for k in ("passed", "name", "version", "run_id", "gates", "reasons", "reports")}
 
@@ -159,7 +138,7 @@ def rtml_train():
 
     trained = train()
     check_new_data() >> trained
-    decision = decide(trained, quality(trained), fairness(trained), drift(trained))
+    decision = evaluate(trained)
     publish_challenger(decision, mitigate(decision))
 
 

@@ -29,6 +29,7 @@ from rtml.names import (
     HOLDOUT_FILE,
     LINEAGE_FILE,
     OOF_SCORE,
+    SCORE,
     TRAIN_FILE,
     is_mitigated,
 )
@@ -369,9 +370,12 @@ class Context:
         return self.cache[key]
 
     def scores(self, which: str) -> np.ndarray:
-        """The model's scores of the holdout; of the train window, its out-of-fold scores."""
+        """The model's scores of the holdout (as training stored them next to the rows); of the
+        train window, its out-of-fold scores."""
         if which == "train" and OOF_SCORE in self.train.columns:
             return self.train[OOF_SCORE].to_numpy(dtype=float)
+        if which == "holdout" and SCORE in self.holdout.columns:
+            return self.holdout[SCORE].to_numpy(dtype=float)
         key = f"s_{which}"
         if key not in self.cache:
             self.cache[key] = _scores(self.model, self.X(which))
