@@ -6,7 +6,8 @@ retraining (**rtml_retrain**), or when triggered by hand.
 
 1. **check_new_data** - enough new labelled rows since the last trained version? Otherwise the run
    ends here, every later task *skipped* (nothing is wrong: data is still arriving).
-   Params: `min_new_labels` (default: the spec's `training.min_rows`), `force` to train anyway.
+   Params: `min_new_labels` (default: the spec's `training.min_rows`), `force` to train anyway,
+   `window_end` to end the training window at a given time (default: the newest event received).
 2. **train** - sliding window of labelled data from the lake, out-of-time holdout (newest slice),
    seeded; logged to MLflow and registered as a new version of the spec's model.
 3. **evaluate** - the quality (against the current `champion` on the same holdout), fairness and
@@ -59,6 +60,11 @@ def _spec(params: dict):
             description="new labelled rows needed to train (default: training.min_rows)",
         ),
         "force": Param(False, type="boolean", description="train even without enough new labelled data"),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            description="end of the training window (ISO 8601; default: just after the newest event received)",
+        ),
     },
 )
 def rtml_train():
@@ -82,7 +88,8 @@ def rtml_train():
         from rtml.train import train as train_model
 
         try:
-            result = train_model(_spec(params or {}), run_name="rtml_train")
+            params = params or {}
+            result = train_model(_spec(params), end=params.get("window_end"), run_name="rtml_train")
         except NotEnoughData as err:  # e.g. labels exist but not inside the window: wait for more
             raise AirflowSkipException(str(err)) from None
         print(result["message"])

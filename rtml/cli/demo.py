@@ -227,7 +227,8 @@ def run_demo(
             raise RuntimeError(f"ingestion runs failed: {failed}")
         wait_idle(af, "rtml_ingest")
         _say(f"{len(runs)} ingestion runs succeeded; training on the whole replay (rtml_train) ...")
-        run_id = af.trigger("rtml_train", {"force": True})
+        # The window ends with the replay, whatever newer data the lake holds (a user's, other runs').
+        run_id = af.trigger("rtml_train", {"force": True, "window_end": end.isoformat()})
         state = af.wait("rtml_train", run_id, timeout=1200)
         if state != "success":
             raise RuntimeError(f"rtml_train run {run_id} ended {state}:\n{af.explain('rtml_train', run_id)}")
