@@ -48,6 +48,14 @@ def create_app(server: ModelServer, token: str):
         return jr({"error": "missing or wrong bearer token (header 'Authorization: Bearer <token>')"}, 401,
                   {"WWW-Authenticate": "Bearer"})
 
+    def refuse(request: Request, version: str) -> Response | None:
+        """The auth check of the scoring routes: a 401 (counted against ``version``) or None."""
+        if authorized(request):
+            return None
+        m.requests.labels(version, "401").inc()
+        m.errors.labels(version, "auth").inc()
+        return unauthorized()
+
     async def read_body(request: Request) -> bytes:
         cl = request.headers.get("content-length")
         if cl is not None:
@@ -69,10 +77,8 @@ def create_app(server: ModelServer, token: str):
         t0 = time.perf_counter()
         cur = server.current
         version = cur.version if cur else "none"
-        if not authorized(request):
-            m.requests.labels(version, "401").inc()
-            m.errors.labels(version, "auth").inc()
-            return unauthorized()
+        if (refused := refuse(request, version)) is not None:
+            return refused
         request_id = request_id_of(request)
         try:
             check_content_type(request.headers.get("content-type"))
@@ -102,10 +108,8 @@ def create_app(server: ModelServer, token: str):
         t0 = time.perf_counter()
         cur = server.current
         version = cur.version if cur else "none"
-        if not authorized(request):
-            m.requests.labels(version, "401").inc()
-            m.errors.labels(version, "auth").inc()
-            return unauthorized()
+        if (refused := refuse(request, version)) is not None:
+            return refused
         request_id = request_id_of(request)
         try:
             check_content_type(request.headers.get("content-type"))

