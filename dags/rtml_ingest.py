@@ -62,7 +62,8 @@ def _ingest(kind: str, asset: Asset, **context) -> dict:
         start = end = None  # a run without an interval: the last complete one
     run = context.get("dag_run")
     # A manual run sweeps what is new into a batch of its own (its interval may be committed already).
-    manual = run is not None and "manual" in str(getattr(run, "run_type", ""))
+    run_type = getattr(run, "run_type", None)
+    manual = run is not None and getattr(run_type, "value", run_type) == "manual"
     result = ingest_run([kind], start, end, settings=settings, batch_tag=run.run_id if manual else None)
     summary = result[kind]
     print(summary["message"])
