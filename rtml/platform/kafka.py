@@ -174,6 +174,8 @@ def broker_command(settings: Settings) -> list[str]:
     d = broker_dir(settings)
     return [
         java_bin(), "-Xms128m", f"-Xmx{settings.kafka_heap_mb}m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        # IPv4 sockets: bound to 127.0.0.1 itself, not to its IPv4-mapped IPv6 twin (::ffff:127.0.0.1).
+        "-Djava.net.preferIPv4Stack=true",
         f"-Dlog4j2.configurationFile={d / 'log4j2.properties'}",
         "-cp", f"{jars_dir(settings) / 'libs'}/*", "kafka.Kafka", str(d / "server.properties"),
     ]
