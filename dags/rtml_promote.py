@@ -19,8 +19,10 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
    `champion` goes back to the previous version (only to one that passed, is approved and was never
    rejected). The run then ends failed, saying why; the decision log records the rollback and why.
 
-One run at a time (`max_active_runs=1`), and `rtml.registry.promotion` holds a lease in the lake during a
-promotion or rollback, so the CLI and this DAG never interleave either.
+Several runs may wait at once (one per challenger, of different models, each deferred in the
+triggerer); a run whose version stops being the challenger before a decision ends *skipped*. The
+promotion itself is one at a time: `rtml.registry.promotion` holds a lease in the lake during a
+promotion or rollback, so two runs, or the CLI and this DAG, never interleave.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ def rollback(name: str, version: str, **context) -> None:
     schedule=[CHALLENGER],
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,  # one promotion at a time (rtml.registry.promotion also holds a lease in the lake)
+    # Waiting runs must not hold up other models' approvals; the lease makes promotions one at a time.
+    max_active_runs=4,
     tags=["rtml", "promotion"],
     doc_md=__doc__,
     params={

@@ -24,8 +24,8 @@ import pytest
 from rtml.settings import Settings, get_settings
 
 # Ports of one session, as offsets of a free block: S3 (+ the 9 SeaweedFS ports after it),
-# MLflow, Airflow (+ its 2 log-server ports), serving.
-_S3, _MLFLOW, _AIRFLOW, _SERVE, _BLOCK = 0, 10, 11, 14, 15
+# MLflow, Airflow (+ its 2 log-server ports), serving, Kafka (+ its controller).
+_S3, _MLFLOW, _AIRFLOW, _SERVE, _KAFKA, _BLOCK = 0, 10, 11, 14, 15, 17
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,6 +43,7 @@ def rtml_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         "RTML_MLFLOW_PORT": str(base + _MLFLOW),
         "RTML_AIRFLOW_PORT": str(base + _AIRFLOW),
         "RTML_SERVE_PORT": str(base + _SERVE),
+        "RTML_KAFKA_PORT": str(base + _KAFKA),
         "RTML_MLFLOW_WORKERS": "1",  # two shared cores: one worker (it still serves requests concurrently)
         "AWS_ACCESS_KEY_ID": "rtml-test",
         "AWS_SECRET_ACCESS_KEY": "rtml-test-secret",
@@ -54,6 +55,7 @@ def rtml_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         "RTML_MLFLOW_TRACKING_URI",
         "RTML_AIRFLOW_URL",
         "RTML_SERVE_URL",
+        "RTML_KAFKA_BOOTSTRAP",
         "RTML_LAKE_URI",
         "RTML_MLFLOW_BACKEND_STORE_URI",
         "RTML_AIRFLOW_DB_URI",

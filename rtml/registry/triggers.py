@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from rtml.names import APPROVED, REJECTED, normalize_decision
+from rtml.names import APPROVED, CHALLENGER, REJECTED, normalize_decision
 
 
 def _auth() -> tuple[dict[str, str], tuple[str, str] | None]:
@@ -31,7 +31,11 @@ def _auth() -> tuple[dict[str, str], tuple[str, str] | None]:
 
 
 async def fetch_decision(client: Any, tracking_uri: str, name: str, version: str) -> dict[str, Any]:
-    """One read of the model version: {"status": approved|rejected|pending|missing, "by", "at", ...}."""
+    """One read of the model version: {"status": approved|rejected|pending|superseded|missing, "by", "at", ...}.
+
+    ``superseded``: no decision yet and the version is no longer the ``challenger`` (a newer version
+    replaced it, or someone removed the alias): waiting for it would only hold up its model.
+    """
     r = await client.get(
         f"{tracking_uri.rstrip('/')}/api/2.0/mlflow/model-versions/get", params={"name": name, "version": version}
     )
@@ -41,6 +45,10 @@ async def fetch_decision(client: Any, tracking_uri: str, name: str, version: str
     mv = r.json().get("model_version", {})
     tags = {t["key"]: t.get("value", "") for t in mv.get("tags", [])}
     decision = normalize_decision(tags.get("approval"))
+    aliases = mv.get("aliases", [])
+    if decision is None and CHALLENGER not in aliases:
+        return {"status": "superseded", "aliases": aliases,
+                "message": f"{name} version {version} is no longer the challenger: nothing to decide"}
     return {
         "status": decision or "pending",
         "by": tags.get("approval.by", ""),
@@ -97,7 +105,7 @@ class ApprovalTrigger(BaseTrigger):
                     waited_for_name = True
                     await asyncio.sleep(self.poll_interval)
                     continue
-                if got["status"] in (APPROVED, REJECTED, "missing"):
+                if got["status"] in (APPROVED, REJECTED, "missing", "superseded"):
                     yield TriggerEvent({**base, **got})
                     return
                 left = self.deadline - time.time()
@@ -168,7 +176,7 @@ class WaitForApprovalOperator(BaseOperator):
             got = asyncio.run(once())
         except (httpx.HTTPError, ValueError):
             return None
-        if got["status"] in (APPROVED, REJECTED, "missing"):
+        if got["status"] in (APPROVED, REJECTED, "missing", "superseded"):
             return {"name": self.name, "version": str(self.version), **got}
         return None
 
@@ -189,6 +197,8 @@ class WaitForApprovalOperator(BaseOperator):
             return event
         if status == REJECTED:
             raise AirflowSkipException(f"{self.name} version {self.version} was rejected{who}: nothing is deployed")
+        if status == "superseded":
+            raise AirflowSkipException(event.get("message") or f"{self.name} version {self.version} was superseded")
         if status == "timeout":
             raise AirflowSkipException(
                 f"no decision on {self.name} version {self.version} within {float(self.timeout_seconds):.0f} s: "

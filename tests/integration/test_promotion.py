@@ -360,7 +360,8 @@ def test_promotion_dag_parses_with_the_expected_flow():
     assert "wait_for_approval" in ups["promote"] and ups["reload"] == ["promote"]
     assert set(ups["rollback"]) >= {"reload", "smoke_check"}
     assert dag.get_task("rollback").trigger_rule == "one_failed"
-    assert dag.max_active_runs == 1
+    # A run waiting for a person must not hold up other challengers; promotion itself takes a lease.
+    assert dag.max_active_runs > 1
 
 
 def _task_state(airflow_api, run_id: str, task_id: str) -> str | None:

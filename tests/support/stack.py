@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from rtml.platform.stack import Stack, StackError, free_port_block, process_family
+from rtml.platform.stack import Stack, StackError, process_family
 from rtml.settings import Settings
 
 
@@ -19,25 +17,9 @@ class TestStack:
         self.started: set[str] = set()
         self.pids_seen: dict[str, int] = {}
         self.failed: dict[str, str] = {}
-        self._env_before: dict[str, str | None] = {}
-
-    def _kafka_ports(self) -> None:
-        """The session's conftest gives no Kafka port: take a free pair (broker, controller) and
-        export it, so get_settings(refresh=True) and subprocesses (rtml ingest) see the same one."""
-        if "RTML_KAFKA_PORT" in os.environ or self._env_before:
-            return
-        port = free_port_block(2, self.settings.host)
-        for name, value in (("RTML_KAFKA_PORT", str(port)), ("RTML_KAFKA_BOOTSTRAP", f"{self.settings.host}:{port}")):
-            self._env_before[name] = os.environ.get(name)
-            os.environ[name] = value
-        # The same Settings object is the session's (and get_settings()'s until a refresh).
-        self.settings.kafka_port = port
-        self.settings.kafka_bootstrap = f"{self.settings.host}:{port}"
 
     def ensure(self, service: str, timeout: float = 300) -> Settings:
         """Start ``service`` ("s3", "mlflow", "airflow", "serve" or "kafka") and what it needs; return the settings."""
-        if service == "kafka":
-            self._kafka_ports()
         needed = self.stack.services([service])
         if not set(needed) <= self.started:
             if service in self.failed:
@@ -61,11 +43,6 @@ class TestStack:
         family = process_family(self.pids_seen.values())
         self.stack.down()
         psutil.wait_procs(family, timeout=10)
-        for name, value in self._env_before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         left = []
         for p in family:
             try:
