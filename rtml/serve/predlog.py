@@ -47,6 +47,9 @@ class PredictionLog:
         self.max_rows = max_rows
         self.on_dead = on_dead
         self._lock = threading.Lock()
+        # One flush at a time: the shutdown's last flush must wait for a periodic one still writing
+        # the rows it took (cancelling the loop that awaits it does not stop its thread).
+        self._flush_lock = threading.Lock()
         self._items: list[dict[str, Any]] = []
         self._rows = 0
         self._seq = 0
@@ -173,6 +176,10 @@ class PredictionLog:
 
     def flush(self) -> dict[str, Any] | None:
         """Write what is buffered as one lake batch (blocking; run it in a thread)."""
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> dict[str, Any] | None:
         items, rows = self.take()
         if not rows or self.lake is None:
             return None

@@ -142,6 +142,41 @@ def test_micro_batches_of_versions_with_other_inputs_are_written_together(tmp_pa
     assert list(rows["Age"]) == [100.0, 101.0, 1.0, 2.0, 300.0]
 
 
+def test_the_last_flush_waits_for_one_still_writing(tmp_path, spec):
+    """At shutdown the periodic flush may still be writing the rows it took: the final flush
+    waits for it, so the process never exits with those rows in flight."""
+    from rtml.serve.predlog import PredictionLog
+
+    lake = local_lake(tmp_path)
+    put = lake.store.put
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_put(key, data):
+        if "_manifests" not in key:
+            writing.set()
+            release.wait(5)
+        return put(key, data)
+
+    lake.store.put = slow_put
+    plog = PredictionLog("predictions", spec, lake)
+    plog.add(log_item(3, ["a", "b", "c"]), 3)
+    first = threading.Thread(target=plog.flush)
+    first.start()
+    assert writing.wait(5)
+    plog.add(log_item(2, ["d", "e"]), 2)
+    lake.store.put = put
+    done: list[object] = []
+    last = threading.Thread(target=lambda: done.append(plog.flush()))
+    last.start()
+    last.join(0.3)
+    assert last.is_alive() and not done  # it waits while the first one writes
+    release.set()
+    first.join(5)
+    last.join(5)
+    rows = lake.read_batches(spec.dataset.name, "predictions")
+    assert sorted(rows["event_id"]) == ["a", "b", "c", "d", "e"] and plog.pending_rows == 0
+
+
 def test_a_failing_store_keeps_rows_and_the_bound_says_full(tmp_path, spec):
     from rtml.serve.predlog import PredictionLog
 
