@@ -17,7 +17,8 @@ def _parse_only(value: str | None) -> list[str] | None:
 def _format_status(st: dict[str, Any]) -> str:
     lines = [f"rtml stack (state in {st['home']}, logs in {st['logs']})"]
     for name, info in st["services"].items():
-        mark = "healthy" if info["healthy"] else "DOWN"
+        # An optional service nobody started (Kafka unless it is the source) is off, not down.
+        mark = "healthy" if info["healthy"] else ("off" if info.get("detail") == "not started" else "DOWN")
         pid = info["pid"]
         if isinstance(pid, dict):
             pid = ", ".join(f"{k.removeprefix('airflow-')}={v}" for k, v in pid.items())
