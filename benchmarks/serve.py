@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,9 +48,10 @@ TOKEN = "bench-token"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range (see rtml.platform.stack.free_port_block)."""
+    from rtml.platform.stack import free_port_block
+
+    return free_port_block(1)
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180, headers: dict | None = None) -> None:

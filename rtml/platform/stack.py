@@ -656,13 +656,31 @@ def _clock(ts: float) -> str:
 
 
 # --- helpers for tests, scripts and benchmarks ---------------------------------------------------
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to outgoing connections (Linux), or the IANA range elsewhere."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port_block(size: int, host: str = "127.0.0.1", start: int = 20000, end: int = 60000) -> int:
-    """A base port such that ``base .. base+size-1`` are all free right now on ``host``."""
+    """A base port such that ``base .. base+size-1`` are all free right now on ``host``.
+
+    Chosen outside the kernel's ephemeral range where possible: a port free now but in that range
+    can be taken by any outgoing connection (to PostgreSQL, MLflow...) before the service binds it.
+    """
     import random
 
+    low, high = _ephemeral_range()
+    ranges = [(a, b) for a, b in ((start, min(end, low)), (max(start, high + 1), end)) if b - a > size]
+    if not ranges:
+        ranges = [(start, end)]  # the whole range is ephemeral here: the best we can do
     rng = random.Random(os.getpid() ^ time.time_ns())
     for _ in range(200):
-        base = rng.randrange(start, end - size)
+        a, b = rng.choice(ranges)
+        base = rng.randrange(a, b - size)
         socks = []
         try:
             for port in range(base, base + size):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from rtml.names import (
     normalize_decision,
 )
 from rtml.registry.client import alias_version, mlflow_client
+
+log = logging.getLogger("rtml.registry.promotion")
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -119,6 +122,25 @@ def _log(action: str, name: str, version: str | int | None, **kw: Any) -> dict[s
     from rtml.registry.audit import record
 
     return record(action, name, version, **kw)
+
+
+@contextlib.contextmanager
+def _applying(entry: dict[str, Any]) -> Iterator[None]:
+    """Apply a decision already in the log; if the registry writes fail, say so in the log too.
+
+    The decision is logged first (see ``promote``); a failure to apply it is logged as a refusal
+    naming the decision's ``seq``, so the record never claims a change the registry does not show.
+    """
+    try:
+        yield
+    except Exception as err:
+        try:
+            _log("refusal", entry["model"], entry["version"], from_version=entry.get("from_version"),
+                 reason=f"{entry['action']} (seq {entry['seq']}) not applied: {type(err).__name__}: {err}"[:2000],
+                 details={"not_applied_seq": entry["seq"]})
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("could not record that %s seq %s was not applied", entry["action"], entry["seq"])
+        raise
 
 
 def _refresh_card(client: MlflowClient, name: str, version: str | int) -> None:
@@ -284,21 +306,24 @@ def promote(
             result.update(changed=False, message=f"{name} version {version} is already the champion")
             return result
         at = _now()
-        # previous_champion first: if we stop half-way, champion still names a served version.
-        if old is not None:
-            client.set_registered_model_alias(name, PREVIOUS, old)
-            client.set_model_version_tag(name, version, "promoted.previous", old)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promoted.at", at)
-        client.set_model_version_tag(name, version, "promoted.by", approver)
-        if force:
-            client.set_model_version_tag(name, version, "promoted.forced", (reason or "forced")[:4900])
-        if alias_version(client, name, CHALLENGER) == version:
-            client.delete_registered_model_alias(name, CHALLENGER)
+        # Recorded before the alias moves: the endpoint reloads as soon as it sees the new champion
+        # and logs that reload, so the decision must already be in the log ahead of it.
         entry = _log("promotion", name, version, from_version=old, on_behalf_of=approver,
                      reason=(f"forced: {reason}" if force else reason) if (force or reason) else "",
                      details={"forced": force, "approved_by": tags.get("approval.by", ""),
                               "gate_signature_key": tags.get("gate.key_id", "")})
+        with _applying(entry):
+            # previous_champion first: if we stop half-way, champion still names a served version.
+            if old is not None:
+                client.set_registered_model_alias(name, PREVIOUS, old)
+                client.set_model_version_tag(name, version, "promoted.previous", old)
+            client.set_registered_model_alias(name, CHAMPION, version)
+            client.set_model_version_tag(name, version, "promoted.at", at)
+            client.set_model_version_tag(name, version, "promoted.by", approver)
+            if force:
+                client.set_model_version_tag(name, version, "promoted.forced", (reason or "forced")[:4900])
+            if alias_version(client, name, CHALLENGER) == version:
+                client.delete_registered_model_alias(name, CHALLENGER)
     forced = f" (FORCED: {reason or 'no reason given'})" if force else ""
     audit(client, name, version, f"promoted to champion, approved by {approver} (previous champion: {old or 'none'}){forced}")
     if old is not None:
@@ -363,19 +388,20 @@ def rollback(name: str, by: str | None = None, reason: str = "", client: MlflowC
         except PromotionError as err:
             raise PromotionError(f"cannot roll {name} back to version {previous}: {err}") from None
         at = _now()
-        client.set_registered_model_alias(name, CHAMPION, previous)
-        # The version that was champion before `previous` was promoted becomes the next step back.
         before = ptags.get("promoted.previous")
-        if before and before not in (previous, current):
-            client.set_registered_model_alias(name, PREVIOUS, before)
-        else:
-            client.delete_registered_model_alias(name, PREVIOUS)
-        if current is not None:
-            client.set_model_version_tag(name, current, "rolled_back.at", at)
-            client.set_model_version_tag(name, current, "rolled_back.by", by)
-            if reason:
-                client.set_model_version_tag(name, current, "rolled_back.reason", reason[:4900])
-        entry = _log("rollback", name, previous, from_version=current, on_behalf_of=by, reason=reason)
+        entry = _log("rollback", name, previous, from_version=current, on_behalf_of=by, reason=reason)  # before the alias moves
+        with _applying(entry):
+            client.set_registered_model_alias(name, CHAMPION, previous)
+            # The version that was champion before `previous` was promoted becomes the next step back.
+            if before and before not in (previous, current):
+                client.set_registered_model_alias(name, PREVIOUS, before)
+            else:
+                client.delete_registered_model_alias(name, PREVIOUS)
+            if current is not None:
+                client.set_model_version_tag(name, current, "rolled_back.at", at)
+                client.set_model_version_tag(name, current, "rolled_back.by", by)
+                if reason:
+                    client.set_model_version_tag(name, current, "rolled_back.reason", reason[:4900])
     if current is not None:
         audit(client, name, current, f"rolled back by {by} to version {previous}" + (f": {reason}" if reason else ""))
         _refresh_card(client, name, current)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -115,9 +114,10 @@ def offline_scores(pipe, rows: list[dict[str, Any]], spec: ProjectSpec):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range (see rtml.platform.stack.free_port_block)."""
+    from rtml.platform.stack import free_port_block
+
+    return free_port_block(1)
 
 
 class ServeProcess:

@@ -143,6 +143,19 @@ def test_free_port_block_is_free():
     assert not any(port_open("127.0.0.1", p, timeout=0.2) for p in range(base, base + 5))
 
 
+def test_free_port_block_avoids_the_ephemeral_range(monkeypatch):
+    """Outgoing connections take ports from that range: a service could find its port taken."""
+    from rtml.platform import stack as mod
+
+    monkeypatch.setattr(mod, "_ephemeral_range", lambda: (32768, 60999))
+    for _ in range(50):
+        base = free_port_block(17)
+        assert 20000 <= base and base + 17 <= 32768
+    # When the whole range is ephemeral there is nothing better than the range asked for.
+    monkeypatch.setattr(mod, "_ephemeral_range", lambda: (1024, 65535))
+    assert 20000 <= free_port_block(3) < 60000
+
+
 def _plugin():
     path = REPO_ROOT / "plugins" / "rtml_plugin.py"
     spec = importlib.util.spec_from_file_location("rtml_plugin_under_test", path)
