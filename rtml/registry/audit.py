@@ -67,7 +67,10 @@ def actor(settings: Settings | None = None) -> tuple[str, str]:
 
 def entry_hash(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()).hexdigest()
+    # default=str as when the entry is written: a detail such as a datetime is stored as its text, and
+    # without it the hash failed and the decision was not recorded at all.
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _key(seq: int) -> str:
