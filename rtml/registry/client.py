@@ -41,5 +41,10 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as err:
+        # Only "not found" means no alias. MLflow also raises MlflowException for an unreachable
+        # server or a 5xx; taken as "no champion", a promotion lost its previous_champion and a
+        # failed deploy was not rolled back. (The same codes as rtml.serve.source.resolve.)
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
