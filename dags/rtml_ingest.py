@@ -51,48 +51,29 @@ else:
 
 def _ingest(kind: str, asset: Asset, **context) -> dict:
     """One batch of ``kind``; publishes the counts on the Asset event, skips when nothing is new."""
+    import logging
+
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from rtml.ingest.batches import ingest_run
-    from rtml.settings import get_settings
+    from rtml.ingest.batches import ingest_for_run
 
-    settings = get_settings(refresh=True)
-    start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if start is None or end is None or start >= end:
-        start = end = None  # a run without an interval: the last complete one
     run = context.get("dag_run")
-    # A manual run sweeps what is new into a batch of its own (its interval may be committed already).
     run_type = getattr(run, "run_type", None)
-    manual = run is not None and getattr(run_type, "value", run_type) == "manual"
-    result = ingest_run([kind], start, end, settings=settings, batch_tag=run.run_id if manual else None)
-    summary = result[kind]
-    print(summary["message"])
-    for reason, count in sorted(summary.get("reasons", {}).items()):
+    extra = ingest_for_run(
+        kind,
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+        run_id=getattr(run, "run_id", None),
+        manual=getattr(run_type, "value", run_type) == "manual",  # the SDK's enum prints its name
+    )
+    message, reasons = extra.pop("message"), extra.pop("reasons")
+    print(message)
+    for reason, count in sorted(reasons.items()):
         print(f"  quarantined {count:>6}  {reason}")
-    if summary.get("alerts"):
-        import logging
-
-        log = logging.getLogger("rtml.ingest.batches")
-        for alert in summary["alerts"]:
-            log.warning("ALERT %s", alert)
-    extra = {
-        "dataset": summary["dataset"],
-        "kind": kind,
-        "source": result["source"],
-        "records_in": summary["records_in"],
-        "accepted": summary["accepted"],
-        "quarantined": summary["quarantined"],
-        "watermark": summary.get("watermark"),
-        "batch_ids": summary.get("batch_ids") or ([summary["batch_id"]] if summary.get("batch_id") else []),
-        "manifests": summary.get("manifests") or ([summary["manifest"]] if summary.get("manifest") else []),
-        "interval": result.get("interval"),
-        "unknown_fields": summary.get("unknown_fields", {}),
-        "missing_fields": summary.get("missing_fields", {}),
-        "alerts": summary.get("alerts", []),
-        "dead_letters": summary.get("dead_letters", 0),
-    }
-    if not summary["accepted"]:
-        raise AirflowSkipException(summary["message"] + " - nothing accepted, no Asset update")
+    for alert in extra["alerts"]:
+        logging.getLogger("rtml.ingest.batches").warning("ALERT %s", alert)
+    if not extra["accepted"]:
+        raise AirflowSkipException(message + " - nothing accepted, no Asset update")
     context["outlet_events"][asset].extra = extra
     return extra
 

@@ -1,7 +1,8 @@
 """
 ### rtml_monitor: live drift and performance of the served model
 
-Every hour, reads the serving endpoint's prediction log from the lake (last `window_hours`):
+Every hour, reads the serving endpoint's prediction log from the lake (last `window_hours`),
+with the run's project spec (param `spec`, default `RTML_SPEC`) resolved once by **resolve_spec**:
 
 1. **check** - Evidently drift of the live features against the labelled window that preceded
    them, and, for the predictions whose label has arrived (joined by event id), live quality
@@ -21,11 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from rtml.assets import RETRAIN
-from rtml.settings import get_settings
-from rtml.spec import load_spec
-
-SPEC_PATH = str(get_settings().spec)
+from rtml.assets import RETRAIN, SPEC, SPEC_PATH
 
 
 @dag(
@@ -44,11 +41,21 @@ SPEC_PATH = str(get_settings().spec)
 )
 def rtml_monitor():
     @task
-    def check(params: dict | None = None) -> dict:
+    def resolve_spec(params: dict | None = None) -> dict:
+        from rtml.spec import spec_for_run
+
+        ref = spec_for_run((params or {}).get("spec"), SPEC)
+        print(f"project spec {ref['path']} ({ref['digest']})")
+        return ref
+
+    @task
+    def check(spec: dict, params: dict | None = None) -> dict:
         from rtml.monitor.live import monitor
+        from rtml.settings import get_settings
+        from rtml.spec import spec_from_run
 
         params = params or {}
-        report = monitor(load_spec(params.get("spec") or SPEC_PATH), get_settings(refresh=True),
+        report = monitor(spec_from_run(spec), get_settings(refresh=True),
                          window_hours=float(params.get("window_hours") or 24))
         print(report["message"])
         keep = ("retrain", "reasons", "predictions", "labelled_predictions", "report", "message")
@@ -63,16 +70,19 @@ def rtml_monitor():
         outlet_events[RETRAIN].extra = {"reasons": summary["reasons"], "report": summary["report"]}
 
     @task
-    def compare_shadow(params: dict | None = None) -> dict:
+    def compare_shadow(spec: dict) -> dict:
         from rtml.monitor.shadow import compare
+        from rtml.settings import get_settings
+        from rtml.spec import spec_from_run
 
-        result = compare(load_spec((params or {}).get("spec") or SPEC_PATH), get_settings(refresh=True))
+        result = compare(spec_from_run(spec), get_settings(refresh=True))
         print(result["message"])
         return {k: result.get(k) for k in ("version", "rows", "agreement", "message")}
 
-    summary = check()
+    spec = resolve_spec()
+    summary = check(spec)
     needs_retraining(summary) >> request_retraining(summary)
-    compare_shadow()
+    compare_shadow(spec)
 
 
 rtml_monitor()

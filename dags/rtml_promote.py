@@ -33,25 +33,22 @@ from airflow.sdk import Param, TriggerRule, dag, task
 
 from rtml.assets import CHALLENGER, SPEC
 from rtml.registry.triggers import WaitForApprovalOperator
-from rtml.spec import load_spec
 
 MODEL = SPEC.model.registered_name
+FAILURE_KEY = "failure"  # XCom a failing step leaves for rollback: why the deployment failed
+
+
+def _say_why(context, step: str, err: Exception) -> None:
+    context["ti"].xcom_push(key=FAILURE_KEY, value=f"{step}: {err}"[:2000])
 
 
 @task(multiple_outputs=True)
 def target(**context) -> dict:
     """The version to decide on: from the params (manual run) or the Asset event's extra."""
-    params = context["params"]
-    name, version = params.get("name") or "", str(params.get("version") or "")
-    if not version:
-        events = [e for evs in context["triggering_asset_events"].values() for e in evs]
-        if not events:
-            raise ValueError("params.version: give 'name' and 'version', or run from an rtml_challenger event")
-        extra = events[-1].extra or {}
-        name, version = extra.get("name") or name, str(extra.get("version") or "")
-        if not version:
-            raise ValueError(f"rtml_challenger event without 'version' in its extra: {extra}")
-    return {"name": name or MODEL, "version": version}
+    from rtml.serve.deploy import decision_target
+
+    events = [e.extra for evs in context["triggering_asset_events"].values() for e in evs]
+    return decision_target(context["params"], events, MODEL)
 
 
 @task(retries=0)
@@ -68,37 +65,27 @@ def promote(name: str, version: str, approval: dict) -> dict:
         raise AirflowFailException(str(err)) from None
 
 
-FAILURE_KEY = "failure"  # XCom a failing step leaves for rollback: why the deployment failed
-
-
-def _say_why(context, step: str, err: Exception) -> None:
-    context["ti"].xcom_push(key=FAILURE_KEY, value=f"{step}: {err}"[:2000])
-
-
 @task(retries=0)
 def reload(promoted: dict, **context) -> dict:
     """Ask the serving endpoint to load the new champion now; wait until it answers with it."""
-    from rtml.serve.client import request_reload, wait_for_version
+    from rtml.serve.deploy import reload_and_wait
 
     try:
-        status = request_reload()
-        if str(status.get("version")) != promoted["version"]:
-            wait_for_version(promoted["version"], timeout=120)
+        return reload_and_wait(promoted["version"])
     except Exception as err:
         _say_why(context, "reload", err)
         raise
-    return {"version": promoted["version"]}
 
 
 @task(retries=0)
 def smoke_check(promoted: dict, served: dict, **context) -> dict:
     """The live endpoint's answers on a holdout sample equal the model's offline predictions."""
-    from rtml.serve.client import live_smoke_check, version_holdout_rows
+    from rtml.serve.deploy import smoke_check as check_live
+    from rtml.spec import spec_for_run, spec_from_run
 
     try:
-        spec = load_spec()
-        rows = version_holdout_rows(spec, promoted["name"], promoted["version"], n=50)
-        return live_smoke_check(promoted["name"], promoted["version"], rows, spec=spec)
+        spec = spec_from_run(spec_for_run(None, SPEC))  # the one task of the run that needs the spec
+        return check_live(spec, promoted["name"], promoted["version"])
     except Exception as err:
         _say_why(context, "live smoke check", err)
         raise
@@ -109,22 +96,12 @@ def rollback(name: str, version: str, **context) -> None:
     """Only after a failed promotion, reload or smoke check: put the previous champion back."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from rtml.names import CHAMPION
-    from rtml.registry.client import alias_version, mlflow_client
-    from rtml.registry.promotion import rollback as do_rollback
-    from rtml.serve.client import request_reload
+    from rtml.serve.deploy import roll_back_failed
 
-    if alias_version(mlflow_client(), name, CHAMPION) != version:
-        raise AirflowFailException(f"{name} version {version} was not deployed (see the failed task); no rollback needed")
-    why = [w for w in context["ti"].xcom_pull(task_ids=["reload", "smoke_check"], key=FAILURE_KEY) or [] if w]
-    reason = f"deploying version {version} failed: " + ("; ".join(why) or "see the failed task's log")
-    done = do_rollback(name, by="rtml_promote", reason=reason)
-    try:
-        request_reload()
-    except Exception as err:  # noqa: BLE001 - the endpoint's poller follows the alias anyway
-        print(f"endpoint not notified of the rollback: {err}")
+    why = context["ti"].xcom_pull(task_ids=["reload", "smoke_check"], key=FAILURE_KEY) or []
+    done = roll_back_failed(name, version, why)
     # Failing this task fails the run: the deployment did not happen, and the log says why.
-    raise AirflowFailException(f"deployment of {name} version {version} failed ({reason}); {done['message']}")
+    raise AirflowFailException(done["message"])
 
 
 @dag(

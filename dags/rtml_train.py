@@ -4,6 +4,8 @@
 Runs when ingestion updates the **rtml_events** or **rtml_labels** Asset, when monitoring asks for
 retraining (**rtml_retrain**), or when triggered by hand.
 
+0. **resolve_spec** - the run's project spec (param `spec`, default `RTML_SPEC`), read once and
+   handed to every later task, so editing the YAML mid-run cannot split a run between two specs.
 1. **check_new_data** - enough new labelled rows since the last trained version? Otherwise the run
    ends here, every later task *skipped* (nothing is wrong: data is still arriving).
    Params: `min_new_labels` (default: the spec's `training.min_rows`), `force` to train anyway,
@@ -31,15 +33,7 @@ from datetime import datetime
 
 from airflow.sdk import AssetAny, Param, dag, task
 
-from rtml.assets import CHALLENGER, EVENTS, LABELS, RETRAIN
-from rtml.settings import get_settings
-from rtml.spec import load_spec
-
-SPEC_PATH = str(get_settings().spec)
-
-
-def _spec(params: dict):
-    return load_spec(params.get("spec") or SPEC_PATH)
+from rtml.assets import CHALLENGER, EVENTS, LABELS, RETRAIN, SPEC, SPEC_PATH
 
 
 @dag(
@@ -68,12 +62,21 @@ def _spec(params: dict):
     },
 )
 def rtml_train():
+    @task
+    def resolve_spec(params: dict | None = None) -> dict:
+        from rtml.spec import spec_for_run
+
+        ref = spec_for_run((params or {}).get("spec"), SPEC)
+        print(f"project spec {ref['path']} ({ref['digest']})")
+        return ref
+
     @task.short_circuit
-    def check_new_data(params: dict | None = None) -> bool:
+    def check_new_data(spec: dict, params: dict | None = None) -> bool:
+        from rtml.spec import spec_from_run
         from rtml.train import new_data_status
 
         params = params or {}
-        status = new_data_status(_spec(params), min_new_rows=params.get("min_new_labels"))
+        status = new_data_status(spec_from_run(spec), min_new_rows=params.get("min_new_labels"))
         print(status["message"])
         if params.get("force"):
             print("force=true: training anyway")
@@ -81,15 +84,16 @@ def rtml_train():
         return bool(status["ready"])
 
     @task
-    def train(params: dict | None = None) -> dict:
+    def train(spec: dict, params: dict | None = None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from rtml.spec import spec_from_run
         from rtml.train import NotEnoughData
         from rtml.train import train as train_model
 
         try:
             params = params or {}
-            result = train_model(_spec(params), end=params.get("window_end"), run_name="rtml_train")
+            result = train_model(spec_from_run(spec), end=params.get("window_end"), run_name="rtml_train")
         except NotEnoughData as err:  # e.g. labels exist but not inside the window: wait for more
             raise AirflowSkipException(str(err)) from None
         print(result["message"])
@@ -110,20 +114,22 @@ def rtml_train():
         return {k: result[k] for k in keep}
 
     @task
-    def evaluate(trained: dict, params: dict | None = None) -> dict:
+    def evaluate(trained: dict, spec: dict) -> dict:
         from rtml.evaluate.gates import evaluate as evaluate_gates
+        from rtml.spec import spec_from_run
 
         # One task, one process: the version's model, frames and stored scores are loaded once
         # for the three gates and the decision (separate tasks would each download them again).
-        res = evaluate_gates(_spec(params or {}), trained["version"])
+        res = evaluate_gates(spec_from_run(spec), trained["version"])
         print(res["message"])
         return {k: res[k] for k in ("passed", "name", "version", "run_id", "gates", "reasons", "reports")}
 
     @task
-    def mitigate(decision: dict, params: dict | None = None) -> dict:
+    def mitigate(decision: dict, spec: dict) -> dict:
         from rtml.evaluate.mitigation import mitigate_version
+        from rtml.spec import spec_from_run
 
-        res = mitigate_version(_spec(params or {}), decision)
+        res = mitigate_version(spec_from_run(spec), decision)
         print(res["message"])
         keep = ("ran", "passed", "name", "version", "base_version", "run_id", "gates", "reasons", "reason")
         return {k: res.get(k) for k in keep}
@@ -143,10 +149,11 @@ def rtml_train():
         context["outlet_events"][CHALLENGER].extra = extra
         return extra
 
-    trained = train()
-    check_new_data() >> trained
-    decision = evaluate(trained)
-    publish_challenger(decision, mitigate(decision))
+    spec = resolve_spec()
+    trained = train(spec)
+    check_new_data(spec) >> trained
+    decision = evaluate(trained, spec)
+    publish_challenger(decision, mitigate(decision, spec))
 
 
 rtml_train()

@@ -14,7 +14,8 @@ from airflow.sdk import Asset
 from rtml.settings import get_settings
 from rtml.spec import ProjectSpec, load_spec
 
-SPEC: ProjectSpec = load_spec(get_settings().spec)
+SPEC_PATH = str(get_settings().spec)
+SPEC: ProjectSpec = load_spec(SPEC_PATH)  # the deployment's spec: it names the Assets (see spec_for_run)
 
 EVENTS = Asset(name="rtml_events", uri=f"rtml://{SPEC.dataset.name}/events")
 LABELS = Asset(name="rtml_labels", uri=f"rtml://{SPEC.dataset.name}/labels")

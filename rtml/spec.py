@@ -272,3 +272,45 @@ def load_spec(path: str | Path | None = None) -> ProjectSpec:
     except yaml.YAMLError as err:
         raise SpecError(f"project spec {path} is not valid YAML: {err}") from None
     return parse_spec(data, str(path))
+
+
+# --- one spec per DAG run -----------------------------------------------------------------------
+# A run resolves its spec once, in its first task, and hands the result to every later task, so an
+# edit to the YAML while the run is going cannot give two tasks of one run two different specs.
+
+
+def spec_for_run(path: str | Path | None, deployed: ProjectSpec) -> dict[str, Any]:
+    """The spec a DAG run uses (``path``, a run param, or else the settings' spec), as a reference
+    for XCom: ``{"path", "digest", "spec"}`` (the validated spec as JSON).
+
+    It must name the ``deployed`` spec's dataset and model: that is the spec the DAG files were parsed
+    with, and it named their Assets (``rtml://<dataset>/events``, ``rtml://<model>/challenger``...).
+    A run with another project's spec would publish its events under this project's Assets, so it is
+    refused with the field that differs.
+    """
+    source = path or None
+    spec = load_spec(source)
+    if source is None:
+        from rtml.settings import get_settings
+
+        source = get_settings().spec
+    for field, mine, theirs in (
+        ("dataset.name", spec.dataset.name, deployed.dataset.name),
+        ("model.registered_name", spec.model.registered_name, deployed.model.registered_name),
+    ):
+        if mine != theirs:
+            raise SpecError(
+                f"project spec {source}: {field} is {mine!r}, but this deployment's DAGs were parsed with a spec "
+                f"whose {field} is {theirs!r} and publish that project's Assets; run another project with "
+                "RTML_SPEC pointing at its spec"
+            )
+    data = spec.model_dump(mode="json")
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return {"path": str(source), "digest": f"sha256:{digest}", "spec": data}
+
+
+def spec_from_run(ref: dict[str, Any]) -> ProjectSpec:
+    """The spec of a run from the reference its first task returned (see ``spec_for_run``)."""
+    if not isinstance(ref, dict) or not isinstance(ref.get("spec"), dict):
+        raise SpecError("a run's spec reference must be the mapping spec_for_run returned")
+    return parse_spec(ref["spec"], f"{ref.get('path', '<run>')} (as resolved for this run)")

@@ -420,6 +420,47 @@ def ingest_run(
     return out
 
 
+def ingest_for_run(
+    kind: str,
+    interval_start: datetime | None,
+    interval_end: datetime | None,
+    run_id: str | None = None,
+    manual: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """One ``rtml_ingest`` task: the batch of ``kind`` for a DAG run, summarised for its Asset event.
+
+    A run without a usable interval takes the last complete one; a manual run sweeps what is new
+    into a batch of its own, tagged with its run id (its interval may be committed already).
+    Returns the Asset event's extra (counts, batch ids, manifests, alerts) plus ``message`` and
+    ``reasons``; ``accepted`` 0 means no Asset update.
+    """
+    settings = settings or get_settings(refresh=True)
+    if interval_start is None or interval_end is None or interval_start >= interval_end:
+        interval_start = interval_end = None
+    result = ingest_run([kind], interval_start, interval_end, settings=settings,
+                        batch_tag=run_id if manual and run_id else None)
+    summary = result[kind]
+    return {
+        "dataset": summary["dataset"],
+        "kind": kind,
+        "source": result["source"],
+        "records_in": summary["records_in"],
+        "accepted": summary["accepted"],
+        "quarantined": summary["quarantined"],
+        "watermark": summary.get("watermark"),
+        "batch_ids": summary.get("batch_ids") or ([summary["batch_id"]] if summary.get("batch_id") else []),
+        "manifests": summary.get("manifests") or ([summary["manifest"]] if summary.get("manifest") else []),
+        "interval": result.get("interval"),
+        "unknown_fields": summary.get("unknown_fields", {}),
+        "missing_fields": summary.get("missing_fields", {}),
+        "alerts": summary.get("alerts", []),
+        "dead_letters": summary.get("dead_letters", 0),
+        "reasons": summary.get("reasons", {}),
+        "message": summary["message"],
+    }
+
+
 # --- Kafka -------------------------------------------------------------------------------------
 def ingest_kafka(
     spec: Any,

@@ -38,7 +38,7 @@ def test_train_dag_publishes_the_mitigated_challenger(airflow_settings, airflow_
     assert state == "success", airflow_api.explain("rtml_train", run_id)
     states = {ti["task_id"]: ti["state"] for ti in airflow_api.task_instances("rtml_train", run_id)}
     # The gates run in one task (the version's inputs loaded once), then the mitigated variant's own.
-    assert states == {t: "success" for t in ("check_new_data", "train", "evaluate", "mitigate", "publish_challenger")}
+    assert states == {t: "success" for t in ("resolve_spec", "check_new_data", "train", "evaluate", "mitigate", "publish_challenger")}
 
     client = MlflowClient(s.mlflow_tracking_uri)
     versions = {mv.version: mv for mv in client.search_model_versions(f"name='{name}'")}

@@ -415,3 +415,19 @@ def test_training_reader_refuses_batches_of_another_schema(settings):
     with pytest.raises(SchemaMismatch, match="re-ingest those batches") as err:
         lake.labelled(other)
     assert SPEC.schema_hash() in str(err.value) and "20261125T120000-20261125T120500" in str(err.value)
+
+
+def test_a_dag_run_gets_its_asset_extra_and_only_a_manual_run_is_tagged(settings):
+    """What an rtml_ingest task publishes: counts and references, a manual run's batch of its own."""
+    from rtml.ingest.batches import ingest_for_run
+
+    produce(settings, rows=300)
+    scheduled = ingest_for_run("events", T0, T0 + FIVE, run_id="scheduled__x", manual=False, settings=settings)
+    assert scheduled["kind"] == "events" and scheduled["dataset"] == DS and scheduled["source"] == "landing"
+    assert scheduled["accepted"] + scheduled["quarantined"] == scheduled["records_in"] > 0
+    assert scheduled["batch_ids"] == ["20261125T120000-20261125T120500"]  # the interval's batch, untagged
+    assert scheduled["interval"] == [T0.isoformat(), (T0 + FIVE).isoformat()]
+    assert len(scheduled["manifests"]) == 1 and scheduled["message"]
+    assert sum(scheduled["reasons"].values()) == scheduled["quarantined"]
+    again = ingest_for_run("events", T0, T0 + FIVE, run_id="manual__y", manual=True, settings=settings)
+    assert again["records_in"] == 0 and again["batch_ids"][0].endswith("-manual_y")  # nothing new: no rows twice

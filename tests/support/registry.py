@@ -1,0 +1,63 @@
+"""An in-memory stand-in for the MLflow registry calls that promotion and deployment make."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+
+class FakeRegistry:
+    """The MlflowClient calls promotion makes, on dicts; ``on_alias`` runs before an alias moves."""
+
+    def __init__(self, versions: dict[str, dict[str, str]], aliases: dict[str, str]):
+        self.tags = {v: dict(t) for v, t in versions.items()}
+        self.descriptions = {v: "" for v in versions}
+        self.aliases = dict(aliases)
+        self.on_alias = lambda alias, version: None
+
+    def get_model_version(self, name, version):
+        version = str(version)
+        if version not in self.tags:
+            raise KeyError(version)
+        aliases = [a for a, v in self.aliases.items() if v == version]
+        return SimpleNamespace(name=name, version=version, tags=dict(self.tags[version]), run_id=f"run-{version}",
+                               description=self.descriptions[version], aliases=aliases)
+
+    def get_model_version_by_alias(self, name, alias):
+        if alias not in self.aliases:
+            raise LookupError(alias)
+        return self.get_model_version(name, self.aliases[alias])
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.on_alias(alias, str(version))
+        self.aliases[alias] = str(version)
+
+    def delete_registered_model_alias(self, name, alias):
+        self.aliases.pop(alias, None)
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.tags[str(version)][key] = str(value)
+
+    def update_model_version(self, name, version, description=None):
+        self.descriptions[str(version)] = description or ""
+
+
+def local_governance(tmp_path, monkeypatch):
+    """Settings with a local lake (the decision log, the promotion lease) under ``tmp_path``, and
+    gate signatures and model cards switched off (they are tested in their own modules).
+
+    A generator for a fixture: ``yield from local_governance(tmp_path, monkeypatch)``.
+    """
+    from rtml.registry import promotion
+    from rtml.settings import get_settings
+
+    monkeypatch.setenv("RTML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RTML_STORAGE", "local")
+    monkeypatch.setenv("RTML_ACTOR", "tester")
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    get_settings(refresh=True)
+    monkeypatch.setattr(promotion, "verify_signed", lambda *a, **k: None)
+    monkeypatch.setattr(promotion, "_refresh_card", lambda *a, **k: None)
+    yield
+    monkeypatch.undo()
+    get_settings(refresh=True)
