@@ -1,8 +1,13 @@
-"""Sound fairness statistics and the mitigation search (no MLflow): seeded bootstrap intervals,
-insufficient-data groups, the gate reading the estimate or an interval bound, the search meeting
-every limit jointly (checked against fairlearn on the rule's own decisions), and "not mitigated"."""
+"""rtml.evaluate.fairness, sound fairness statistics (no MLflow): seeded bootstrap intervals, small and
+insufficient-data groups, the gate reading the estimate or an interval bound, "not mitigated" when no
+candidate fits the quality budget, and the credit demo's mitigated variant over the 8 replay seeds
+(produce -> out-of-time split -> train + out-of-fold scores -> plain gate -> mitigation search -> the
+variant's gate, with the shipped spec's thresholds). The search itself: test_fairsearch.py."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,17 +16,20 @@ from fairlearn.metrics import (
     MetricFrame,
     demographic_parity_ratio,
     equal_opportunity_difference,
-    equalized_odds_difference,
     false_positive_rate,
 )
 from support.synthetic import synthetic_frame, toy_spec
 
 from rtml.evaluate.fairness import attribute_fairness, evaluate_fairness
-from rtml.evaluate.fairsearch import search_rule
+from rtml.evaluate.grouprule import GroupRule
 from rtml.features import sensitive_frame, target_vector, to_frame
+from rtml.ingest.produce import build
 from rtml.reports import model_card_html
-from rtml.spec import FairnessGate
+from rtml.spec import FairnessGate, load_spec
 from rtml.train import fit_pipeline, oof_scores, split_holdout
+
+CREDIT_SPEC = Path(__file__).resolve().parents[3] / "rtml" / "examples" / "credit_risk.yaml"
+SEEDS = range(8)
 
 
 def _noisy(seed: int = 0, n: int = 2000):
@@ -105,6 +113,24 @@ def test_the_spec_chooses_estimate_or_interval_bound():
     assert "interval" in (di["strict_bound"]["reason"] or "")
 
 
+def test_small_groups_are_reported_but_do_not_gate():
+    rng = np.random.default_rng(0)
+    n = 600
+    groups = pd.Series(np.where(np.arange(n) < 10, "tiny", np.where(np.arange(n) % 2, "a", "b")))
+    y = rng.integers(0, 2, n)
+    y_pred = y.copy()
+    y_pred[:10] = 1  # the tiny group is always selected: wildly different, but only 10 rows
+    res = attribute_fairness("g", y, y_pred, groups, FairnessGate(min_group_size=30))
+    tiny = next(r for r in res["groups"] if r["group"] == "tiny")
+    assert tiny["gating"] is False and tiny["count"] == 10 and tiny["selection_rate"] == 1.0
+    assert res["small_groups"] == ["tiny"] and sorted(res["gating_groups"]) == ["a", "b"]
+    mask = groups != "tiny"
+    assert res["demographic_parity_ratio"] == pytest.approx(
+        demographic_parity_ratio(y[mask], y_pred[mask], sensitive_features=groups[mask])
+    )
+    assert res["passed"] is True
+
+
 @pytest.fixture(scope="module")
 def biased():
     """Toy data where the outcome's base rate differs by region: demographic parity alone would
@@ -122,38 +148,6 @@ def biased():
         "y_train": target_vector(train[spec.target.name], spec),
         "scores": pipe.predict_proba(to_frame(hold, spec))[:, 1],
     }
-
-
-def test_search_meets_every_limit_on_every_attribute_per_fairlearn(biased):
-    spec, gate = biased["spec"], biased["spec"].gates.fairness
-    sens = sensitive_frame(biased["train"], spec)
-    args = (biased["oof"], biased["y_train"], sens, gate, spec.gates.quality.decision_threshold, 7)
-    rule, report = search_rule(*args, holdout_rows=len(biased["hold"]))
-    again, _ = search_rule(*args, holdout_rows=len(biased["hold"]))
-    assert rule is not None, report["reason"]
-    assert again.to_dict() == rule.to_dict()  # deterministic
-    names = {c["candidate"] for c in report["candidates"]}
-    assert any("ThresholdOptimizer(demographic_parity)" in n for n in names)
-    assert any("ThresholdOptimizer(equalized_odds)" in n for n in names)
-    assert any(n.startswith("joint search") for n in names)
-    chosen = next(c for c in report["candidates"] if c["candidate"] == report["chosen"])
-    assert chosen["meets_limits"] and chosen["within_quality_loss"]
-    # the numbers the search judged are fairlearn's on the rule's decisions of the fit rows
-    decided = rule.decide(biased["oof"], rule.keys(sens))
-    for attr in sens.columns:
-        g = sens[attr]
-        di = demographic_parity_ratio(biased["y_train"], decided, sensitive_features=g)
-        eo = equal_opportunity_difference(biased["y_train"], decided, sensitive_features=g)
-        eodds = equalized_odds_difference(biased["y_train"], decided, sensitive_features=g)
-        got = chosen["attributes"][attr]
-        assert got["di"] == pytest.approx(di, abs=1e-6) and di >= gate.disparate_impact_min
-        assert got["eo"] == pytest.approx(eo, abs=1e-6) and eo <= gate.equal_opportunity_diff_max
-        assert got["eodds"] == pytest.approx(eodds, abs=1e-6) and eodds <= gate.equalized_odds_diff_max
-    # the kept one is the best-quality qualifying candidate among the most likely to pass
-    ok = [c for c in report["candidates"] if c["meets_limits"] and c["within_quality_loss"]]
-    top = max(c["pass_rate"] for c in ok)
-    assert chosen["pass_rate"] >= top - 0.05
-    assert chosen["quality"] == max(c["quality"] for c in ok if c["pass_rate"] >= top - 0.05)
 
 
 def test_no_candidate_within_the_quality_budget_means_not_mitigated(biased):
@@ -203,3 +197,54 @@ def test_model_card_shows_groups_with_intervals_plain_vs_mitigated(biased):
     lo, hi = south["selection_rate_ci"]
     assert f"{south['selection_rate']:.3f} [{lo:.2f}, {hi:.2f}]" in card
     assert "Kept:" in card and "pass rate" in card
+
+
+# --- the credit demo over the replay seeds ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def outcomes():
+    spec = load_spec(CREDIT_SPEC)
+    gate, t = spec.gates.fairness, spec.gates.quality.decision_threshold
+    out = {}
+    for seed in SEEDS:
+        events, labels = build(spec, seed=seed, start=datetime(2026, 1, 1, tzinfo=UTC))
+        frame = events.merge(labels[[spec.event_id, spec.target.name]], on=spec.event_id)
+        train, hold = split_holdout(frame, spec)
+        pipe = fit_pipeline(spec, train, spec.model.random_state)
+        oof = oof_scores(spec, train, spec.model.random_state)
+        scores = pipe.predict_proba(to_frame(hold, spec))[:, 1]
+        y = target_vector(hold[spec.target.name], spec)
+        sens = sensitive_frame(hold, spec)
+        res = evaluate_fairness(
+            y, scores, sens, gate, t,
+            train=(oof, target_vector(train[spec.target.name], spec), sensitive_frame(train, spec)),
+            random_state=spec.model.random_state,
+        )
+        out[seed] = {"res": res, "y": y, "sens": sens, "scores": scores}
+    return spec, out
+
+
+def test_mitigated_variant_passes_the_shipped_gate_on_the_replay_seeds(outcomes):
+    spec, out = outcomes
+    summary = {}
+    for seed, o in out.items():
+        res = o["res"]
+        assert res["passed"] is False  # the plain model fails fairness: mitigation is needed
+        assert res["mitigation"]["mitigated"], (seed, res["mitigation"]["reason"])
+        mit = {a: r["mitigated"] for a, r in res["attributes"].items()}
+        summary[seed] = {a: (m["passed"], m["demographic_parity_ratio"], m["equal_opportunity_difference"],
+                             m["equalized_odds_difference"]) for a, m in mit.items()}
+        # the gate's numbers are fairlearn's on the variant's decisions
+        rule = res["mitigation"]["rule"]
+        decided = GroupRule.from_dict(rule).decide(o["scores"], GroupRule.from_dict(rule).keys(o["sens"]))
+        for a in o["sens"].columns:
+            keep = np.isin(o["sens"][a], mit[a]["gating_groups"])
+            assert mit[a]["demographic_parity_ratio"] == pytest.approx(
+                demographic_parity_ratio(o["y"][keep], decided[keep], sensitive_features=o["sens"][a][keep])
+            )
+    print("credit_data mitigated variant per seed (passed, DI, EO diff, EOdds):", summary)
+    passed = [s for s, attrs in summary.items() if all(v[0] for v in attrs.values())]
+    # Replay seed 0 is the demo's (tests/e2e): it must pass. Over the 8 seeds at least 7 pass on the
+    # point estimate: seed 1's holdout has a 34-row 'separated' group (base rate 0.53 vs 0.22) whose
+    # selection rate is noise at that size (95% interval of its DI [0.50, 0.78]).
+    assert 0 in passed
+    assert len(passed) >= 7, summary
