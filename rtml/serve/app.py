@@ -20,6 +20,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("rtml.serve.app")
 
 
+_MLFLOW_ERROR_CODES = {400: "BAD_REQUEST", 413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST",
+                       503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def error_body(err: RequestError, status: int, request_id: str, mlflow_protocol: bool) -> dict[str, Any]:
+    """A refused request's answer: rtml's (the field and the problem), or MLflow's error shape."""
+    if not mlflow_protocol:
+        return {**err.body(), "request_id": request_id}
+    body: dict[str, Any] = {"error_code": _MLFLOW_ERROR_CODES.get(status, "BAD_REQUEST"), "message": err.message,
+                            "request_id": request_id}
+    if err.field is not None:
+        body["field"] = err.field
+    return body
+
+
 def create_app(server: ModelServer, token: str):
     """A Starlette app around ``server``; the token guards predict, model info and admin routes."""
     import orjson
@@ -73,38 +88,14 @@ def create_app(server: ModelServer, token: str):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def predict(request: Request) -> Response:
-        t0 = time.perf_counter()
-        cur = server.current
-        version = cur.version if cur else "none"
-        if (refused := refuse(request, version)) is not None:
-            return refused
-        request_id = request_id_of(request)
-        try:
-            check_content_type(request.headers.get("content-type"))
-            records, single = parse_body(await read_body(request))
-            out = await server.predict(records, single, request_id)
-        except RequestError as err:
-            m.requests.labels(version, str(err.status)).inc()
-            m.errors.labels(version, "unavailable" if err.status == 503 else "validation").inc()
-            return jr({**err.body(), "request_id": request_id}, err.status, err.headers())
-        except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
-            log.exception("predict failed")
-            m.requests.labels(version, "500").inc()
-            m.errors.labels(version, "internal").inc()
-            return jr({"error": f"internal error: {type(err).__name__}", "request_id": request_id}, 500)
-        version = out["version"]
-        m.requests.labels(version, "200").inc()
-        m.latency.labels(version).observe(time.perf_counter() - t0)
-        return jr(out, headers={"x-request-id": request_id, "x-model-version": version})
-
     def request_id_of(request: Request) -> str:
         rid = request.headers.get("x-request-id")
         # a client's id is echoed and logged: printable, short, or we make our own
         return rid if rid and len(rid) <= 128 and rid.isprintable() and rid.isascii() else uuid.uuid4().hex
 
-    async def invocations(request: Request) -> Response:
-        """MLflow's scoring protocol, answered like ``mlflow models serve``: ``{"predictions": [...]}``."""
+    async def score(request: Request, mlflow_protocol: bool) -> Response:
+        """One scoring request: rtml's ``/v1/predict``, or MLflow's ``/invocations`` answered like
+        ``mlflow models serve`` (``{"predictions": [...]}``, errors as ``{"error_code", "message"}``)."""
         t0 = time.perf_counter()
         cur = server.current
         version = cur.version if cur else "none"
@@ -113,30 +104,38 @@ def create_app(server: ModelServer, token: str):
         request_id = request_id_of(request)
         try:
             check_content_type(request.headers.get("content-type"))
-            records, where = parse_invocation(load_json(await read_body(request)))
-            out = await server.predict(records, False, request_id, native=True, prefix=where)
+            body = await read_body(request)
+            if mlflow_protocol:
+                records, where = parse_invocation(load_json(body))
+                out = await server.predict(records, False, request_id, native=True, prefix=where)
+            else:
+                records, single = parse_body(body)
+                out = await server.predict(records, single, request_id)
         except RequestError as err:
-            # MLflow answers every bad input with 400 and {"error_code", "message"}
-            status = 400 if err.status == 422 else err.status
+            # MLflow answers every bad input with 400
+            status = 400 if mlflow_protocol and err.status == 422 else err.status
             m.requests.labels(version, str(status)).inc()
             m.errors.labels(version, "unavailable" if status == 503 else "validation").inc()
-            code = {400: "BAD_REQUEST", 413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST",
-                    503: "TEMPORARILY_UNAVAILABLE"}.get(status, "BAD_REQUEST")
-            body = {"error_code": code, "message": err.message, "request_id": request_id}
-            if err.field is not None:
-                body["field"] = err.field
-            return jr(body, status, err.headers())
+            return jr(error_body(err, status, request_id, mlflow_protocol), status, err.headers())
         except Exception as err:  # noqa: BLE001 - a real server fault: 500, logged, counted
-            log.exception("invocations failed")
+            log.exception("%s failed", "invocations" if mlflow_protocol else "predict")
             m.requests.labels(version, "500").inc()
             m.errors.labels(version, "internal").inc()
-            return jr({"error_code": "INTERNAL_ERROR", "message": f"internal error: {type(err).__name__}",
-                       "request_id": request_id}, 500)
+            message = f"internal error: {type(err).__name__}"
+            return jr({"error_code": "INTERNAL_ERROR", "message": message, "request_id": request_id}
+                      if mlflow_protocol else {"error": message, "request_id": request_id}, 500)
         version = out["version"]
         m.requests.labels(version, "200").inc()
         m.latency.labels(version).observe(time.perf_counter() - t0)
-        return jr({"predictions": out["predictions"]},
+        return jr({"predictions": out["predictions"]} if mlflow_protocol else out,
                   headers={"x-request-id": request_id, "x-model-version": version})
+
+    async def predict(request: Request) -> Response:
+        return await score(request, mlflow_protocol=False)
+
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol (``dataframe_split``, ``dataframe_records``, ``instances``)."""
+        return await score(request, mlflow_protocol=True)
 
     async def ping(request: Request) -> Response:
         # as mlflow models serve: 200 once a model is loaded, else 404 (its clients wait on this)
