@@ -1,17 +1,19 @@
-"""The serving app in-process with in-memory models: bad payloads, auth, batching, hot swap, smoke check."""
+"""rtml.serve.app: the routes in-process (Starlette's test client, an in-memory registry): bad payloads
+are 4xx naming the field, the bearer token guards predict, model and admin routes, readiness,
+MLflow's /invocations protocol and /ping, request ids, body limits, JSON 404/405."""
 
 from __future__ import annotations
 
-import math
-import threading
 import time
-from typing import Any
 
 import numpy as np
 import pytest
 from support.serving import AUTH, FakeSource, good_record, make_client, wait_until
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+    pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method"),  # mlflow, about the wrapper
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,9 @@ def served(spec, fitted):
     with client:
         assert wait_until(lambda: server.ready)
         yield server, client
+
+
+_DROP = object()
 
 
 def _with(rec, **kw):
@@ -97,141 +102,6 @@ def test_auth_required_on_predict_model_and_admin(spec, served):
         assert client.get(path).status_code == 200, path
 
 
-def test_single_and_batch_answers_match_offline_predictions(spec, served, fitted, data):
-    from rtml.serve.source import frame_to_records
-
-    raw, X = data
-    _, client = served
-    rows = frame_to_records(raw[spec.feature_names].head(30))
-    # Rows with NaN in non-nullable features would be refused; the dataset's nulls are all in nullable ones.
-    offline = fitted.predict_proba(X.head(30))[:, 1]
-    r = client.post("/v1/predict", json={"records": rows}, headers=AUTH)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["version"] == "1" and body["request_id"]
-    scores = np.array([p["score"] for p in body["predictions"]])
-    np.testing.assert_array_equal(scores, offline)  # bit-for-bit: the fast path replays the pipeline
-    thr = spec.gates.quality.decision_threshold
-    assert [p["label"] for p in body["predictions"]] == ["bad" if s >= thr else "good" for s in offline]
-    one = client.post("/v1/predict", json=rows[3], headers={**AUTH, "x-request-id": "abc"}).json()
-    assert one["request_id"] == "abc" and one["version"] == "1"
-    assert client.get("/v1/model", headers=AUTH).json()["fast_path"] is True
-    assert math.isclose(one["score"], offline[3], abs_tol=1e-12)
-
-
-def test_concurrent_single_requests_are_batched_and_exact(spec, fitted, data):
-    """Threads posting at once: answers equal offline scores and at least one model call had >1 row."""
-    from rtml.serve.source import frame_to_records
-
-    raw, X = data
-    rows = frame_to_records(raw[spec.feature_names].head(64))
-    offline = fitted.predict_proba(X.head(64))[:, 1]
-    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
-    server, client = make_client(spec, source, max_wait_ms=50)
-    results: dict[int, float] = {}
-    with client:
-        assert wait_until(lambda: server.ready)
-
-        def worker(idx: list[int]):
-            for i in idx:
-                r = client.post("/v1/predict", json=rows[i], headers=AUTH)
-                assert r.status_code == 200
-                results[i] = r.json()["score"]
-
-        threads = [threading.Thread(target=worker, args=(list(range(k, 64, 8)),)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        metrics = client.get("/metrics").text
-    assert sorted(results) == list(range(64))
-    np.testing.assert_allclose([results[i] for i in range(64)], offline, rtol=0, atol=1e-12)
-    # The batch-size histogram: some model call scored more than one request's row.
-    def value(prefix: str) -> float:
-        return float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(prefix)))
-
-    calls, single_row_calls = value("rtml_batch_rows_count"), value('rtml_batch_rows_bucket{le="1.0"}')
-    assert single_row_calls < calls < 64
-    assert 'rtml_predict_requests_total{status="200",version="1"}' in metrics
-
-
-def test_hot_swap_skips_broken_and_failing_versions(spec, fitted):
-    class NaNModel:
-        classes_ = np.array([0, 1])
-
-        def predict_proba(self, df):
-            return np.full((len(df), 2), np.nan)
-
-    source = FakeSource(
-        spec,
-        {"1": fitted, "2": RuntimeError("artifact is corrupt"), "3": NaNModel(), "4": fitted},
-        {"champion": "1"},
-    )
-    server, client = make_client(spec, source)
-    rec = good_record(spec)
-    with client:
-        assert client.get("/ready").status_code in (200, 503)
-        assert wait_until(lambda: server.ready)
-        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "1"
-        # A version that cannot be loaded is not served; the failure is reported.
-        source.aliases["champion"] = "2"
-        out = client.post("/admin/reload", headers=AUTH).json()
-        assert out["swapped"] is False and out["version"] == "1"
-        info = client.get("/v1/model", headers=AUTH).json()
-        assert info["version"] == "1" and info["last_error"]["version"] == "2"
-        assert "corrupt" in info["last_error"]["error"]
-        # A version that loads but gives NaN scores fails its smoke check: not served either.
-        source.aliases["champion"] = "3"
-        out = client.post("/admin/reload", headers=AUTH).json()
-        assert out["version"] == "1" and out["last_error"]["version"] == "3"
-        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "1"
-        # A good version is swapped in by the poller alone (no reload call).
-        source.aliases["champion"] = "4"
-        assert wait_until(lambda: client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "4")
-        # The poller does not retry a failed version on every round.
-        source.aliases["champion"] = "2"
-        time.sleep(0.3)
-        assert source.loads.count("2") == 1  # only the forced reload above tried it
-        assert client.post("/v1/predict", json=rec, headers=AUTH).json()["version"] == "4"
-
-
-def test_shadow_scores_and_prediction_log(tmp_path, spec, fitted, data):
-    from rtml.lake import Lake
-    from rtml.settings import Settings
-    from rtml.storage import LocalStore
-
-    raw, X = data
-    settings = Settings(home=tmp_path, storage="local")
-    lake = Lake(settings, LocalStore(tmp_path / "lake"))
-    source = FakeSource(spec, {"1": fitted, "2": fitted}, {"champion": "1", "challenger": "2"})
-    server, client = make_client(spec, source, lake=lake)
-    rec = good_record(spec)
-    with client:
-        assert wait_until(lambda: server.ready and server.shadow is not None)
-        ids = []
-        for i in range(5):
-            r = client.post("/v1/predict", json={**rec, "event_id": f"e{i}"}, headers=AUTH)
-            assert r.status_code == 200
-            ids.append(r.json()["request_id"])
-        r = client.post("/v1/predict", json={"records": [rec, rec]}, headers=AUTH)
-        ids.append(r.json()["request_id"])
-        assert client.get("/v1/model", headers=AUTH).json()["shadow"]["version"] == "2"
-    # After a clean shutdown every answered prediction is in the lake, one row each.
-    preds = lake.read_batches(spec.dataset.name, "predictions")
-    assert len(preds) == 7
-    assert sorted(set(preds["request_id"])) == sorted(ids)
-    assert set(preds["version"]) == {"1"}
-    assert list(preds.loc[preds["event_id"].notna(), "event_id"]) == [f"e{i}" for i in range(5)]
-    assert preds["Age"].dtype == "float64" and (preds["score"].between(0, 1)).all()
-    manifests = lake.manifests(spec.dataset.name, "predictions")
-    assert sum(m["records_in"] for m in manifests) == 7
-    assert all(m["schema_hash"] == spec.schema_hash() and m["files"] for m in manifests)
-    shadow = lake.read_batches(spec.dataset.name, "shadow")
-    assert len(shadow) == 7
-    assert set(shadow["version"]) == {"2"} and set(shadow["champion_version"]) == {"1"}
-    np.testing.assert_allclose(shadow["score"], shadow["champion_score"])  # same model, same rows
-
-
 def test_not_ready_without_champion(spec, fitted):
     source = FakeSource(spec, {"1": fitted}, {})
     server, client = make_client(spec, source)
@@ -245,153 +115,123 @@ def test_not_ready_without_champion(spec, fitted):
         assert client.get("/health").status_code == 200
 
 
-def test_fast_path_is_exact_or_not_used(spec, fitted, data):
-    """The numpy replay equals the pipeline bit for bit, missing values included; unknown shapes opt out."""
-    from sklearn.linear_model import LogisticRegression
-
-    from rtml.serve.fastpath import compile_fast_path
+# --- POST /invocations ---------------------------------------------------------------------------
+def test_invocations_answers_like_mlflow_models_serve(spec, fitted, data):
     from rtml.serve.source import frame_to_records
-    from rtml.serve.validation import RecordValidator
 
     raw, X = data
-    validator = RecordValidator(spec)
-    rows = frame_to_records(raw[spec.feature_names].head(200))
-    assert any(r["Income"] is None for r in rows) and any(r["Home"] is None for r in rows)
-    cols, _ = validator.validate(rows, single=False)
-    fast = compile_fast_path(fitted, validator.columns, validator.numeric, spec.target.positive)
-    assert fast is not None
-    np.testing.assert_array_equal(fast(cols), fitted.predict_proba(validator.frame(cols))[:, 1])
-    np.testing.assert_array_equal(fast(cols), fitted.predict_proba(X.head(200))[:, 1])
-    # Not a Pipeline(ColumnTransformer, classifier): no fast path.
-    assert compile_fast_path(LogisticRegression(), validator.columns, validator.numeric, "bad") is None
-
-
-class GroupDecider:
-    """A pyfunc-like model deciding per group, as the fairness-mitigated variant does: ``predict``
-    returns ``score`` (the plain pipeline's) and ``label`` (1 for every ``Home == "rent"`` row,
-    else score >= 0.9), so its labels disagree with the global threshold on both sides."""
-
-    def __init__(self, pipe, label=None) -> None:
-        self.pipe = pipe
-        self.calls = 0
-        self.label = label  # override the label column (a broken model), or drop it with False
-
-    def predict(self, df):
-        import pandas as pd
-
-        self.calls += 1
-        scores = self.pipe.predict_proba(df)[:, 1]
-        labels = np.where(df["Home"].to_numpy() == "rent", 1, (scores >= 0.9).astype("int64"))
-        out = pd.DataFrame({"score": scores, "label": labels.astype("int64")})
-        if self.label is False:
-            return out[["score"]]
-        if self.label is not None:
-            out["label"] = self.label
-        return out
-
-
-def mitigated_model(spec, version: str, pyfunc) -> Any:
-    from rtml.serve.model import LoadedModel, outputs_for_pyfunc, scores_of
-    from rtml.serve.validation import RecordValidator
-
-    outputs = outputs_for_pyfunc(pyfunc, spec.target.positive)
-    return LoadedModel(
-        name="credit_risk", version=version, score=scores_of(outputs), validator=RecordValidator(spec),
-        samples=[good_record(spec)], flavor="pyfunc", outputs=outputs, variant="mitigated", own_labels=True,
-    )
-
-
-def test_model_labels_replace_the_threshold_in_answers_logs_and_shadow(tmp_path, spec, fitted, data):
-    from rtml.lake import Lake
-    from rtml.serve.source import frame_to_records
-    from rtml.settings import Settings
-    from rtml.storage import LocalStore
-
-    raw, X = data
-    rows = frame_to_records(raw[spec.feature_names].head(60))
-    decider = GroupDecider(fitted)
-    expected = GroupDecider(fitted).predict(X.head(60))
-    thr = spec.gates.quality.decision_threshold
-    by_threshold = expected["score"].to_numpy() >= thr
-    assert (expected["label"].to_numpy() != by_threshold).any()  # the test can tell the two rules apart
-    want = ["bad" if x == 1 else "good" for x in expected["label"]]
-
-    lake = Lake(Settings(home=tmp_path, storage="local"), LocalStore(tmp_path / "lake"))
-    source = FakeSource(spec, {"m": mitigated_model(spec, "m", decider), "p": fitted},
-                        {"champion": "m", "challenger": "p"})
-    server, client = make_client(spec, source, lake=lake)
+    rows = frame_to_records(raw[spec.feature_names].head(7))
+    proba = fitted.predict_proba(X.head(7)).tolist()  # what mlflow's pyfunc (predict_fn=predict_proba) returns
+    cols = spec.feature_names
+    bodies = [
+        {"dataframe_records": rows},
+        {"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in rows]}},
+        {"dataframe_split": {"index": list(range(7)), "columns": cols, "data": [[r[c] for c in cols] for r in rows]}},
+        {"instances": rows},
+        {"inputs": {c: [r[c] for r in rows] for c in cols}},
+        {"dataframe_records": rows, "params": {}},
+    ]
+    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
+    server, client = make_client(spec, source)
     with client:
-        assert wait_until(lambda: server.ready and server.shadow is not None)
-        before = decider.calls
-        r = client.post("/v1/predict", json={"records": rows}, headers=AUTH)
-        assert r.status_code == 200, r.text
-        assert decider.calls == before + 1  # scores AND labels from one model call
-        body = r.json()
-        np.testing.assert_allclose([p["score"] for p in body["predictions"]], expected["score"], rtol=0, atol=1e-12)
-        assert [p["label"] for p in body["predictions"]] == want
-        one = client.post("/v1/predict", json=rows[5], headers=AUTH).json()
-        assert one["label"] == want[5]
-        info = client.get("/v1/model", headers=AUTH).json()
-        assert info["variant"] == "mitigated" and info["decisions"] == "model labels" and info["flavor"] == "pyfunc"
-        assert info["shadow"]["variant"] == "plain" and info["shadow"]["decisions"] == "global threshold"
-    preds = lake.read_batches(spec.dataset.name, "predictions")
-    batch = preds[preds["request_id"] == body["request_id"]].sort_values("row")
-    assert list(batch["label"]) == want
-    shadow = lake.read_batches(spec.dataset.name, "shadow")
-    sb = shadow[shadow["request_id"] == body["request_id"]].sort_values("row")
-    assert list(sb["champion_label"]) == want
-    assert list(sb["label"]) == ["bad" if b else "good" for b in by_threshold]  # the plain challenger
+        assert wait_until(lambda: server.ready)
+        for body in bodies:
+            r = client.post("/invocations", json=body, headers=AUTH)
+            assert r.status_code == 200, (body.keys(), r.text)
+            assert list(r.json()) == ["predictions"] and r.headers["x-model-version"] == "1"
+            np.testing.assert_array_equal(np.array(r.json()["predictions"]), np.array(proba))
+        bad = [
+            ({}, None), ({"dataframe_records": rows, "instances": rows}, "instances"), ({"records": rows}, "records"),
+            ([rows[0]], None), ({"dataframe_split": {"columns": cols, "data": [[1, 2]]}}, "dataframe_split.data[0]"),
+            ({"dataframe_split": {"columns": [*cols, cols[0]], "data": []}}, "dataframe_split.columns"),
+            ({"dataframe_records": [{**rows[0], "Age": "x"}]}, "dataframe_records[0].Age"),
+            ({"dataframe_split": {"columns": cols, "data": [[r[c] for c in cols] for r in rows[:1]] * 2 + [
+                [None] * len(cols)]}}, "dataframe_split.data[2].Seniority"),
+            ({"instances": {"Age": [1, 2], "Home": [None]}}, "instances"),
+            ({"dataframe_records": rows, "params": 3}, "params"),
+        ]
+        for body, field in bad:
+            r = client.post("/invocations", json=body, headers=AUTH)
+            assert r.status_code == 400, (body, r.text)
+            assert r.json()["error_code"] == "BAD_REQUEST" and r.json()["message"]
+            assert r.json().get("field") == field, r.json()
+        assert client.post("/invocations", content=b"a,b\n1,2", headers={**AUTH, "content-type": "text/csv"}
+                           ).status_code == 415
+        assert client.post("/invocations", json={"dataframe_records": rows}).status_code == 401
+        # what MLflow's scoring-server clients poll before they invoke
+        assert client.get("/ping").status_code == 200 and client.get("/version").text.startswith("3.")
 
 
-def test_mitigated_shadow_logs_its_own_labels(tmp_path, spec, fitted, data):
-    from rtml.lake import Lake
+def test_mitigated_invocations_answer_score_and_label_records(spec, data, mitigated):
     from rtml.serve.source import frame_to_records
-    from rtml.settings import Settings
-    from rtml.storage import LocalStore
 
     raw, X = data
-    rows = frame_to_records(raw[spec.feature_names].head(40))
-    expected = GroupDecider(fitted).predict(X.head(40))
-    lake = Lake(Settings(home=tmp_path, storage="local"), LocalStore(tmp_path / "lake"))
-    source = FakeSource(spec, {"p": fitted, "m": mitigated_model(spec, "m", GroupDecider(fitted))},
-                        {"champion": "p", "challenger": "m"})
-    server, client = make_client(spec, source, lake=lake)
+    model, inner = mitigated()
+    rows = frame_to_records(raw[spec.feature_names].head(9))
+    want = inner.predict(None, X.head(9))
+    source = FakeSource(spec, {"m": model}, {"champion": "m"})
+    server, client = make_client(spec, source)
     with client:
-        assert wait_until(lambda: server.ready and server.shadow is not None)
-        rid = client.post("/v1/predict", json={"records": rows}, headers=AUTH).json()["request_id"]
-    sb = lake.read_batches(spec.dataset.name, "shadow")
-    sb = sb[sb["request_id"] == rid].sort_values("row")
-    assert list(sb["label"]) == ["bad" if x == 1 else "good" for x in expected["label"]]
-    thr = spec.gates.quality.decision_threshold
-    assert list(sb["champion_label"]) == ["bad" if s >= thr else "good" for s in expected["score"]]
+        assert wait_until(lambda: server.ready)
+        assert client.get("/v1/model", headers=AUTH).json()["fast_path"] is True  # enabled on load
+        r = client.post("/invocations", json={"dataframe_records": rows}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"] == want.to_dict(orient="records")
 
 
-def test_smoke_check_refuses_a_deciding_model_without_good_labels(spec, fitted):
-    from rtml.serve.model import SmokeCheckError
-    from rtml.serve.source import smoke_check
+def test_request_ids_are_echoed_only_when_printable_and_short(spec, served):
+    _, client = served
+    rec = good_record(spec)
+    r = client.post("/v1/predict", json=rec, headers={**AUTH, "x-request-id": "order-17"})
+    assert r.json()["request_id"] == "order-17" and r.headers["x-request-id"] == "order-17"
+    assert r.headers["x-model-version"] == "1"
+    for bad in ("x" * 129, "tab\there"):
+        r = client.post("/v1/predict", json=rec, headers={**AUTH, "x-request-id": bad})
+        rid = r.json()["request_id"]
+        assert rid != bad and len(rid) == 32 and int(rid, 16) >= 0  # one of ours (uuid4 hex)
 
-    assert smoke_check(mitigated_model(spec, "ok", GroupDecider(fitted))) == 1
-    for bad, why in ((False, "no 'label' column"), (2, "0/1"), (0.5, "0/1")):
-        with pytest.raises(SmokeCheckError, match=why):
-            smoke_check(mitigated_model(spec, "bad", GroupDecider(fitted, label=bad)))
+
+def test_body_limits_are_checked_before_reading(spec, served):
+    server, client = served
+    limit = server.config.max_body_bytes
+    r = client.post("/v1/predict", content=b"{}", headers={**AUTH, "content-length": str(limit + 1)})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    r = client.post("/v1/predict", content=b"{}", headers={**AUTH, "content-length": "lots"})
+    assert r.status_code == 400 and r.json()["field"] == "content-length"
+    r = client.post("/v1/predict", content=b"a,b", headers={**AUTH, "content-type": "text/csv"})
+    assert r.status_code == 415 and r.json()["field"] == "content-type"
 
 
-def test_pyfunc_outputs_take_scores_and_labels_from_one_frame():
-    import pandas as pd
+def test_unknown_routes_and_methods_answer_json(served):
+    _, client = served
+    r = client.get("/v2/nothing")
+    assert r.status_code == 404 and "/v2/nothing" in r.json()["error"]
+    r = client.get("/v1/predict", headers=AUTH)
+    assert r.status_code == 405 and "GET" in r.json()["error"]
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] is True and ready["version"] == "1"
 
-    from rtml.serve.model import outputs_for_pyfunc
 
-    class Fixed:
-        def __init__(self, out):
-            self.out = out
+def test_a_model_failure_is_a_500_without_details(spec, fitted):
+    class Broken:
+        classes_ = np.array([0, 1])
 
-        def predict(self, df):
-            return self.out
+        def __init__(self) -> None:
+            self.fail = False
 
-    scores, labels = outputs_for_pyfunc(Fixed(pd.DataFrame({"score": [0.2, 0.9], "label": [1, 0]})), "bad")(None)
-    assert scores.tolist() == [0.2, 0.9] and labels.tolist() == [1, 0] and labels.dtype == np.int64
-    # no score-like column: the last column that is not the label
-    scores, labels = outputs_for_pyfunc(Fixed(pd.DataFrame({"p": [0.3], "label": [True]})), "bad")(None)
-    assert scores.tolist() == [0.3] and labels.tolist() == [1]
-    scores, labels = outputs_for_pyfunc(Fixed(np.array([[0.6, 0.4]])), "bad")(None)
-    assert scores.tolist() == [0.4] and labels is None
+        def predict_proba(self, df):
+            if self.fail:
+                raise RuntimeError("secret path /srv/model.pkl")
+            return fitted.predict_proba(df)
+
+    model = Broken()
+    server, client = make_client(spec, FakeSource(spec, {"1": model}, {"champion": "1"}))
+    with client:
+        assert wait_until(lambda: server.ready)
+        model.fail = True
+        r = client.post("/v1/predict", json=good_record(spec), headers=AUTH)
+        assert r.status_code == 500 and r.json()["error"] == "internal error: RuntimeError"
+        assert "secret" not in r.text and r.json()["request_id"]
+        r = client.post("/invocations", json={"dataframe_records": [good_record(spec)]}, headers=AUTH)
+        assert r.status_code == 500 and r.json()["error_code"] == "INTERNAL_ERROR" and "secret" not in r.text
