@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -286,15 +287,8 @@ def ingest_stream(
     lake = lake or Lake(settings)
     ds = spec.dataset.name
     key = stream or stream_key(ds, kind)
-    gaps: list[dict[str, Any]] = []
-
-    def record_gap(gap: dict[str, Any]) -> None:
-        # Same gap, same key: a retry rewrites it. Written before the group reads past the gap.
-        name = f"{gap['after_id']}-{gap['before_id']}".replace(":", "_")
-        where = f"{ds}/_gaps/{kind}/{key.replace(':', '_')}/{name}.json"
-        lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
-        gaps.append({**gap, "record": where})
-
+    gaps = _GapLog(lake, lambda g: f"{ds}/_gaps/{kind}/{key.replace(':', '_')}/"
+                                   + f"{g['after_id']}-{g['before_id']}".replace(":", "_") + ".json")
     source = RedisStreamSource(
         key,
         group=group or DEFAULT_GROUP,
@@ -304,28 +298,58 @@ def ingest_stream(
         claim_idle_ms=claim_idle_ms,
         kind=kind,
         max_deliveries=spec.ingestion.max_deliveries,
-        on_gap=record_gap,
+        on_gap=gaps.record,
     )
     contract = Contract(spec, kind)
-    # The lake must answer before any entry is claimed: a claim counts as a delivery, and an
+
+    def describe(g: dict[str, Any]) -> str:
+        lost = "an unknown number of" if g["lost_unread"] < 0 else str(g["lost_unread"])
+        return (f"stream gap in {key}: {lost} unread and {g['lost_pending']} pending entries were trimmed before "
+                f"being committed (after id {g['after_id']}, stream now starts at {g['before_id']}); see {g['record']}")
+
+    return _drain(spec, kind, source, lake, settings, max_batches, gaps, describe,
+                  read=lambda: source.read(contract, committed=lambda: _committed_ranges(lake, ds, kind, key)))
+
+
+class _GapLog:
+    """The gaps a stream source reports (entries trimmed before they were committed), each written
+    to the lake before the source reads past it. Same gap, same key: a retry rewrites it."""
+
+    def __init__(self, lake: Any, key_of: Callable[[dict[str, Any]], str]):
+        self.lake, self.key_of = lake, key_of
+        self.found: list[dict[str, Any]] = []
+
+    def record(self, gap: dict[str, Any]) -> None:
+        where = self.key_of(gap)
+        self.lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
+        self.found.append({**gap, "record": where})
+
+
+def _drain(
+    spec: Any, kind: str, source: Any, lake: Any, settings: Settings, max_batches: int, gaps: _GapLog,
+    describe: Callable[[dict[str, Any]], str], read: Callable[[], Any], close: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Up to ``max_batches`` batches from a stream source into the lake; the totals, gap alerts first-class."""
+    ds = spec.dataset.name
+    # The lake must answer before any entry is handed out: a delivery is counted then, and an
     # unreachable lake must not turn good entries into dead letters.
     lake.store.list(f"{ds}/_manifests/{kind}")
     batches = []
-    for _ in range(max_batches):
-        batch = source.read(contract, committed=lambda: _committed_ranges(lake, ds, kind, key))
-        if batch is None:
-            break
-        batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+    try:
+        for _ in range(max_batches):
+            batch = read()
+            if batch is None:
+                break
+            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+    finally:
+        if close is not None:
+            close()
     out = _totals(ds, kind, batches)
-    if gaps:
-        out["gaps"] = gaps
-        for g in gaps:
-            lost = "an unknown number of" if g["lost_unread"] < 0 else str(g["lost_unread"])
-            out["alerts"].append(
-                f"stream gap in {key}: {lost} unread and {g['lost_pending']} pending entries were trimmed before "
-                f"being committed (after id {g['after_id']}, stream now starts at {g['before_id']}); see {g['record']}"
-            )
-        out["message"] += "".join(f"\n  ALERT {a}" for a in out["alerts"] if a.startswith("stream gap"))
+    if gaps.found:
+        out["gaps"] = gaps.found
+        alerts = [describe(g) for g in gaps.found]
+        out["alerts"].extend(alerts)
+        out["message"] += "".join(f"\n  ALERT {a}" for a in alerts)
     return out
 
 
@@ -488,14 +512,8 @@ def ingest_kafka(
     # One group per topic (as a Redis group belongs to one stream): static members of other
     # topics in the same group would hold up every rebalance until their session expires.
     group = group or f"{DEFAULT_GROUP}.{topic}"
-    gaps: list[dict[str, Any]] = []
-
-    def record_gap(gap: dict[str, Any]) -> None:
-        where = (f"{ds}/_gaps/{kind}/kafka_{_TOPIC_CHARS.sub('_', topic)}/"
-                 f"p{gap['partition']}-{gap['after_offset']}-{gap['before_offset']}.json")
-        lake.store.put(where, json.dumps(gap, sort_keys=True, indent=2).encode())
-        gaps.append({**gap, "record": where})
-
+    gaps = _GapLog(lake, lambda g: f"{ds}/_gaps/{kind}/kafka_{_TOPIC_CHARS.sub('_', topic)}/"
+                                   f"p{g['partition']}-{g['after_offset']}-{g['before_offset']}.json")
     source = KafkaSource(
         topic,
         store=lake.store,
@@ -506,30 +524,18 @@ def ingest_kafka(
         max_wait=max_wait,
         kind=kind,
         max_deliveries=spec.ingestion.max_deliveries,
-        on_gap=record_gap,
+        on_gap=gaps.record,
         is_committed=lambda bid: lake.store.exists(lake.manifest_key(ds, kind, bid)),
         instance_id=instance_id,
     )
     contract = Contract(spec, kind)
-    # The lake must answer before a batch is handed out (see KafkaSource: deliveries are counted there).
-    lake.store.list(f"{ds}/_manifests/{kind}")
-    batches = []
-    try:
-        for _ in range(max_batches):
-            batch = source.read(contract)
-            if batch is None:
-                break
-            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
-    finally:
-        source.close()
-    out = _totals(ds, kind, batches)
-    out["topic"] = topic
-    if gaps:
-        out["gaps"] = gaps
-        for g in gaps:
-            out["alerts"].append(
-                f"kafka gap in {topic}[{g['partition']}]: {g['lost_unread']} unread and {g['lost_pending']} read but "
+
+    def describe(g: dict[str, Any]) -> str:
+        return (f"kafka gap in {topic}[{g['partition']}]: {g['lost_unread']} unread and {g['lost_pending']} read but "
                 f"uncommitted records were deleted before being committed (offsets {g['after_offset'] + 1}.."
                 f"{g['before_offset'] - 1}); see {g['record']}")
-        out["message"] += "".join(f"\n  ALERT {a}" for a in out["alerts"] if a.startswith("kafka gap"))
+
+    out = _drain(spec, kind, source, lake, settings, max_batches, gaps, describe,
+                 read=lambda: source.read(contract), close=source.close)
+    out["topic"] = topic
     return out
