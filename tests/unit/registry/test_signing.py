@@ -137,3 +137,140 @@ def test_model_digest_covers_names_and_contents(tmp_path):
     (d / "model.pkl").write_bytes(b"abc")
     (d / "sub" / "MLmodel").rename(d / "MLmodel")
     assert model_digest(d) != first
+
+
+def test_unsigned_or_digestless_tags_are_refused_naming_the_tag(settings):
+    from rtml.registry.signing import SignatureError, verify
+
+    tags = _signed(settings)
+    with pytest.raises(SignatureError, match=r"credit version 3: the gate result is not signed \(no gate.signature tag\)"):
+        verify("credit", "3", "run-abc", {k: v for k, v in tags.items() if k != "gate.signature"}, settings)
+    with pytest.raises(SignatureError, match="credit version 3: no gate.model_digest tag"):
+        verify("credit", "3", "run-abc", {**tags, "gate.model_digest": ""}, settings)
+
+
+def test_public_key_as_pem_text_or_file_and_a_key_of_another_kind(settings, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from rtml.registry.signing import SignatureError, load_private_key, public_key_path, verify
+
+    tags = _signed(settings)
+    pem = public_key_path(settings).read_text()
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----")
+    verify("credit", "3", "run-abc", tags, Settings(home=tmp_path / "a", storage="local", gate_public_key=pem))
+    copied = tmp_path / "copied.pub"
+    copied.write_text(pem)
+    verify("credit", "3", "run-abc", tags, Settings(home=tmp_path / "b", storage="local",
+                                                    gate_public_key_file=str(copied)))
+    other_kind = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with pytest.raises(SignatureError, match="RTML_GATE_PUBLIC_KEY is not an Ed25519 public key"):
+        verify("credit", "3", "run-abc", tags, Settings(home=tmp_path / "c", storage="local",
+                                                        gate_public_key=other_kind))
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(SignatureError, match=f"the gate public key file {garbage} is not a valid Ed25519"):
+        verify("credit", "3", "run-abc", tags, Settings(home=tmp_path / "d", storage="local",
+                                                        gate_public_key_file=str(garbage)))
+    # The private key of this side was never made up to match a configured public key.
+    with pytest.raises(SignatureError, match="RTML_GATE_PUBLIC_KEY is set but RTML_GATE_SIGNING_KEY_FILE is not"):
+        load_private_key(Settings(home=tmp_path / "e", storage="local", gate_public_key=pem))
+
+
+def test_a_signing_key_file_of_another_kind_is_refused(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from rtml.registry.signing import SignatureError, load_private_key
+
+    path = tmp_path / "ec.key"
+    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(SignatureError, match=f"RTML_GATE_SIGNING_KEY_FILE: {path} is not an Ed25519 private key"):
+        load_private_key(Settings(home=tmp_path, storage="local", gate_signing_key_file=str(path)))
+
+
+def test_verify_files_tells_a_swapped_model_from_an_edited_tag(settings, tmp_path):
+    from rtml.registry.signing import NotServable, model_digest, sign, verify_files
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.pkl").write_bytes(b"weights")
+    tags = {**GATES, **sign("credit", "3", "run-abc", model_digest(model), GATES, settings)}
+    assert verify_files("credit", "3", "run-abc", tags, model, settings) == model_digest(model)
+    with pytest.raises(NotServable) as err:
+        verify_files("credit", "3", "run-abc", {**tags, "gate.drift": "failed"}, model, settings)
+    assert (err.value.reason, err.value.version) == ("signature", "3")
+    (model / "model.pkl").write_bytes(b"other weights")
+    with pytest.raises(NotServable) as err:
+        verify_files("credit", "3", "run-abc", tags, model, settings)
+    assert err.value.reason == "digest" and "are not the ones that were evaluated" in str(err.value)
+
+
+def test_not_servable_names_each_gate_that_did_not_pass(settings):
+    from rtml.registry.signing import NotServable, check_servable
+
+    tags = {k: v for k, v in _signed(settings).items() if k != "gate.drift"}
+    tags["gate.quality"] = "failed"
+    with pytest.raises(NotServable, match=r"not every gate passed \(gate.quality=failed, gate.drift=missing\)"):
+        check_servable("credit", "3", "run-abc", tags, "challenger", settings)
+    with pytest.raises(NotServable, match="was rejected by carol"):
+        check_servable("credit", "3", "run-abc", {**_signed(settings), "approval": "no", "approval.by": "carol"},
+                       "champion", settings)
+
+
+class FakeRegistry:
+    """The MlflowClient calls write_signed_gates makes, on dicts."""
+
+    def __init__(self) -> None:
+        self.tags: dict[str, dict[str, str]] = {"3": {}}
+        self.aliases: dict[str, str] = {}
+
+    def get_model_version(self, name, version):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(run_id="run-abc", tags=dict(self.tags[str(version)]))
+
+    def set_model_version_tag(self, name, version, key, value):
+        self.tags[str(version)][key] = value
+
+    def get_model_version_by_alias(self, name, alias):
+        from types import SimpleNamespace
+
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        if alias not in self.aliases:
+            raise MlflowException(f"Registered model alias {alias} not found.", INVALID_PARAMETER_VALUE)
+        return SimpleNamespace(version=self.aliases[alias])
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.aliases[alias] = str(version)
+
+    def delete_registered_model_alias(self, name, alias):
+        del self.aliases[alias]
+
+
+def test_write_signed_gates_signs_records_and_moves_the_challenger(settings, monkeypatch):
+    from rtml.registry import audit, signing
+
+    monkeypatch.setattr(signing, "registry_digest", lambda name, version, uri: "sha256:" + "a" * 64)
+    monkeypatch.setattr(audit, "refresh_model_card", lambda *a, **k: True)
+    reg = FakeRegistry()
+    passed = {g: "passed" for g in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")}
+    signed = signing.write_signed_gates(reg, "credit", 3, passed, settings=settings)
+    assert reg.aliases == {"challenger": "3"}
+    tags = reg.tags["3"]
+    assert tags["gate.model_digest"] == "sha256:" + "a" * 64 and signed["gate.signature"] == tags["gate.signature"]
+    signing.verify("credit", "3", "run-abc", tags, settings, digest="sha256:" + "a" * 64)
+    [entry] = audit.entries(settings=settings)
+    assert (entry["action"], entry["version"], entry["details"]["passed"]) == ("gate", "3", True)
+    assert entry["details"]["signature"] == tags["gate.signature"]
+
+    signing.write_signed_gates(reg, "credit", 3, {**passed, "gate.fairness": "failed", "gate.decision": "failed"},
+                               reasons="fairness: ratio 0.61 < 0.8", settings=settings)
+    assert reg.aliases == {}  # a version that now fails stops being the challenger
+    last = audit.entries(settings=settings)[-1]
+    assert last["details"]["passed"] is False and last["reason"] == "fairness: ratio 0.61 < 0.8"
+    assert last["details"]["gates"] == {"quality": True, "fairness": False, "drift": True}
