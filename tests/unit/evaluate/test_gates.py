@@ -1,12 +1,10 @@
-"""The gates on frames (no MLflow): fairness equals fairlearn, planted bias/drift are caught, a worse
-candidate fails against the champion, training is reproducible, the reports are written."""
+"""rtml.evaluate.gates on frames (no MLflow): fairness equals fairlearn, planted bias/drift are caught,
+a worse candidate fails against the champion, the reports are written. (Training: test_train.py.)"""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 from fairlearn.metrics import (
     MetricFrame,
@@ -21,16 +19,12 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 from sklearn.metrics import precision_score
-from support.synthetic import synthetic_frame, toy_spec, write_to_lake
+from support.synthetic import synthetic_frame, toy_spec
 
-from rtml.evaluate.fairness import attribute_fairness
 from rtml.evaluate.gates import evaluate_frames, quality_gate, run_drift, run_fairness, run_quality
-from rtml.evaluate.quality import quality_metrics
 from rtml.features import sensitive_groups, target_vector, to_frame
-from rtml.lake import Lake
-from rtml.spec import FairnessGate, QualityGate
-from rtml.storage import LocalStore
-from rtml.train import fit_pipeline, load_window, oof_scores, split_holdout
+from rtml.spec import QualityGate
+from rtml.train import fit_pipeline, oof_scores, split_holdout
 
 BIAS = {"region_group": {"south": 1.5}}  # the outcome depends on the region
 
@@ -137,24 +131,6 @@ def test_mitigated_variant_shown_next_to_the_plain_model(spec, biased):
     )
 
 
-def test_small_groups_are_reported_but_do_not_gate():
-    rng = np.random.default_rng(0)
-    n = 600
-    groups = pd.Series(np.where(np.arange(n) < 10, "tiny", np.where(np.arange(n) % 2, "a", "b")))
-    y = rng.integers(0, 2, n)
-    y_pred = y.copy()
-    y_pred[:10] = 1  # the tiny group is always selected: wildly different, but only 10 rows
-    res = attribute_fairness("g", y, y_pred, groups, FairnessGate(min_group_size=30))
-    tiny = next(r for r in res["groups"] if r["group"] == "tiny")
-    assert tiny["gating"] is False and tiny["count"] == 10 and tiny["selection_rate"] == 1.0
-    assert res["small_groups"] == ["tiny"] and sorted(res["gating_groups"]) == ["a", "b"]
-    mask = groups != "tiny"
-    assert res["demographic_parity_ratio"] == pytest.approx(
-        demographic_parity_ratio(y[mask], y_pred[mask], sensitive_features=groups[mask])
-    )
-    assert res["passed"] is True
-
-
 # --- drift -------------------------------------------------------------------------------------------------
 def test_planted_drift_is_detected_and_a_replay_is_not(spec, fair):
     model, train = fair["model"], fair["train"]
@@ -210,43 +186,6 @@ def test_quality_gate_directions_and_floor():
     assert not ok and "log_loss" in reasons[0]
     ok, reasons, _ = quality_gate({"roc_auc": 0.65, "log_loss": 0.3}, None, gate)
     assert not ok and "min_roc_auc" in reasons[0]
-
-
-# --- training reproducibility ------------------------------------------------------------------------------
-def test_same_seed_same_window_same_metrics(spec, tmp_path):
-    lake = Lake(store=LocalStore(tmp_path / "lake"))
-    write_to_lake(lake, spec, synthetic_frame(spec, 1200, seed=4), batches=4)
-
-    def run(seed):
-        df, lineage = load_window(spec, lake, window_days=30)
-        train, hold = split_holdout(df, spec)
-        model = fit_pipeline(spec, train, seed)
-        s = model.predict_proba(to_frame(hold, spec))[:, 1]
-        return quality_metrics(target_vector(hold[spec.target.name], spec), s, 0.35), lineage, hold
-
-    m1, lin1, hold1 = run(7)
-    m2, lin2, hold2 = run(7)
-    assert m1 == m2
-    pd.testing.assert_frame_equal(hold1, hold2)
-    assert lin1["events_batches"] == lin2["events_batches"] and len(lin1["events_batches"]) == 4
-    assert len(lin1["manifests"]) == 8 and all(k.endswith(".json") for k in lin1["manifests"])
-    # out of time: every holdout row is newer than every training row
-    df, _ = load_window(spec, lake)
-    train, hold = split_holdout(df, spec)
-    assert train[spec.event_time].max() <= hold[spec.event_time].min()
-    assert len(hold) == int(np.ceil(len(df) * spec.training.holdout_fraction))
-
-
-def test_window_slides_with_end(spec, tmp_path):
-    lake = Lake(store=LocalStore(tmp_path / "lake"))
-    # 1200 events one hour apart = 50 days
-    write_to_lake(lake, spec, synthetic_frame(spec, 1200, seed=4, step_seconds=3600), batches=5)
-    df, lin = load_window(spec, lake, window_days=10)
-    ts = df[spec.event_time]
-    assert (ts.max() - ts.min()) <= pd.Timedelta(days=10) and len(df) == 240
-    assert len(lin["events_batches"]) == 1  # only the newest batch holds the last 10 days
-    early, _ = load_window(spec, lake, end="2026-01-11T00:00:00Z", window_days=10)
-    assert len(early) == 240 and early[spec.event_time].max() < pd.Timestamp("2026-01-11", tz="UTC")
 
 
 # --- all together ------------------------------------------------------------------------------------------
@@ -307,18 +246,3 @@ def test_mitigation_skips_groups_it_cannot_estimate(spec, fair):
     assert "error" not in mit
     assert {r["group"] for r in mit["groups"]} == {"north", "south", "east", "west"}
     assert "west" in mit["small_groups"]
-
-
-def test_too_little_data_is_a_clean_not_enough_data(spec, tmp_path):
-    from rtml.train import NotEnoughData
-
-    lake = Lake(store=LocalStore(tmp_path / "lake"))
-    with pytest.raises(NotEnoughData):
-        load_window(spec, lake)
-    write_to_lake(lake, spec, synthetic_frame(spec, 50, seed=4), batches=1)
-    df, _ = load_window(spec, lake)
-    assert len(df) == 50
-    from rtml.train import train
-
-    with pytest.raises(NotEnoughData, match="training.min_rows"):  # refused before MLflow is contacted
-        train(spec, lake=lake)

@@ -8,19 +8,16 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 from fairlearn.metrics import demographic_parity_ratio, equalized_odds_difference
-from support.synthetic import synthetic_frame, toy_spec, write_to_lake
+from support.synthetic import synthetic_frame, toy_spec
 
 from rtml.evaluate.fairsearch import search_rule
 from rtml.evaluate.gates import evaluate_frames, run_fairness
 from rtml.evaluate.mitigation import MitigatedModel, should_mitigate
 from rtml.features import sensitive_frame, target_vector, to_frame
-from rtml.lake import Lake
 from rtml.names import OOF_SCORE
-from rtml.storage import LocalStore
-from rtml.train import fit_pipeline, load_window, oof_scores, split_holdout
+from rtml.train import fit_pipeline, oof_scores, split_holdout
 
 BIAS = {"region_group": {"south": 1.5}}
 
@@ -149,39 +146,3 @@ def test_should_mitigate_only_when_fairness_alone_fails(spec):
     assert should_mitigate(spec, {**only_fair, "gates": {**only_fair["gates"], "drift": False}})[0] is False
     no = toy_spec(gates={"fairness": {"mitigate": False}})
     assert should_mitigate(no, only_fair) == (False, "gates.fairness.mitigate is false")
-
-
-class _CountingLake(Lake):
-    full_reads = 0
-
-    def labelled(self, spec, start=None, end=None):
-        if start is None and end is None:
-            type(self).full_reads += 1
-        return super().labelled(spec, start, end)
-
-
-def test_empty_ingestion_intervals_do_not_force_a_full_read(spec, tmp_path):
-    lake = _CountingLake(store=LocalStore(tmp_path / "lake"))
-    df = synthetic_frame(spec, 600, seed=4)
-    write_to_lake(lake, spec, df, batches=3)
-    # an empty interval, as ingestion writes it: no files, nothing accepted, watermark null
-    lake.write_manifest(
-        spec.dataset.name,
-        "events",
-        "29990101T000000-9999",
-        {
-            "batch_id": "29990101T000000-9999",
-            "kind": "events",
-            "files": [],
-            "records_in": 0,
-            "accepted": 0,
-            "quarantined": 0,
-            "watermark": None,
-            "schema_hash": spec.schema_hash(),
-        },
-    )
-    _CountingLake.full_reads = 0
-    window, lineage = load_window(spec, lake)
-    assert _CountingLake.full_reads == 0
-    assert len(window) == 600
-    assert pd.Timestamp(lineage["window_end"]) == df[spec.event_time].max() + pd.Timedelta(microseconds=1)
