@@ -195,25 +195,6 @@ def test_cli_produce_and_ingest_json(settings, tmp_path, monkeypatch, capsys):
         get_settings(refresh=True)
 
 
-def test_producer_is_seeded_and_scenarios_apply():
-    a_ev, a_lb = prod.build(SPEC, rows=500, start=T0, seed=7)
-    b_ev, b_lb = prod.build(SPEC, rows=500, start=T0, seed=7)
-    pd.testing.assert_frame_equal(a_ev, b_ev)
-    pd.testing.assert_frame_equal(a_lb, b_lb)
-    assert a_ev[SPEC.event_id].is_unique and SPEC.target.name not in a_ev.columns
-    ev_time = a_ev.set_index(SPEC.event_id)[SPEC.event_time]
-    assert (a_lb["label_time"].to_numpy() - ev_time.loc[a_lb[SPEC.event_id]].to_numpy() == pd.Timedelta(seconds=600)).all()
-    mid = T0 + timedelta(seconds=250)
-    d_ev, _ = prod.build(SPEC, rows=500, start=T0, seed=7, drift_from=mid, drift_features=["Amount"], drift_factor=2.0)
-    before = d_ev[SPEC.event_time] < pd.Timestamp(mid)
-    assert (d_ev.loc[before, "Amount"] == a_ev.loc[before, "Amount"]).all()
-    assert (d_ev.loc[~before, "Amount"] == (a_ev.loc[~before, "Amount"] * 2).clip(upper=100000)).all()
-    g_ev, _ = prod.build(SPEC, rows=2000, start=T0, seed=7, group_shift=prod.GroupShift.parse("Marital=single:0.7"))
-    assert 0.65 < (g_ev["Marital"] == "single").mean() < 0.75
-    with pytest.raises(ValueError, match="COLUMN=VALUE:SHARE"):
-        prod.GroupShift.parse("Marital")
-
-
 def test_last_interval_is_aligned():
     start, end = last_interval(datetime(2026, 11, 25, 12, 7, 31, tzinfo=UTC), 5)
     assert (start, end) == (datetime(2026, 11, 25, 12, 0, tzinfo=UTC), datetime(2026, 11, 25, 12, 5, tzinfo=UTC))
