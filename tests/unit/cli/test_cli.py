@@ -1,4 +1,5 @@
-"""The rtml command line: every verb has --help, spec check speaks JSON, errors exit non-zero."""
+"""rtml.cli (its __init__): the parser holds every verb with --help, ``spec check`` speaks JSON, CLIError
+exits non-zero with its message, --json errors are JSON, parse_time reads ISO 8601 as UTC."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ VERBS = _verbs(cli.build_parser())
 
 def test_expected_verbs_exist():
     assert ("spec", "check") in VERBS
-    assert {("stack", "up"), ("stack", "down"), ("stack", "status")} <= set(VERBS)
+    # one verb (or group) per command module, none lost when a module fails to register
+    assert {"stack", "produce", "ingest", "train", "evaluate", "approve", "reject", "rollback", "audit", "serve",
+            "serve-reload", "shadow", "monitor", "demo"} <= {v[0] for v in VERBS}
 
 
 def test_top_level_help_via_entry_point():
@@ -80,32 +83,67 @@ def test_spec_check_human_output(capsys):
     assert "OK (credit_risk: 13 features, target Status" in capsys.readouterr().out
 
 
-def test_stack_status_json_when_nothing_runs(tmp_path, monkeypatch, capsys):
-    """A state folder with nothing started: status answers (exit 1, not a crash) and says DOWN."""
-    from rtml.platform.stack import free_port_block
-    from rtml.settings import get_settings
+def test_parse_time_reads_iso_8601_as_utc():
+    from datetime import UTC, datetime, timedelta
 
-    base = free_port_block(15)
-    monkeypatch.setenv("RTML_HOME", str(tmp_path))
-    monkeypatch.setenv("RTML_S3_PORT", str(base))
-    monkeypatch.setenv("RTML_MLFLOW_PORT", str(base + 10))
-    monkeypatch.setenv("RTML_AIRFLOW_PORT", str(base + 11))
-    monkeypatch.setenv("RTML_SERVE_PORT", str(base + 14))
-    get_settings(refresh=True)
-    try:
-        assert cli.main(["stack", "status", "--json"]) == 1
-        data = json.loads(capsys.readouterr().out)
-        assert data["ok"] is False
-        assert set(data["services"]) == {"s3", "mlflow", "airflow", "serve", "kafka"}
-        assert all(not s["healthy"] for s in data["services"].values())
-        assert data["services"]["mlflow"]["url"] == f"http://127.0.0.1:{base + 10}"
-        assert cli.main(["stack", "down", "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["stopped"] == {}
-    finally:
-        monkeypatch.undo()
-        get_settings(refresh=True)
+    assert cli.parse_time(None, "--start") is None
+    assert cli.parse_time("2026-11-25T12:00:00Z", "--start") == datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert cli.parse_time("2026-11-25T12:00:00", "--start") == datetime(2026, 11, 25, 12, tzinfo=UTC)
+    t = cli.parse_time("2026-11-25T14:00:00+02:00", "--end")
+    assert t == datetime(2026, 11, 25, 12, tzinfo=UTC) and t.utcoffset() == timedelta(0)
 
 
-def test_stack_up_rejects_unknown_service(capsys):
-    assert cli.main(["stack", "up", "--only", "zookeeper", "--json"]) == 1
-    assert "unknown service" in json.loads(capsys.readouterr().out)["error"]
+@pytest.mark.parametrize("value", ["yesterday", "2026-13-01", "", "12:00"])
+def test_parse_time_errors_name_the_flag(value):
+    with pytest.raises(cli.CLIError, match=f"--drift-from: not an ISO 8601 time: {value!r}") as err:
+        cli.parse_time(value, "--drift-from")
+    assert err.value.code == 2
+
+
+def _parser_with(handler):
+    parser = argparse.ArgumentParser(prog="t")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cli.command(sub, "go", handler, "a test verb")
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("result", "json_flag", "code", "printed"),
+    [
+        ({"message": "all good", "ok": True}, False, 0, "all good"),
+        ({"a": 1, "long_key": "x"}, False, 0, "a         1\nlong_key  x"),
+        ({"ok": False, "message": "a gate failed"}, False, 1, "a gate failed"),
+        ({"ok": False, "message": "m"}, True, 1, '"ok": false'),
+        ("plain text", False, 0, "plain text"),
+        (None, False, 0, ""),
+        (cli.CLIError("bad --x value", code=3), True, 3, '{"ok": false, "error": "bad --x value"}'),
+        (KeyboardInterrupt(), False, 130, ""),
+    ],
+)
+def test_main_prints_results_and_maps_errors_to_exit_codes(monkeypatch, capsys, result, json_flag, code, printed):
+    def handler(args):
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_with(handler))
+    assert cli.main(["go", *(["--json"] if json_flag else [])]) == code
+    out = capsys.readouterr().out
+    assert printed in out
+    if json_flag:
+        json.loads(out)
+
+
+def test_a_cli_error_without_json_goes_to_stderr(monkeypatch, capsys):
+    def handler(args):
+        raise cli.CLIError("--rate must be positive")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _parser_with(handler))
+    assert cli.main(["go"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "rtml: error: --rate must be positive\n"
+
+
+def test_spec_check_of_a_missing_file_is_a_clean_error(tmp_path, capsys):
+    assert cli.main(["spec", "check", str(tmp_path / "nope.yaml"), "--json"]) == 2
+    assert "cannot read project spec" in json.loads(capsys.readouterr().out)["error"]
