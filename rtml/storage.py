@@ -31,6 +31,10 @@ def _clean(key: str) -> str:
     key = key.strip("/")
     if not key or ".." in key.split("/"):
         raise ValueError(f"invalid object key {key!r}")
+    # A NUL or a lone surrogate cannot be a file name or an S3 key: without this check the OS or
+    # the codec failed later ("embedded null byte", "surrogates not allowed") without naming the key.
+    if "\x00" in key or any("\ud800" <= c <= "\udfff" for c in key):
+        raise ValueError(f"invalid object key {key!r}: NUL or a lone surrogate")
     return key
 
 
