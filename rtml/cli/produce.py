@@ -18,6 +18,8 @@ def _cmd_produce(args: argparse.Namespace) -> dict[str, Any]:
     if args.lake:
         settings = settings.model_copy(update={"lake_uri": args.lake})
     start = parse_time(args.start, "--start")
+    if not args.rate > 0:  # checked here too: the default start below divides by it (--rate 0 crashed)
+        raise CLIError(f"--rate must be positive, got {args.rate:g}")
     if start is None:
         if args.realtime:
             start = datetime.now(UTC)
