@@ -173,28 +173,6 @@ def test_crash_after_data_before_manifest_is_invisible_then_repaired(settings, t
     assert len(lake.read_batches(DS, "events")) == 100
 
 
-def test_cli_produce_and_ingest_json(settings, tmp_path, monkeypatch, capsys):
-    from rtml.cli import main
-    from rtml.settings import get_settings
-
-    monkeypatch.setenv("RTML_STORAGE", "local")
-    monkeypatch.setenv("RTML_HOME", str(tmp_path))
-    monkeypatch.setenv("RTML_LAKE_URI", settings.lake_uri)
-    get_settings(refresh=True)
-    try:
-        assert main(["produce", "--rows", "50", "--start", "2026-11-25T12:00:00Z", "--format", "csv", "--json"]) == 0
-        out = json.loads(capsys.readouterr().out)
-        assert out["events"] == 50 and out["event_files"] == 1
-        assert main(["ingest", "--start", "2026-11-25T12:00:00", "--end", "2026-11-25T12:05:00", "--json"]) == 0
-        res = json.loads(capsys.readouterr().out)
-        assert res["events"]["accepted"] == 50 and res["labels"]["records_in"] == 0
-        assert main(["ingest", "--start", "2026-11-25T12:05:00", "--json"]) == 2
-        assert "--start and --end go together" in capsys.readouterr().out
-    finally:
-        monkeypatch.undo()
-        get_settings(refresh=True)
-
-
 def test_last_interval_is_aligned():
     start, end = last_interval(datetime(2026, 11, 25, 12, 7, 31, tzinfo=UTC), 5)
     assert (start, end) == (datetime(2026, 11, 25, 12, 0, tzinfo=UTC), datetime(2026, 11, 25, 12, 5, tzinfo=UTC))
