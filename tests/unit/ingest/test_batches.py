@@ -359,23 +359,6 @@ def test_unknown_fields_policy(settings, policy, accepted, alerts):
         assert item["reasons"] == ["unknown field: annual_income"]
 
 
-def test_training_reader_refuses_batches_of_another_schema(settings):
-    from rtml.lake import SchemaMismatch
-    from rtml.spec import parse_spec
-
-    produce(settings, rows=300, label_delay=10.0)
-    lake = Lake(settings)
-    for kind in ("events", "labels"):
-        ingest_interval(SPEC, kind, T0, T0 + FIVE, settings=settings, lake=lake)
-    assert len(lake.labelled(SPEC)[0]) > 250
-    data = SPEC.model_dump(mode="json")
-    data["features"][0]["max"] = 99  # another contract: same columns, other rules
-    other = parse_spec(data)
-    with pytest.raises(SchemaMismatch, match="re-ingest those batches") as err:
-        lake.labelled(other)
-    assert SPEC.schema_hash() in str(err.value) and "20261125T120000-20261125T120500" in str(err.value)
-
-
 def test_a_dag_run_gets_its_asset_extra_and_only_a_manual_run_is_tagged(settings):
     """What an rtml_ingest task publishes: counts and references, a manual run's batch of its own."""
     from rtml.ingest.batches import ingest_for_run

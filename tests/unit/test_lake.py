@@ -1,0 +1,166 @@
+"""rtml.lake on a local-folder store: the key layout, byte-identical Parquet, manifests (oldest batch
+first, only committed batches visible), reading chosen batches, the latest label winning, the
+labelled join over a half-open time range with lineage of contributing batches only, batches outside
+the range not read, and batches of another data contract refused naming them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from support.synthetic import synthetic_frame, toy_spec, write_to_lake
+
+from rtml.lake import (
+    BatchRef,
+    Lake,
+    SchemaMismatch,
+    _date_of,
+    check_schema,
+    from_parquet_bytes,
+    to_parquet_bytes,
+)
+from rtml.storage import LocalStore
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return toy_spec()
+
+
+@pytest.fixture
+def lake(tmp_path):
+    return Lake(store=LocalStore(tmp_path / "lake"))
+
+
+def test_layout_keys_and_date_partition(lake):
+    b = "20261125T120000-20261125T120500"
+    assert lake.data_key("ds", "events", b, 3) == f"ds/events/date=2026-11-25/batch={b}/part-00003.parquet"
+    assert lake.quarantine_key("ds", "labels", b) == f"ds/quarantine/labels/date=2026-11-25/batch={b}/rejected.jsonl"
+    assert lake.manifest_key("ds", "events", b) == f"ds/_manifests/events/{b}.json"
+    assert _date_of("backfill-1") == "undated" and _date_of("2026-01-01") == "undated"
+    assert lake.uri == lake.store.uri
+
+
+def test_parquet_bytes_are_deterministic_and_round_trip():
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", None], "t": pd.to_datetime(["2026-01-01", "2026-01-02"], utc=True)})
+    data = to_parquet_bytes(df)
+    assert data == to_parquet_bytes(df.copy())  # a retried batch rewrites the same bytes
+    pd.testing.assert_frame_equal(from_parquet_bytes(data), df)
+    # the index is never written: a frame's row labels do not change the bytes
+    assert to_parquet_bytes(df.set_axis([7, 8])) == data
+    assert list(from_parquet_bytes(to_parquet_bytes(df.set_axis([7, 8]))).columns) == ["a", "b", "t"]
+
+
+def test_manifests_are_sorted_and_only_json_counts(lake):
+    for b in ("20260102T000000-0001", "20260101T000000-0000"):
+        ref = lake.write_manifest("ds", "events", b, {"batch_id": b, "files": []})
+        assert isinstance(ref, BatchRef)
+    lake.store.put("ds/_manifests/events/notes.txt", b"not a manifest")
+    assert [m["batch_id"] for m in lake.manifests("ds", "events")] == ["20260101T000000-0000", "20260102T000000-0001"]
+    assert lake.manifests("ds", "labels") == []
+    assert ref.as_dict() == {"dataset": "ds", "kind": "events", "batch_id": "20260101T000000-0000",
+                             "manifest": "ds/_manifests/events/20260101T000000-0000.json"}
+
+
+def test_a_batch_without_a_manifest_is_invisible(lake):
+    key = lake.data_key("ds", "events", "20260101T000000-0000")
+    assert lake.write_table(key, pd.DataFrame({"x": [1]})) > 0
+    assert lake.read_batches("ds", "events").empty
+    lake.write_manifest("ds", "events", "20260101T000000-0000", {"batch_id": "20260101T000000-0000", "files": [key]})
+    assert list(lake.read_batches("ds", "events")["x"]) == [1]
+
+
+def test_read_batches_by_id_and_by_manifest(spec, lake):
+    write_to_lake(lake, spec, synthetic_frame(spec, 90, seed=1), batches=3)
+    ids = [m["batch_id"] for m in lake.manifests(spec.dataset.name, "events")]
+    df = lake.read_batches(spec.dataset.name, "events", [ids[2], ids[0]])
+    assert len(df) == 60 and "_batch" not in df.columns
+    assert df[spec.event_id].iloc[0] == "evt-00000000" and df[spec.event_id].iloc[-1] == "evt-00000089"  # batch order
+    late = lake.read_batches(spec.dataset.name, "events", keep=lambda m: m["batch_id"] >= ids[1])
+    assert len(late) == 60 and late[spec.event_id].iloc[0] == "evt-00000030"
+    assert lake.read_batches(spec.dataset.name, "events", ["nope"]).empty
+
+
+def test_a_later_label_batch_corrects_an_earlier_one(spec, lake):
+    df = synthetic_frame(spec, 40, seed=2)
+    write_to_lake(lake, spec, df, batches=1)
+    ds, eid, target = spec.dataset.name, spec.event_id, spec.target.name
+    fix = pd.DataFrame({eid: [df[eid].iloc[0]], target: ["no" if df[target].iloc[0] == "yes" else "yes"]})
+    key = lake.data_key(ds, "labels", "29990101T000000-fix")
+    lake.write_table(key, fix)
+    lake.write_manifest(ds, "labels", "29990101T000000-fix", {"batch_id": "29990101T000000-fix", "files": [key],
+                                                               "schema_hash": spec.schema_hash()})
+    labels = lake.latest_labels(spec)
+    assert len(labels) == 40 and labels.set_index(eid).loc[df[eid].iloc[0], target] == fix[target].iloc[0]
+    joined, lineage = lake.labelled(spec)
+    assert joined.set_index(eid).loc[df[eid].iloc[0], target] == fix[target].iloc[0]
+    assert "29990101T000000-fix" in lineage["labels"]
+
+
+def test_labelled_reads_a_half_open_range_and_lists_only_contributing_batches(spec, lake):
+    df = synthetic_frame(spec, 120, seed=3)  # one a minute from 2026-01-01 00:00
+    write_to_lake(lake, spec, df, batches=4)  # 30 rows per batch
+    reads: list[str] = []
+    real = lake.read_table
+    lake.read_table = lambda key: reads.append(key) or real(key)  # type: ignore[method-assign]
+    start, end = pd.Timestamp("2026-01-01T00:30:00Z"), pd.Timestamp("2026-01-01T01:00:00Z")
+    out, lineage = lake.labelled(spec, start, end)
+    assert len(out) == 30 and out[spec.event_time].min() == start and out[spec.event_time].max() < end
+    assert out[spec.event_time].is_monotonic_increasing and "_batch" not in out.columns
+    assert lineage == {"events": ["20260101T003000-0001"], "labels": ["20260101T003000-0001"]}
+    # the event batches whose time range lies outside the window are not read (labels all are)
+    assert sum("/events/" in k for k in reads) == 1
+    # naive bounds are UTC
+    naive, _ = lake.labelled(spec, start.tz_localize(None), end.tz_localize(None))
+    pd.testing.assert_frame_equal(naive, out)
+
+
+def test_manifests_without_a_readable_time_range_are_read(spec, lake):
+    write_to_lake(lake, spec, synthetic_frame(spec, 20, seed=3), batches=2)
+    ds = spec.dataset.name
+    first, second = lake.manifests(ds, "events")
+    lake.write_manifest(ds, "events", first["batch_id"], {**first, "min_time": None})
+    lake.write_manifest(ds, "events", second["batch_id"], {**second, "watermark": "not a time"})
+    out, lineage = lake.labelled(spec, "2026-01-01T00:00:00Z", "2026-01-01T00:20:00Z")
+    assert len(out) == 20 and len(lineage["events"]) == 2
+
+
+def test_no_labels_or_no_overlap_is_an_empty_frame_with_the_columns(spec, lake):
+    out, lineage = lake.labelled(spec)
+    assert out.empty and lineage == {"events": [], "labels": []}
+    assert list(out.columns) == [spec.event_id, spec.event_time, *spec.feature_names, spec.target.name]
+    write_to_lake(lake, spec, synthetic_frame(spec, 20, seed=3), batches=1)
+    out, lineage = lake.labelled(spec, "2030-01-01", "2030-02-01")
+    assert out.empty and lineage == {"events": [], "labels": []}
+
+
+def test_training_reader_refuses_batches_of_another_schema(spec, lake):
+    from rtml.spec import parse_spec
+
+    write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=4), batches=1)
+    assert len(lake.labelled(spec)[0]) == 300
+    data = spec.model_dump(mode="json")
+    data["features"][0]["max"] = 99  # another contract: same columns, other rules
+    other = parse_spec(data)
+    with pytest.raises(SchemaMismatch, match="re-ingest those batches") as err:
+        lake.labelled(other)
+    assert spec.schema_hash() in str(err.value) and "20260101T000000-0000" in str(err.value)
+    with pytest.raises(SchemaMismatch):
+        lake.latest_labels(other)
+    assert len(lake.read_batches(spec.dataset.name, "events")) == 300  # no contract asked: read as is
+
+
+def test_check_schema_ignores_batches_without_rows_and_groups_by_hash():
+    ms = [
+        {"batch_id": "b1", "files": ["k"], "schema_hash": "old"},
+        {"batch_id": "b2", "files": ["k"], "schema_hash": "old"},
+        {"batch_id": "b3", "files": ["k"]},
+        {"batch_id": "b4", "files": [], "schema_hash": "old"},  # an empty interval: nothing to mix
+        {"batch_id": "b5", "files": ["k"], "schema_hash": "new"},
+    ]
+    with pytest.raises(SchemaMismatch) as err:
+        check_schema(ms, "new", "ds/events")
+    msg = str(err.value)
+    assert msg.startswith("ds/events: the spec's data contract has schema hash new")
+    assert "2 batch(es) under schema old (e.g. b1)" in msg and "1 batch(es) under schema None (e.g. b3)" in msg
+    assert "b4" not in msg and "b5" not in msg
+    check_schema(ms[3:], "new", "ds/events")  # no error
