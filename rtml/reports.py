@@ -71,9 +71,12 @@ def svg_group_bars(groups: list[str], series: dict[str, list[float | None]], tit
         parts.append(f'<text x="0" y="14" font-weight="bold">{esc(title)}</text>')
     for gi, g in enumerate(groups):
         y0 = 24 + gi * block
-        parts.append(f'<text x="0" y="{y0 + n_series * bar_h / 2 + 4}">{esc(g)[:18]}</text>')
+        # Cut the name before escaping: cutting "&lt;" in half would leave a broken entity.
+        parts.append(f'<text x="0" y="{y0 + n_series * bar_h / 2 + 4}">{esc(str(g)[:18])}</text>')
         for si, (name, values) in enumerate(series.items()):
             v = values[gi]
+            if v is not None and v != v:  # NaN: min/max would draw it as a full bar
+                v = None
             w = 0 if v is None else max(0.0, min(1.0, v)) * width
             y = y0 + si * bar_h
             parts.append(
