@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rtml.spec import ProjectSpec
+    from rtml.tables import Tables
 
 KINDS = ("events", "labels", "predictions", "shadow")
 
@@ -108,6 +109,20 @@ class Lake:
     def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
         self.settings = settings or get_settings()
         self.store = store or open_store(self.settings.lake_uri, self.settings)
+        self._tables: Tables | None = None
+
+    @property
+    def tables(self) -> Tables:
+        """The lake's Iceberg tables (``lake_format: iceberg``; a manifest naming a ``table``)."""
+        if self._tables is None:
+            from rtml.tables import Tables
+
+            self._tables = Tables(self.settings)
+        return self._tables
+
+    @property
+    def iceberg(self) -> bool:
+        return self.settings.lake_format == "iceberg"
 
     @property
     def uri(self) -> str:
@@ -153,18 +168,37 @@ class Lake:
         kind: str,
         keep: Callable[[dict[str, Any]], bool] | None = None,
         schema_hash: str | None = None,
+        time_column: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        snapshot_id: int | None = None,
     ) -> pd.DataFrame:
         """Rows of the committed batches that ``keep`` accepts, in batch order, with ``_batch``;
-        with ``schema_hash``, all of them must have been written under it (:func:`check_schema`)."""
+        with ``schema_hash``, all of them must have been written under it (:func:`check_schema`).
+        ``time_column`` in [start, end) lets a table skip the days outside (callers filter rows too);
+        ``snapshot_id`` reads a table as it was at that snapshot (lineage)."""
         import pandas as pd
 
         chosen = [m for m in self.manifests(dataset, kind) if keep is None or keep(m)]
         if schema_hash is not None:
             check_schema(chosen, schema_hash, f"{dataset}/{kind}")
         frames = []
+        in_table = {m["batch_id"]: i for i, m in enumerate(chosen) if m.get("table")}
+        if in_table:
+            # One scan for every chosen batch of the table (a window prunes by day), then batch order.
+            rows = self.tables.read(dataset, kind, set(in_table), time_column=time_column, start=start, end=end,
+                                    snapshot_id=snapshot_id)
+            if rows.num_rows:
+                df = rows.to_pandas()
+                df["_order"] = df["_batch"].map(in_table)
+                frames.append(df.sort_values("_order", kind="stable").drop(columns="_order"))
         for m in chosen:
             for key in m.get("files", []):
                 frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
+        if len(frames) > 1 and in_table:
+            order = {m["batch_id"]: i for i, m in enumerate(chosen)}
+            df = pd.concat(frames, ignore_index=True)
+            return df.iloc[df["_batch"].map(order).argsort(kind="stable")].reset_index(drop=True)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def read_batches(
@@ -186,9 +220,19 @@ class Lake:
         df = self._read(dataset, kind, chosen, schema_hash)
         return df.drop(columns="_batch") if not df.empty else df
 
-    def latest_labels(self, spec: ProjectSpec) -> pd.DataFrame:
+    def snapshots(self, dataset: str) -> dict[str, int | None]:
+        """The current snapshot of each table of ``dataset`` (``lake_format: iceberg``; else empty):
+        read a window at these and later commits cannot change what it returns."""
+        if not self.iceberg:
+            return {}
+        return {kind: self.tables.snapshot(dataset, kind) for kind in ("events", "labels")}
+
+    def latest_labels(self, spec: ProjectSpec, snapshot_id: int | None = None,
+                      batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
-        labels = self._read(spec.dataset.name, "labels", schema_hash=spec.schema_hash())
+        wanted = None if batch_ids is None else set(batch_ids)
+        labels = self._read(spec.dataset.name, "labels", None if wanted is None else (lambda m: m["batch_id"] in wanted),
+                            schema_hash=spec.schema_hash(), snapshot_id=snapshot_id)
         return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
 
     def labelled(
@@ -196,8 +240,14 @@ class Lake:
         spec: ProjectSpec,
         start: datetime | None = None,
         end: datetime | None = None,
+        snapshots: dict[str, int | None] | None = None,
+        batches: dict[str, list[str]] | None = None,
     ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
         """Events joined to their (latest) label by event id, event time in [start, end).
+
+        ``snapshots`` (from :meth:`snapshots`) reads the tables as they were then; ``batches``
+        (a lineage's ``events``/``labels`` batch ids) reads only those: together they read back a
+        training window exactly, whatever landed or was re-run since.
 
         Returns the frame, sorted by event time then event id, and the lineage: the batch ids of
         the events and labels that contributed at least one joined row. Event batches whose
@@ -211,7 +261,7 @@ class Lake:
 
         def overlaps(m: dict[str, Any]) -> bool:
             first, last = m.get("min_time"), m.get("watermark")
-            if not m.get("files"):
+            if not m.get("files") and not (m.get("table") and m.get("accepted")):
                 return False
             if first is None or last is None:  # a manifest without a time range: read it
                 return True
@@ -220,8 +270,15 @@ class Lake:
             except (TypeError, ValueError):  # an unreadable range: read the batch
                 return True
 
-        events = self._read(ds, "events", overlaps, schema_hash=spec.schema_hash())
-        labels = self.latest_labels(spec)
+        snaps = snapshots or {}
+        only = None if batches is None else set(batches.get("events", []))
+
+        def chosen(m: dict[str, Any]) -> bool:
+            return (only is None or m["batch_id"] in only) and overlaps(m)
+
+        events = self._read(ds, "events", chosen, schema_hash=spec.schema_hash(), time_column=ts, start=lo, end=hi,
+                            snapshot_id=snaps.get("events"))
+        labels = self.latest_labels(spec, snaps.get("labels"), None if batches is None else batches.get("labels", []))
         empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:
             return empty, {"events": [], "labels": []}

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = ""  # default: http://<host>:<s3_port> for the embedded SeaweedFS
     s3_port: int = 8333
     s3_region: str = "us-east-1"
+    # How batches are stored: "files" (Parquet per batch, listed by JSON manifests) or "iceberg"
+    # (one Apache Iceberg table per dataset and kind, see rtml.tables; the manifests stay the ledger).
+    lake_format: Literal["files", "iceberg"] = "files"
+    catalog_uri: str = ""  # Iceberg SQL catalog; default: sqlite:///<home>/catalog/catalog.db
 
     # MLflow tracking server and registry.
     mlflow_port: int = 5000
@@ -95,6 +99,8 @@ class Settings(BaseSettings):
         self.home = Path(self.home).expanduser().resolve()
         if not self.lake_uri:
             self.lake_uri = f"s3://{self.lake_bucket}" if self.storage == "s3" else str(self.home / "lake")
+        if not self.catalog_uri:
+            self.catalog_uri = f"sqlite:///{self.home / 'catalog' / 'catalog.db'}"
         if not self.s3_endpoint_url:
             self.s3_endpoint_url = f"http://{self.host}:{self.s3_port}"
         if not self.mlflow_tracking_uri:

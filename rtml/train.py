@@ -123,7 +123,8 @@ def load_window(
                 )
             stop = full[ts].max() + timedelta(microseconds=1)
     start = stop - timedelta(days=days)
-    df, batches = lake.labelled(spec, start, stop)
+    snapshots = lake.snapshots(spec.dataset.name)  # before reading: later commits cannot change the window
+    df, batches = lake.labelled(spec, start, stop, snapshots=snapshots or None)
     if df.empty:
         raise NotEnoughData(
             f"no labelled data in the lake {lake.uri} for dataset {spec.dataset.name!r} "
@@ -143,8 +144,36 @@ def load_window(
         "events_batches": [b["batch_id"] for b in events],
         "labels_batches": [b["batch_id"] for b in labels],
         "manifests": [b["manifest"] for b in events + labels],
+        "rows_digest": frame_digest(df),
     }
+    if snapshots:
+        lineage["tables"] = {kind: {"table": lake.tables.identifier(ds, kind), "snapshot_id": snap}
+                             for kind, snap in snapshots.items()}
     return df, lineage
+
+
+def frame_digest(df: pd.DataFrame) -> str:
+    """A digest of a frame's rows and columns (names, order, values): equal frames, equal digests."""
+    import hashlib
+
+    import pandas as pd
+
+    h = hashlib.sha256(json.dumps([str(c) for c in df.columns]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
+def read_lineage(spec: ProjectSpec, lineage: dict[str, Any], lake: Lake | None = None) -> pd.DataFrame:
+    """A version's training window read back from the lake as it was: the same batches, and with
+    Iceberg tables the same snapshots (later batches and re-runs of its batches change nothing)."""
+    from rtml.lake import Lake
+
+    lake = lake or Lake()
+    snapshots = {kind: t.get("snapshot_id") for kind, t in (lineage.get("tables") or {}).items()}
+    df, _ = lake.labelled(spec, _utc(lineage["window_start"]), _utc(lineage["window_end"]),
+                          snapshots=snapshots or None,
+                          batches={"events": lineage["events_batches"], "labels": lineage["labels_batches"]})
+    return df
 
 
 def split_holdout(df: pd.DataFrame, spec: ProjectSpec, fraction: float | None = None):
@@ -462,4 +491,38 @@ def new_data_status(
             f"{new} new labelled rows since batch {last or '(none)'} ({total} in total); "
             f"{'enough' if ready else 'not enough'} to train (need {needed} new, {spec.training.min_rows} total)"
         ),
+    }
+
+
+def version_lineage(spec: ProjectSpec, name: str, version: str | int, settings: Settings | None = None,
+                    lake: Lake | None = None) -> dict[str, Any]:
+    """What a registered version was trained on (its run's ``lineage.json``), read back from the
+    lake and checked row for row against the digest recorded at training time."""
+    import tempfile
+
+    import mlflow
+
+    from rtml.lake import Lake
+    from rtml.registry.client import mlflow_client
+
+    s = settings or get_settings()
+    mv = mlflow_client(s).get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(f"runs:/{mv.run_id}/{LINEAGE_FILE}", dst_path=tmp,
+                                                   tracking_uri=s.mlflow_tracking_uri)
+        lineage = json.loads(Path(path).read_text())
+    df = read_lineage(spec, lineage, lake or Lake(s))
+    digest = frame_digest(df)
+    recorded = lineage.get("rows_digest")
+    matches = recorded == digest if recorded else None
+    tables = lineage.get("tables") or {}
+    where = ", ".join(f"{t['table']}@{t['snapshot_id']}" for t in tables.values()) or f"files in {lineage['lake_uri']}"
+    verdict = {True: "the same rows as at training time", False: "NOT the rows trained on (the lake changed)",
+               None: "no digest recorded at training time to compare with"}[matches]
+    return {
+        "name": name, "version": str(version), "run_id": mv.run_id, "lineage": lineage, "rows": len(df),
+        "digest": digest, "matches": matches,
+        "message": (f"{name} version {version}: trained on {len(df)} rows, event time {lineage['window_start']} .. "
+                    f"{lineage['window_end']}, {len(lineage['events_batches'])} event and "
+                    f"{len(lineage['labels_batches'])} label batches ({where}); read back: {verdict}"),
     }

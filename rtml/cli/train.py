@@ -55,3 +55,39 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random state (default: model.random_state)")
     p.add_argument("--no-register", action="store_true", help="log the run without registering a version")
     p.add_argument("--evaluate", action="store_true", help="run the evaluation gates on the new version")
+    add_lineage(sub)
+
+
+def _cmd_lineage(args: argparse.Namespace) -> dict[str, Any]:
+    from rtml.train import version_lineage
+
+    spec = _load(args.spec) if args.spec else _load_default()
+    try:
+        result = version_lineage(spec, args.name, args.version)
+    except Exception as err:
+        if type(err).__name__ in ("MlflowException", "RestException"):
+            raise CLIError(f"{args.name} version {args.version}: {err}") from None
+        raise
+    if args.csv:
+        from rtml.train import read_lineage
+
+        read_lineage(spec, result["lineage"]).to_csv(args.csv, index=False)
+        result["csv"] = args.csv
+    if result["matches"] is False:
+        raise CLIError(result["message"])
+    return result
+
+
+def _load_default() -> ProjectSpec:
+    from rtml.spec import load_spec
+
+    return load_spec()
+
+
+def add_lineage(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, "lineage", _cmd_lineage,
+                "what a model version was trained on: its window, batches and table snapshots, read back and checked")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("version", help="model version")
+    p.add_argument("--spec", help="project spec YAML (default: RTML_SPEC / the example)")
+    p.add_argument("--csv", help="also write the rows read back to this CSV file")

@@ -154,12 +154,20 @@ def ingest_batch(
     if result.records_in != n_acc + len(rejects):  # the contract's own invariant
         raise RuntimeError(f"conservation broken in batch {bid}: {result.records_in} in, {n_acc}+{len(rejects)} out")
 
-    # Data files: fixed keys per batch id; stale parts of an earlier, larger attempt are removed.
-    files = []
-    for part, lo in enumerate(range(0, n_acc, ROWS_PER_PART)):
-        key = lake.data_key(ds, kind, bid, part)
-        lake.store.put(key, arrow_to_parquet_bytes(table.slice(lo, ROWS_PER_PART)))
-        files.append(key)
+    files: list[str] = []
+    snapshot: dict[str, Any] = {}
+    _crash_point("before-data")
+    if lake.iceberg:
+        # One Iceberg commit: the batch's rows replace whatever an earlier attempt committed.
+        snapshot = lake.tables.commit_batch(
+            ds, kind, bid, table, time_column=contract.time_column,
+            summary={"records_in": result.records_in, "accepted": n_acc, "quarantined": len(rejects)})
+    else:
+        # Data files: fixed keys per batch id; stale parts of an earlier, larger attempt are removed.
+        for part, lo in enumerate(range(0, n_acc, ROWS_PER_PART)):
+            key = lake.data_key(ds, kind, bid, part)
+            lake.store.put(key, arrow_to_parquet_bytes(table.slice(lo, ROWS_PER_PART)))
+            files.append(key)
     folder = lake.data_key(ds, kind, bid).rsplit("/", 1)[0]
     for key in lake.store.list(folder):
         if key not in files:
@@ -178,6 +186,7 @@ def ingest_batch(
         "dataset": ds,
         "kind": kind,
         "files": files,
+        **snapshot,  # lake_format iceberg: the table and the snapshot that committed the batch
         "quarantine": qkey if rejects else None,
         "records_in": result.records_in,
         "accepted": n_acc,

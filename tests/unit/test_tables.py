@@ -1,0 +1,187 @@
+"""The lake's Iceberg tables (rtml.tables) on a SQLite catalog and a folder warehouse, alone and
+under micro-batch ingestion (``lake_format: iceberg``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from rtml.ingest import produce as prod
+from rtml.ingest.batches import ingest_interval
+from rtml.lake import Lake
+from rtml.settings import Settings
+from rtml.spec import load_spec
+from rtml.tables import BATCH_COLUMN, TableError, Tables, catalog_properties, warehouse_uri
+
+SPEC = load_spec()
+DS = SPEC.dataset.name
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+FIVE = timedelta(minutes=5)
+SCHEMA = pa.schema([pa.field("id", pa.string()), pa.field("ts", pa.timestamp("us", tz="UTC")),
+                    pa.field("x", pa.float64())])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"), lake_format="iceberg")
+
+
+def rows(n: int, day: int, prefix: str = "e") -> pa.Table:
+    times = [datetime(2026, 1, day, tzinfo=UTC) + timedelta(minutes=i) for i in range(n)]
+    return pa.Table.from_arrays([pa.array([f"{prefix}{day}-{i}" for i in range(n)]),
+                                 pa.array(times, pa.timestamp("us", tz="UTC")),
+                                 pa.array([float(i) for i in range(n)])], schema=SCHEMA)
+
+
+def test_catalog_and_warehouse_follow_the_settings(tmp_path):
+    local = Settings(storage="local", home=tmp_path / "h", lake_uri=str(tmp_path / "lake"))
+    assert local.catalog_uri == f"sqlite:///{tmp_path / 'h' / 'catalog' / 'catalog.db'}"
+    assert warehouse_uri(local) == f"file://{tmp_path / 'lake'}/_iceberg"
+    assert "s3.endpoint" not in catalog_properties(local)
+    s3 = Settings(storage="s3", home=tmp_path / "h", lake_bucket="b", s3_endpoint_url="http://127.0.0.1:9",
+                  catalog_uri="postgresql+psycopg2://u@db/rtml")
+    props = catalog_properties(s3)
+    assert props["warehouse"] == "s3://b/_iceberg" and props["uri"] == "postgresql+psycopg2://u@db/rtml"
+    assert props["s3.endpoint"] == "http://127.0.0.1:9" and props["s3.force-virtual-addressing"] == "false"
+
+
+def test_a_batch_is_one_commit_and_a_rerun_replaces_its_rows(settings):
+    t = Tables(settings)
+    first = t.commit_batch("ds", "events", "b1", rows(5, 1), {"accepted": 5}, time_column="ts")
+    t.commit_batch("ds", "events", "b2", rows(3, 2), {"accepted": 3}, time_column="ts")
+    again = t.commit_batch("ds", "events", "b1", rows(4, 1, "r"), {"accepted": 4}, time_column="ts")
+    got = t.read("ds", "events").to_pandas()
+    assert len(got) == 7 and got.groupby(BATCH_COLUMN).size().to_dict() == {"b1": 4, "b2": 3}
+    assert set(got[got[BATCH_COLUMN] == "b1"]["id"]) == {f"r1-{i}" for i in range(4)}  # replaced, not appended
+    # The summary of the snapshot that committed a batch carries its counts.
+    table = t.table("ds", "events")
+    last = table.snapshot_by_id(again["snapshot_id"])
+    assert last.summary["rtml.batch"] == "b1" and last.summary["rtml.accepted"] == "4"
+    # Time travel: the first snapshot still reads the first attempt.
+    assert t.read("ds", "events", snapshot_id=first["snapshot_id"]).num_rows == 5
+    assert "day" in str(table.spec())  # partitioned by day of the time column
+
+
+def test_reads_filter_by_batch_and_window(settings):
+    t = Tables(settings)
+    for day in (1, 2, 3):
+        t.commit_batch("ds", "events", f"b{day}", rows(4, day), time_column="ts")
+    assert t.read("ds", "events", {"b1", "b3"}).num_rows == 8
+    assert t.read("ds", "events", set()).num_rows == 0
+    window = t.read("ds", "events", time_column="ts", start=datetime(2026, 1, 2, tzinfo=UTC),
+                    end=datetime(2026, 1, 3, tzinfo=UTC)).to_pandas()
+    assert set(window[BATCH_COLUMN]) == {"b2"} and len(window) == 4
+    with pytest.raises(TableError, match="ds.labels does not exist"):
+        t.read("ds", "labels")
+
+
+def test_a_new_nullable_feature_evolves_the_schema_and_old_rows_read_as_null(settings):
+    t = Tables(settings)
+    t.commit_batch("ds", "events", "b1", rows(2, 1), time_column="ts")
+    wider = rows(2, 2).append_column("y", pa.array([1.5, None], pa.float64()))
+    t.commit_batch("ds", "events", "b2", wider, time_column="ts")
+    got = t.read("ds", "events").to_pandas().set_index("id")
+    assert list(t.table("ds", "events").schema().as_arrow().names) == ["id", "ts", "x", BATCH_COLUMN, "y"]
+    assert got.loc["e2-0", "y"] == 1.5 and got["y"].isna().sum() == 3
+    # A batch without the new column (an older producer) still commits: the column is null.
+    t.commit_batch("ds", "events", "b3", rows(1, 3), time_column="ts")
+    assert t.read("ds", "events", {"b3"}).column("y").null_count == 1
+
+
+def test_two_writers_of_one_table_both_commit(settings):
+    """Events and labels tasks, or two workers: a lost commit race is retried, nothing is lost."""
+    a, b = Tables(settings), Tables(settings)
+    a.commit_batch("ds", "events", "b1", rows(3, 1), time_column="ts")
+    b.table("ds", "events")  # b holds the table as of b1
+    a.commit_batch("ds", "events", "b2", rows(3, 2), time_column="ts")
+    b.commit_batch("ds", "events", "b3", rows(3, 3), time_column="ts")  # stale metadata: must retry
+    assert Tables(settings).read("ds", "events").num_rows == 9
+
+
+def produce(settings: Settings, **kw) -> dict:
+    args = dict(rows=600, start=T0, rate=1.0, seed=3, label_delay=300.0, file_seconds=60.0)
+    args.update(kw)
+    return prod.produce(SPEC, to="landing", settings=settings, **args)
+
+
+def _ingest_all(settings: Settings) -> Lake:
+    produce(settings, bad_fraction=0.03)
+    lake = Lake(settings)
+    for k in range(3):
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    return lake
+
+
+def test_ingestion_into_tables_reads_exactly_like_the_file_lake(settings, tmp_path):
+    """Same landing files, both formats: every reader gets the same frames and lineage."""
+    files = _ingest_all(Settings(storage="local", home=tmp_path / "fh", lake_uri=str(tmp_path / "flake")))
+    lake = _ingest_all(settings)
+    manifests = lake.manifests(DS, "events")
+    assert all(m["table"] == f"{DS}.events" and m["snapshot_id"] and m["files"] == [] for m in manifests)
+    assert sum(m["records_in"] for m in manifests) == 600
+    for kind in ("events", "labels"):
+        assert lake.read_batches(DS, kind).equals(files.read_batches(DS, kind))
+    some = [m["batch_id"] for m in manifests[1:]]
+    assert lake.read_batches(DS, "events", some).equals(files.read_batches(DS, "events", some))
+    for window in ((None, None), (T0, T0 + FIVE), (T0 + FIVE, T0 + 3 * FIVE)):
+        got, lineage = lake.labelled(SPEC, *window)
+        want, want_lineage = files.labelled(SPEC, *window)
+        assert got.equals(want) and lineage == want_lineage and len(got)
+    # A re-run of a batch changes nothing a reader sees.
+    before = lake.read_batches(DS, "events")
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    assert lake.read_batches(DS, "events").equals(before)
+
+
+@pytest.mark.parametrize("stage", ["before-data", "data"])
+def test_a_writer_killed_before_or_after_the_commit_leaves_no_partial_batch(settings, tmp_path, stage):
+    produce(settings, rows=100)
+    env = {**os.environ, "RTML_STORAGE": "local", "RTML_HOME": str(settings.home), "RTML_LAKE_URI": settings.lake_uri,
+           "RTML_LAKE_FORMAT": "iceberg", "RTML_TEST_CRASH_AFTER_WRITE": stage}
+    cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",
+           "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(), "--json"]
+    crashed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == 75, crashed.stderr
+    lake = Lake(settings)
+    assert lake.manifests(DS, "events") == [] and lake.read_batches(DS, "events").empty
+    committed = Tables(settings).read(DS, "events").num_rows if Tables(settings).exists(DS, "events") else 0
+    assert committed == (100 if stage == "data" else 0)  # all of the batch or none of it
+    env.pop("RTML_TEST_CRASH_AFTER_WRITE")
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["events"]["accepted"] == 100
+    assert len(lake.read_batches(DS, "events")) == 100 == Tables(settings).read(DS, "events").num_rows
+
+
+def test_a_window_read_at_its_snapshots_is_unchanged_by_later_commits(settings):
+    """Lineage: what training read is read back exactly, after new batches and a re-written batch."""
+    from rtml.train import frame_digest, read_lineage
+
+    produce(settings, rows=900, bad_fraction=0.0)
+    lake = Lake(settings)
+    for k in range(2):
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    snaps = lake.snapshots(DS)
+    assert set(snaps) == {"events", "labels"} and all(snaps.values())
+    then, batches = lake.labelled(SPEC, snapshots=snaps)
+    for kind in ("events", "labels"):  # later batches land
+        ingest_interval(SPEC, kind, T0 + 2 * FIVE, T0 + 3 * FIVE, settings=settings, lake=lake)
+    first = batches["events"][0]
+    current = Tables(settings).read(DS, "events", {first}).drop_columns([BATCH_COLUMN])
+    Tables(settings).commit_batch(DS, "events", first, current.slice(0, 10))  # a batch re-written smaller
+    now, _ = lake.labelled(SPEC)
+    assert not now.equals(then)
+    lineage = {"window_start": "2000-01-01T00:00:00+00:00", "window_end": "2100-01-01T00:00:00+00:00",
+               "events_batches": batches["events"], "labels_batches": batches["labels"],
+               "tables": {k: {"table": f"{DS}.{k}", "snapshot_id": v} for k, v in snaps.items()}}
+    back = read_lineage(SPEC, lineage, lake)
+    assert back.equals(then) and frame_digest(back) == frame_digest(then) != frame_digest(now)
