@@ -91,10 +91,10 @@ def test_lineage_names_the_window_and_the_contract(spec, lake):
 class _CountingLake(Lake):
     full_reads = 0
 
-    def labelled(self, spec, start=None, end=None):
+    def labelled(self, spec, start=None, end=None, **kw):
         if start is None and end is None:
             type(self).full_reads += 1
-        return super().labelled(spec, start, end)
+        return super().labelled(spec, start, end, **kw)
 
 
 def test_empty_ingestion_intervals_do_not_force_a_full_read(spec, tmp_path):
