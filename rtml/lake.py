@@ -38,8 +38,10 @@ KINDS = ("events", "labels", "predictions", "shadow")
 
 
 def _date_of(batch_id: str) -> str:
-    # batch ids start with a UTC timestamp (YYYYMMDDTHHMMSS...), which gives the date partition.
-    return f"{batch_id[0:4]}-{batch_id[4:6]}-{batch_id[6:8]}" if batch_id[:8].isdigit() else "undated"
+    # batch ids start with a UTC timestamp (YYYYMMDDTHHMMSS...), which gives the date partition;
+    # the length check keeps a short all-digit id ("2026") from making a partition "date=2026--".
+    dated = len(batch_id) >= 8 and batch_id[:8].isdigit()
+    return f"{batch_id[0:4]}-{batch_id[4:6]}-{batch_id[6:8]}" if dated else "undated"
 
 
 def _utc(value: Any) -> pd.Timestamp:

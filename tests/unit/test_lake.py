@@ -37,6 +37,7 @@ def test_layout_keys_and_date_partition(lake):
     assert lake.quarantine_key("ds", "labels", b) == f"ds/quarantine/labels/date=2026-11-25/batch={b}/rejected.jsonl"
     assert lake.manifest_key("ds", "events", b) == f"ds/_manifests/events/{b}.json"
     assert _date_of("backfill-1") == "undated" and _date_of("2026-01-01") == "undated"
+    assert _date_of("2026") == "undated" and _date_of("20260101") == "2026-01-01"
     assert lake.uri == lake.store.uri
 
 
