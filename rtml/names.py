@@ -14,6 +14,8 @@ CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_ch
 APPROVED, REJECTED = "approved", "rejected"
 APPROVAL_TAG = "approval"  # set by a person in the MLflow UI: approved | rejected
 APPROVAL_BY_TAG = "approval.by"
+# On a version: "<seq>:<hash>" of the newest decision-log entry about it (see rtml.registry.audit).
+AUDIT_ANCHOR_TAG = "audit.anchor"
 
 # --- gate results on a model version ---------------------------------------------------------------
 GATE_TAGS = ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")

@@ -9,7 +9,25 @@ from rtml.registry.audit import entries, verify
 
 
 def _verify_cmd(args: argparse.Namespace) -> dict[str, Any]:
-    return verify()
+    anchors = None
+    unchecked = ""
+    if not args.no_registry:
+        try:
+            import httpx
+
+            from rtml.registry.audit import registry_anchors
+            from rtml.registry.client import mlflow_client
+            from rtml.settings import get_settings
+
+            # A quick probe first: MLflow's client retries an absent server for minutes.
+            httpx.get(get_settings().mlflow_tracking_uri.rstrip("/") + "/health", timeout=3).raise_for_status()
+            anchors = registry_anchors(mlflow_client())
+        except Exception as err:  # noqa: BLE001 - the chain is still checked; say what was not
+            unchecked = f"registry anchors NOT checked (MLflow: {type(err).__name__}: {str(err)[:200]})"
+    result = verify(anchors=anchors)
+    if unchecked:
+        result["message"] += f"\n{unchecked}"
+    return result  # "ok": False makes the exit code 1
 
 
 def _show_cmd(args: argparse.Namespace) -> dict[str, Any]:
@@ -51,7 +69,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="the decision log (gates, approvals, promotions, rollbacks, reloads)",
                        description="The append-only, hash-chained decision log in the lake.")
     asub = p.add_subparsers(dest="audit_command", required=True, metavar="{verify,show,keygen}")
-    command(asub, "verify", _verify_cmd, "check the decision log: any edited entry, gap or broken link fails")
+    c = command(asub, "verify", _verify_cmd,
+                "check the decision log: any edited entry, gap, broken link or cut tail (registry anchors) fails")
+    c.add_argument("--no-registry", action="store_true",
+                   help="check the chain only (not the anchors on model versions in MLflow)")
     c = command(asub, "show", _show_cmd, "print the decision log")
     c.add_argument("--model", default=None, help="only this registered model")
     c.add_argument("--version", default=None, help="only this version (as the version or the from-version)")

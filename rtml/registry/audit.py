@@ -205,11 +205,14 @@ def for_version(name: str, version: str | int, store: ObjectStore | None = None,
     return [e for e in entries(store, settings) if e.get("model") == name and v in (e.get("version"), e.get("from_version"))]
 
 
-def verify(store: ObjectStore | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """Walk the chain: every entry unedited, sequence numbers 0..n-1 without gaps, links intact."""
+def verify(store: ObjectStore | None = None, settings: Settings | None = None,
+           anchors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Walk the chain: every entry unedited, sequence numbers 0..n-1 without gaps, links intact;
+    with ``anchors`` (:func:`registry_anchors`), every entry they name is there, unchanged."""
     store = store or open_log_store(settings)
     problems: list[str] = []
     by_seq: dict[int, str] = {}
+    readable: dict[int, dict[str, Any]] = {}
     for key in store.list(PREFIX):
         seq = _seq_of(key)
         if seq is None:
@@ -233,6 +236,7 @@ def verify(store: ObjectStore | None = None, settings: Settings | None = None) -
             prev_hash = None
             continue
         count += 1
+        readable[seq] = entry
         if entry.get("seq") != seq:
             problems.append(f"entry {seq}: says it is entry {entry.get('seq')!r} (moved or renumbered)")
         if entry.get("hash") != entry_hash(entry):
@@ -240,16 +244,90 @@ def verify(store: ObjectStore | None = None, settings: Settings | None = None) -
         if prev_hash is not None and entry.get("prev") != prev_hash:
             problems.append(f"entry {seq}: does not follow entry {seq - 1} (its 'prev' is not that entry's hash)")
         prev_hash = str(entry.get("hash", ""))
+    here = log_location(store)
+    mine = [a for a in anchors or [] if a.get("log") in (here, "", None)]  # other lakes' anchors: not ours
+    if mine:
+        problems.extend(check_anchors(mine, readable))
     ok = not problems
     return {
         "ok": ok,
         "entries": count,
+        "anchors": None if anchors is None else len(mine),
         "head": {"seq": n - 1, "hash": prev_hash} if n else None,
         "problems": problems,
         "store": f"{store.uri}/{PREFIX}",
-        "message": (f"decision log OK: {count} entries, chain intact ({store.uri}/{PREFIX})" if ok else
+        "message": (f"decision log OK: {count} entries, chain intact"
+                    + (f", {len(mine)} registry anchors found" if anchors is not None else "")
+                    + f" ({store.uri}/{PREFIX})" if ok else
                     f"decision log BROKEN: {len(problems)} problem(s):\n  " + "\n  ".join(problems)),
     }
+
+
+# --- anchors: the log's newest entries, named outside the lake -------------------------------------
+# A log whose newest entries were deleted is still a valid chain. Each decision about a model
+# version is therefore also named on that version in the MLflow registry (tag AUDIT_ANCHOR_TAG:
+# "<seq>:<hash>@<log>", the log's location, as one registry may serve several lakes); ``verify``
+# checks every anchor of its log, so a cut tail, or a tail cut and re-written, fails unless both
+# the lake and the registry were edited. Entries after the newest
+# anchor (the endpoint's reloads, which has no write access to the registry) are not covered.
+def log_location(store: ObjectStore) -> str:
+    return f"{store.uri}/{PREFIX}"
+
+
+def anchor(client: Any, name: str, version: str | int | None, entry: dict[str, Any],
+           store: ObjectStore | None = None, settings: Settings | None = None) -> bool:
+    """Name ``entry`` (of the log in ``store``) on the model version it concerns; best effort."""
+    from rtml.names import AUDIT_ANCHOR_TAG
+
+    if version is None:
+        return False
+    try:
+        where = log_location(store or open_log_store(settings))
+        client.set_model_version_tag(name, str(version), AUDIT_ANCHOR_TAG, f"{entry['seq']}:{entry['hash']}@{where}")
+        return True
+    except Exception:  # noqa: BLE001 - the decision is recorded; only its witness is missing
+        log.warning("decision %s not anchored on %s version %s", entry.get("seq"), name, version, exc_info=True)
+        return False
+
+
+def registry_anchors(client: Any) -> list[dict[str, Any]]:
+    """Every anchor in the registry: ``{"model", "version", "seq", "hash", "log"}`` (malformed: seq None)."""
+    from rtml.names import AUDIT_ANCHOR_TAG
+
+    out: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = client.search_model_versions(max_results=1000, page_token=token)
+        for mv in page:
+            value = (mv.tags or {}).get(AUDIT_ANCHOR_TAG)
+            if value is None:
+                continue
+            named, _, where = str(value).partition("@")
+            seq, _, digest = named.partition(":")
+            out.append({"model": mv.name, "version": str(mv.version),
+                        "seq": int(seq) if seq.isdigit() else None, "hash": digest, "log": where})
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def check_anchors(anchors: list[dict[str, Any]], by_seq: dict[int, dict[str, Any]]) -> list[str]:
+    """The problems the anchors reveal in the log (``by_seq``: its readable entries)."""
+    problems = []
+    for a in anchors:
+        where = f"{a['model']} version {a['version']}"
+        if a["seq"] is None:
+            problems.append(f"anchor on {where}: malformed ({a['hash']!r})")
+            continue
+        entry = by_seq.get(a["seq"])
+        if entry is None:
+            problems.append(f"anchor on {where}: names entry {a['seq']}, which the log does not have "
+                            "(its newest entries were deleted?)")
+        elif entry.get("hash") != a["hash"]:
+            problems.append(f"anchor on {where}: entry {a['seq']} is not the entry it named (the log was re-written)")
+        elif entry.get("model") != a["model"]:
+            problems.append(f"anchor on {where}: entry {a['seq']} is about {entry.get('model')!r}")
+    return problems
 
 
 # --- model card ---------------------------------------------------------------------------------

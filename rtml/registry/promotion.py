@@ -117,11 +117,15 @@ def audit_trail(client: MlflowClient, name: str, version: str | int) -> list[str
     return [ln.strip() for ln in desc.splitlines() if ln.strip().startswith(AUDIT_MARK)]
 
 
-def _log(action: str, name: str, version: str | int | None, **kw: Any) -> dict[str, Any]:
-    """Append to the decision log (the record): a decision that cannot be recorded fails."""
-    from rtml.registry.audit import record
+def _log(action: str, name: str, version: str | int | None, client: Any = None, **kw: Any) -> dict[str, Any]:
+    """Append to the decision log (the record): a decision that cannot be recorded fails. With
+    ``client``, the entry is also anchored on the version in the registry (see audit.anchor)."""
+    from rtml.registry.audit import anchor, record
 
-    return record(action, name, version, **kw)
+    entry = record(action, name, version, **kw)
+    if client is not None:
+        anchor(client, name, version, entry)
+    return entry
 
 
 @contextlib.contextmanager
@@ -168,7 +172,7 @@ def record_decision(
     client.set_model_version_tag(name, version, "approval.at", at)
     if reason:
         client.set_model_version_tag(name, version, "approval.reason", reason[:4900])
-    _log("approval" if decision == APPROVED else "rejection", name, version, on_behalf_of=by, reason=reason,
+    _log("approval" if decision == APPROVED else "rejection", name, version, client, on_behalf_of=by, reason=reason,
          details={"via": "rtml"})
     audit(client, name, version, f"{decision} by {by}" + (f": {reason}" if reason else ""))
     return {"name": name, "version": version, "decision": decision, "by": by, "at": at}
@@ -308,7 +312,7 @@ def promote(
         at = _now()
         # Recorded before the alias moves: the endpoint reloads as soon as it sees the new champion
         # and logs that reload, so the decision must already be in the log ahead of it.
-        entry = _log("promotion", name, version, from_version=old, on_behalf_of=approver,
+        entry = _log("promotion", name, version, client, from_version=old, on_behalf_of=approver,
                      reason=(f"forced: {reason}" if force else reason) if (force or reason) else "",
                      details={"forced": force, "approved_by": tags.get("approval.by", ""),
                               "gate_signature_key": tags.get("gate.key_id", "")})
@@ -389,7 +393,8 @@ def rollback(name: str, by: str | None = None, reason: str = "", client: MlflowC
             raise PromotionError(f"cannot roll {name} back to version {previous}: {err}") from None
         at = _now()
         before = ptags.get("promoted.previous")
-        entry = _log("rollback", name, previous, from_version=current, on_behalf_of=by, reason=reason)  # before the alias moves
+        entry = _log("rollback", name, previous, client, from_version=current, on_behalf_of=by,
+                     reason=reason)  # before the alias moves
         with _applying(entry):
             client.set_registered_model_alias(name, CHAMPION, previous)
             # The version that was champion before `previous` was promoted becomes the next step back.

@@ -288,15 +288,16 @@ def sign_and_record(client: Any, name: str, version: str | int, decision: dict[s
                     settings: Settings | None = None) -> dict[str, str]:
     """What the evaluator does right after writing the gate tags: sign them, append the gate
     result to the decision log, and show it in the model card."""
-    from rtml.registry.audit import record, refresh_model_card
+    from rtml.registry.audit import anchor, record, refresh_model_card
 
     s = _settings(settings)
     signed = sign_version(client, name, version, s)
-    record("gate", name, version, settings=s, reason="; ".join(decision.get("reasons", []))[:2000],
+    entry = record("gate", name, version, settings=s, reason="; ".join(decision.get("reasons", []))[:2000],
            details={"passed": bool(decision.get("passed")),
                     "gates": {k: bool(v.get("passed")) for k, v in (decision.get("gates") or {}).items()},
                     "model_digest": signed[DIGEST_TAG], "signature": signed[SIGNATURE_TAG],
                     "key_id": signed[KEY_ID_TAG]})
+    anchor(client, name, version, entry)
     refresh_model_card(client, name, version, s)
     return signed
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 class FakeRegistry:
     """The MlflowClient calls promotion makes, on dicts; ``on_alias`` runs before an alias moves."""
 
-    def __init__(self, versions: dict[str, dict[str, str]], aliases: dict[str, str]):
+    def __init__(self, versions: dict[str, dict[str, str]], aliases: dict[str, str], name: str = "credit"):
+        self.name = name
         self.tags = {v: dict(t) for v, t in versions.items()}
         self.descriptions = {v: "" for v in versions}
         self.aliases = dict(aliases)
@@ -39,6 +40,9 @@ class FakeRegistry:
 
     def update_model_version(self, name, version, description=None):
         self.descriptions[str(version)] = description or ""
+
+    def search_model_versions(self, max_results=None, page_token=None):
+        return [self.get_model_version(self.name, v) for v in self.tags]
 
 
 def local_governance(tmp_path, monkeypatch):

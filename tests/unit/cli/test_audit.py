@@ -54,6 +54,9 @@ def test_keygen_writes_a_pair_and_never_overwrites_it(tmp_path, capsys):
 
 
 def test_verify_passes_its_result_through(monkeypatch, capsys):
-    monkeypatch.setattr(cmd, "verify", lambda: {"ok": False, "message": "entry 3 was edited"})
-    assert cli.main(["audit", "verify"]) == 1
+    seen = []
+    monkeypatch.setattr(cmd, "verify", lambda anchors=None: seen.append(anchors) or {"ok": False,
+                                                                                   "message": "entry 3 was edited"})
+    assert cli.main(["audit", "verify", "--no-registry"]) == 1
     assert "entry 3 was edited" in capsys.readouterr().out
+    assert seen == [None]  # --no-registry: the chain only, no anchors looked up

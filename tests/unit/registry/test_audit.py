@@ -300,3 +300,64 @@ def test_a_truncated_tail_shows_only_as_an_older_head(settings, dropped):
     after = audit.verify(store)["head"]
     assert after["seq"] == 4 - dropped and after != before
     assert after["hash"] == audit.entries(store)[-1]["hash"]
+
+
+def _anchored(settings: Settings):
+    """Five decisions, each anchored on its version in an in-memory registry."""
+    from support.registry import FakeRegistry
+
+    from rtml.registry import audit
+
+    reg = FakeRegistry({str(v): {} for v in range(1, 6)}, {})
+    store = audit.open_log_store(settings)
+    for i in range(5):
+        e = audit.record("approval", "credit", str(i + 1), settings=settings, store=store)
+        assert audit.anchor(reg, "credit", str(i + 1), e, store)
+    return reg, store
+
+
+@pytest.mark.parametrize("dropped", [1, 3])
+def test_registry_anchors_reveal_a_cut_tail(settings, dropped):
+    from rtml.registry import audit
+
+    reg, store = _anchored(settings)
+    anchors = audit.registry_anchors(reg)
+    assert [a["seq"] for a in anchors] == [0, 1, 2, 3, 4]
+    assert audit.verify(store, anchors=anchors)["ok"]
+    for seq in range(5 - dropped, 5):
+        store.delete(audit._key(seq))
+    out = audit.verify(store, anchors=audit.registry_anchors(reg))
+    assert not out["ok"] and len(out["problems"]) == dropped
+    assert all("does not have" in p and "deleted" in p for p in out["problems"])
+
+
+def test_registry_anchors_reveal_a_tail_cut_and_rewritten(settings):
+    """The newest entry deleted and a forged one appended in its place: a valid chain, a wrong hash."""
+    from rtml.registry import audit
+
+    reg, store = _anchored(settings)
+    store.delete(audit._key(4))
+    audit.record("rejection", "credit", "5", settings=settings, store=store, reason="forged")
+    assert audit.verify(store)["ok"]  # the chain alone cannot tell
+    out = audit.verify(store, anchors=audit.registry_anchors(reg))
+    assert not out["ok"] and out["problems"] == [
+        "anchor on credit version 5: entry 4 is not the entry it named (the log was re-written)"]
+
+
+def test_malformed_anchors_and_an_anchor_failure(settings, caplog):
+    from rtml.names import AUDIT_ANCHOR_TAG
+    from rtml.registry import audit
+
+    reg, store = _anchored(settings)
+    reg.tags["2"][AUDIT_ANCHOR_TAG] = "two:abc"
+    reg.tags["3"][AUDIT_ANCHOR_TAG] = "99:abc@s3://another-lake/_audit/decisions"  # another lake's log
+    out = audit.verify(store, anchors=audit.registry_anchors(reg))
+    assert out["problems"] == ["anchor on credit version 2: malformed ('abc')"] and out["anchors"] == 4
+
+    class Down:
+        def set_model_version_tag(self, *a):
+            raise ConnectionError("registry down")
+
+    entry = audit.entries(store)[0]
+    assert audit.anchor(Down(), "credit", "1", entry) is False and "not anchored" in caplog.text
+    assert audit.anchor(reg, "credit", None, entry) is False
