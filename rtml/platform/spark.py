@@ -11,6 +11,7 @@ into a cache folder (default ``~/.cache/rtml/spark-jars``) that later runs reuse
     from rtml.platform.spark import spark_session
     spark = spark_session()            # the lake of RTML_* settings
     spark.sql("SELECT count(*) FROM rtml.credit_applications.events").show()
+    stop_spark(spark)                  # the session and its JVM
 """
 
 from __future__ import annotations
@@ -163,3 +164,21 @@ def spark_session(settings: Settings | None = None, cache: Path | None = None) -
     for key, value in spark_conf(s, spark_jars(s, cache)).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def stop_spark(session: SparkSession) -> None:
+    """Stop ``session`` and the JVM PySpark launched for it: nothing outlives the caller, and a later
+    :func:`spark_session` (other jars, another catalog) starts a fresh JVM."""
+    from pyspark import SparkContext
+
+    session.stop()
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    proc = getattr(gateway, "proc", None)  # the java child PySpark started (absent when attached)
+    if proc is not None:
+        proc.terminate()
+        proc.wait(30)
+    SparkContext._gateway = None
+    SparkContext._jvm = None

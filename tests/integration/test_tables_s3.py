@@ -218,3 +218,28 @@ def test_a_writer_killed_around_its_commit_leaves_all_or_none_on_s3(iceberg_s3, 
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert json.loads(ok.stdout)["events"]["accepted"] == 120
     assert len(lake.read_batches(DS, "events")) == 120 == Tables(settings).read(DS, "events").num_rows
+
+
+def test_spark_reads_the_s3_tables_through_the_postgres_catalog(iceberg_s3):
+    """PySpark (local, Iceberg's S3FileIO, PostgreSQL JDBC catalog) counts what rtml's reader reads."""
+    pytest.importorskip("pyspark")
+    from rtml.platform.spark import spark_session, stop_spark
+
+    settings = iceberg_s3
+    _produce(settings, rows=400, seed=12)
+    lake = Lake(settings)
+    _ingest(settings, lake, intervals=2)
+    _ingest(settings, lake, intervals=1)  # a re-run: Spark must see its rows once
+    start, end = T0 + timedelta(minutes=2), T0 + timedelta(minutes=8)
+    ours = Tables(settings).read(DS, "events", time_column=SPEC.event_time, start=start, end=end).num_rows
+    per_batch = {m["batch_id"]: m["accepted"] for m in lake.manifests(DS, "events") if m["accepted"]}
+    spark = spark_session(settings)
+    try:
+        events = f"rtml.`{DS}`.events"
+        counted = spark.sql(f"SELECT count(*) FROM {events} WHERE `{SPEC.event_time}` >= TIMESTAMP "
+                            f"'{start.isoformat()}' AND `{SPEC.event_time}` < TIMESTAMP '{end.isoformat()}'").collect()
+        batches = spark.sql(f"SELECT _batch, count(*) FROM {events} GROUP BY _batch").collect()
+    finally:
+        stop_spark(spark)
+    assert counted[0][0] == ours > 0
+    assert {r[0]: r[1] for r in batches} == per_batch and len(per_batch) == 2

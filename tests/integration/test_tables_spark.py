@@ -44,24 +44,13 @@ def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def spark(lake_settings: Settings) -> Iterator[object]:
     pytest.importorskip("pyspark")
-    from pyspark import SparkContext
-
-    from rtml.platform.spark import spark_session
+    from rtml.platform.spark import spark_session, stop_spark
 
     session = spark_session(lake_settings)
     try:
         yield session
     finally:
-        session.stop()
-        # Stop the JVM too, so nothing the test started outlives it.
-        gateway = SparkContext._gateway
-        if gateway is not None:
-            gateway.shutdown()
-            proc = getattr(gateway, "proc", None)
-            if proc is not None:
-                proc.terminate()
-                proc.wait(30)
-            SparkContext._gateway = SparkContext._jvm = None
+        stop_spark(session)  # and its JVM: nothing the test started outlives it
 
 
 def _count(spark, sql: str) -> int:

@@ -160,3 +160,35 @@ def test_session_builder_gets_every_property(tmp_path, monkeypatch):
         (cache / f"{artifact}-{version}.jar").write_bytes(b"PK")
     kind, conf = sp.spark_session(s, cache)
     assert kind == "session" and conf == sp.spark_conf(s, sp.spark_jars(s, cache))
+
+
+def test_stop_spark_stops_the_session_and_its_jvm(monkeypatch):
+    """The JVM PySpark launched is shut down and forgotten, so a later session starts a fresh one."""
+    events: list[str] = []
+
+    class Proc:
+        def terminate(self):
+            events.append("terminate")
+
+        def wait(self, timeout):
+            events.append(f"wait {timeout}")
+
+    class Gateway:
+        proc = Proc()
+
+        def shutdown(self):
+            events.append("shutdown")
+
+    class SparkContext:
+        _gateway = Gateway()
+        _jvm = object()
+
+    fake = types.ModuleType("pyspark")
+    fake.SparkContext = SparkContext
+    monkeypatch.setitem(sys.modules, "pyspark", fake)
+    session = types.SimpleNamespace(stop=lambda: events.append("stop"))
+    sp.stop_spark(session)
+    assert events == ["stop", "shutdown", "terminate", "wait 30"]
+    assert SparkContext._gateway is None and SparkContext._jvm is None
+    sp.stop_spark(session)  # no JVM left: only the session is stopped again
+    assert events[-1] == "stop"
