@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # (one Apache Iceberg table per dataset and kind, see rtml.tables; the manifests stay the ledger).
     lake_format: Literal["files", "iceberg"] = "files"
     catalog_uri: str = ""  # Iceberg SQL catalog; default: sqlite:///<home>/catalog/catalog.db
+    # Table maintenance (rtml.tables.maintain, the rtml_maintenance DAG): snapshots older than this are
+    # expired, except the newest table_snapshot_retain_last; a model version trained on an expired
+    # snapshot is read back from the current table (its lineage check tells whether rows changed).
+    table_snapshot_retention_days: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    table_snapshot_retain_last: int = Field(default=10, ge=1)
 
     # MLflow tracking server and registry.
     mlflow_port: int = 5000

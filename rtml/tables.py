@@ -203,6 +203,13 @@ class Tables:
         with ``time_column`` in [start, end) when given: a window prunes the days it does not cover."""
         e = _expressions()
         table = self.table(dataset, kind)
+        if snapshot_id is not None and table.metadata.snapshot_by_id(snapshot_id) is None:
+            table = table.refresh()
+            if table.metadata.snapshot_by_id(snapshot_id) is None:
+                # Expired by maintenance (older than the retention, see maintain): the batches are read
+                # from the current table instead (a re-run batch then reads its new rows).
+                log.warning("table %s: snapshot %s was expired; reading the current table", table.name(), snapshot_id)
+                snapshot_id = None
         if snapshot_id is None:
             table = table.refresh()
             self._open[self.identifier(dataset, kind)] = table
@@ -253,3 +260,391 @@ def _align(rows: pa.Table, table: Table) -> pa.Table:
         else:
             cols.append(pa.nulls(rows.num_rows, field.type))
     return pa.Table.from_arrays(cols, schema=target)
+
+
+# --- migration of a manifest-and-files lake into tables -------------------------------------------
+MIGRATED_FILES = "migrated_files"  # a migrated manifest keeps the Parquet keys it listed (audit, resume)
+
+
+def _migration_step(stage: str, batch_id: str) -> None:
+    """Test hook between the steps of one batch's migration (``committed``: the table has the batch,
+    the manifest still lists its files; ``manifest``: the manifest names the table, the files are
+    still there). Tests patch it to raise, as a process killed at that point would stop."""
+
+
+def _lake_datasets(lake: Any) -> list[str]:
+    """The datasets of the lake: the folders that hold a ``_manifests`` folder."""
+    return sorted({key.split("/_manifests/", 1)[0] for key in lake.store.list("") if "/_manifests/" in key})
+
+
+def _batch_rows(lake: Any, keys: list[str]) -> pa.Table:
+    """The rows of a file-based batch (its Parquet parts, in order), timestamps in microseconds:
+    Iceberg (format 2) stores no nanoseconds, and rtml's times carry no more than microseconds
+    (a lossy cast raises rather than change a value)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(io.BytesIO(lake.store.get(key))) for key in keys]
+    data = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+    fields = [pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable)
+              if pa.types.is_timestamp(f.type) and f.type.unit == "ns" else f for f in data.schema]
+    return data.cast(pa.schema(fields)).replace_schema_metadata(None)
+
+
+def _parquet_rows(lake: Any, keys: list[str]) -> int:
+    import io
+
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(io.BytesIO(lake.store.get(key))).metadata.num_rows for key in keys)
+
+
+def _delete_files(lake: Any, keys: list[str]) -> int:
+    gone = 0
+    for key in keys:
+        if lake.store.exists(key):
+            lake.store.delete(key)
+            gone += 1
+    return gone
+
+
+def migrate(
+    settings: Settings | None = None,
+    lake: Any = None,
+    datasets: list[str] | None = None,
+    kinds: tuple[str, ...] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Move a manifest-and-Parquet lake into tables: ``rtml lake migrate``.
+
+    For each dataset and kind (events, labels, predictions, shadow: those with manifests), each
+    batch whose manifest lists Parquet ``files``, in batch order:
+
+    1. its rows are committed with :meth:`Tables.commit_batch` (same batch id, the manifest's counts
+       in the snapshot summary) and read back from that snapshot: the row count must equal the files';
+    2. its manifest is rewritten with ``table``/``snapshot_id``, ``files: []`` and the old keys in
+       ``migrated_files``;
+    3. only then are its Parquet files deleted.
+
+    Killed anywhere and run again, nothing is lost or doubled: before 2 the batch is committed
+    again (a commit replaces the batch's rows), after 2 only the files left over are deleted.
+    Batches without rows stay as they are. At the end, every table batch of a kind is counted in the
+    current table and compared with its manifest's ``accepted``. Readers (:class:`rtml.lake.Lake`)
+    read table batches whatever ``lake_format`` says; set ``RTML_LAKE_FORMAT=iceberg`` so that new
+    batches are written to the tables too. ``dry_run`` only reports what would be done.
+    """
+    from rtml.lake import KINDS, Lake
+
+    s = settings or get_settings()
+    lake = lake or Lake(s)
+    names = datasets if datasets is not None else _lake_datasets(lake)
+    report: dict[str, Any] = {"ok": True, "dry_run": dry_run, "lake": lake.uri, "kinds": {}, "mismatches": []}
+    lines = []
+    for ds in names:
+        for kind in kinds or KINDS:
+            manifests = lake.manifests(ds, kind)
+            if not manifests:
+                continue
+            counts = _migrate_kind(lake, ds, kind, manifests, dry_run, report["mismatches"])
+            report["kinds"][f"{ds}/{kind}"] = counts
+            verb = "would migrate" if dry_run else "migrated"
+            line = (f"{ds}/{kind}: {counts['batches']} batch(es): {verb} {counts['migrated']} "
+                    f"({counts['rows']} rows), {counts['already']} already in {Tables.identifier(ds, kind)} "
+                    f"({counts['rows_in_table']} rows), {counts['empty']} without rows")
+            if counts["files_deleted"]:
+                line += f"; {counts['files_deleted']} Parquet file(s) deleted"
+            if not dry_run:
+                line += ("; rows read after = rows read before for every batch" if counts["checked"]
+                         else "; ROW COUNTS DIFFER (see mismatches)")
+            lines.append(line)
+    if report["mismatches"]:
+        report["ok"] = False
+        lines += [f"  MISMATCH {m['dataset']}/{m['kind']} batch {m['batch_id']}: {m['detail']}"
+                  for m in report["mismatches"]]
+    if not lines:
+        lines.append(f"nothing to migrate: no batch manifests in {lake.uri}")
+    elif not dry_run and s.lake_format != "iceberg":
+        lines.append("new batches are still written as files: set RTML_LAKE_FORMAT=iceberg")
+    report["message"] = "\n".join(lines)
+    return report
+
+
+def _migrate_kind(lake: Any, ds: str, kind: str, manifests: list[dict[str, Any]], dry_run: bool,
+                  mismatches: list[dict[str, Any]]) -> dict[str, Any]:
+    counts = {"batches": len(manifests), "migrated": 0, "already": 0, "empty": 0, "rows": 0, "rows_in_table": 0,
+              "files_deleted": 0, "checked": True}
+    ident = Tables.identifier(ds, kind)
+    for m in manifests:
+        bid = m["batch_id"]
+        if m.get("table") and not m.get("files"):
+            counts["already"] += 1
+            counts["rows_in_table"] += int(m.get("accepted") or 0)
+            if not dry_run:  # a run killed after rewriting the manifest left the files behind
+                counts["files_deleted"] += _delete_files(lake, list(m.get(MIGRATED_FILES) or []))
+            continue
+        files = list(m.get("files") or [])
+        if not files:
+            counts["empty"] += 1
+            continue
+        if dry_run:
+            counts["migrated"] += 1
+            counts["rows"] += _parquet_rows(lake, files)
+            continue
+        data = _batch_rows(lake, files)
+        time_column = m.get("time_column") or ("time" if "time" in data.column_names else None)
+        summary = {k: m[k] for k in ("records_in", "accepted", "quarantined") if m.get(k) is not None}
+        summary["migrated_from"] = "files"
+        snap = lake.tables.commit_batch(ds, kind, bid, data, summary=summary,
+                                        time_column=time_column if time_column in data.column_names else None)
+        back = lake.tables.read(ds, kind, {bid}, snapshot_id=snap["snapshot_id"]).num_rows
+        if back != data.num_rows:  # keep the files and the manifest: the batch still reads from them
+            raise TableError(f"{ident}: batch {bid} reads back {back} rows from snapshot {snap['snapshot_id']}, "
+                             f"its files hold {data.num_rows}; its manifest and files are left as they were")
+        _migration_step("committed", bid)
+        lake.write_manifest(ds, kind, bid, {**m, **snap, "files": [], MIGRATED_FILES: files})
+        _migration_step("manifest", bid)
+        counts["files_deleted"] += _delete_files(lake, files)
+        counts["migrated"] += 1
+        counts["rows"] += data.num_rows
+    if not dry_run and (counts["migrated"] or counts["already"]):
+        counts["checked"] = _check_table_counts(lake, ds, kind, mismatches)
+    return counts
+
+
+def _check_table_counts(lake: Any, ds: str, kind: str, mismatches: list[dict[str, Any]]) -> bool:
+    """Every table batch of ``kind``: the rows the current table holds for it == its manifest's ``accepted``."""
+    import pyarrow.compute as pc
+
+    table_batches = {m["batch_id"]: int(m.get("accepted") or 0) for m in lake.manifests(ds, kind) if m.get("table")}
+    ids = lake.tables.read(ds, kind, set(table_batches)).column(BATCH_COLUMN)
+    found = {row["values"]: row["counts"] for row in pc.value_counts(ids).to_pylist()} if len(ids) else {}
+    ok = True
+    for bid, want in table_batches.items():
+        if found.get(bid, 0) != want:
+            ok = False
+            mismatches.append({"dataset": ds, "kind": kind, "batch_id": bid,
+                               "detail": f"{found.get(bid, 0)} rows in the table, its manifest says {want}"})
+    return ok
+
+
+# --- maintenance: compaction and snapshot expiry ---------------------------------------------------
+COMPACT_MIN_FILES = 8  # a day with at least this many small data files is rewritten into one
+COMPACT_SMALL_FILE_BYTES = 32 * 1024 * 1024
+METADATA_VERSIONS_KEPT = 50  # older metadata.json files are deleted after each commit
+
+
+def maintain(
+    settings: Settings | None = None,
+    older_than_hours: float | None = None,
+    retain_last: int | None = None,
+    min_files: int = COMPACT_MIN_FILES,
+    small_file_bytes: int = COMPACT_SMALL_FILE_BYTES,
+    keep_snapshots: set[int] | frozenset[int] = frozenset(),
+    now: Any = None,
+    tables: Tables | None = None,
+) -> dict[str, Any]:
+    """Compact and expire every table of the catalog: what the ``rtml_maintenance`` DAG runs daily.
+
+    **Compaction**: a partition (a day of the table's time column) with at least ``min_files`` data
+    files smaller than ``small_file_bytes`` is rewritten into one file (pyiceberg 0.12 has no
+    ``rewrite_data_files``): its rows are read at the current snapshot and written back with an
+    overwrite of that day, in one commit. Readers see the old files or the new one, never a mix;
+    a batch committed meanwhile makes the commit fail and the day is read again (no row is lost).
+    Rows keep their ``_batch``, so batch reads and lineage read the same rows.
+
+    **Expiry**: snapshots older than ``older_than_hours`` (default: ``table_snapshot_retention_days``)
+    are removed, except the ``retain_last`` newest (default ``table_snapshot_retain_last``), the
+    current one, branch and tag heads (tag a snapshot to keep it forever) and ``keep_snapshots``;
+    then the data files, manifests and manifest lists only they referenced are deleted. A model
+    version trained on an expired snapshot can no longer be read exactly as it was:
+    :meth:`Tables.read` then reads its batches from the current table (the lineage check says
+    whether those rows still match).
+
+    Returns per table: data files, snapshots and rows before/after, the days compacted, the snapshots
+    expired and the files deleted; ``message`` says it in a few lines.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    s = settings or get_settings()
+    hours = older_than_hours if older_than_hours is not None else s.table_snapshot_retention_days * 24
+    keep_last = retain_last if retain_last is not None else s.table_snapshot_retain_last
+    if not hours >= 0:  # also refuses NaN
+        raise ValueError(f"older_than_hours must be a number >= 0, got {older_than_hours!r}")
+    if keep_last < 1:
+        raise ValueError(f"retain_last must be at least 1 (the current snapshot), got {retain_last!r}")
+    if min_files < 2:
+        raise ValueError(f"min_files must be at least 2, got {min_files!r}")
+    t = tables or Tables(s)
+    cutoff = (now or datetime.now(UTC)) - timedelta(hours=hours)
+    results = []
+    for ns in sorted(t.catalog.list_namespaces()):
+        for ident in sorted(t.catalog.list_tables(ns)):
+            name = ".".join(ident)
+            results.append(_maintain_table(t, name, cutoff, keep_last, min_files, small_file_bytes,
+                                           set(keep_snapshots)))
+    lines = [
+        f"{r['table']}: data files {r['data_files_before']} -> {r['data_files_after']}"
+        f" ({len(r['compacted'])} day(s) compacted), snapshots {r['snapshots_before']} -> {r['snapshots_after']}"
+        f", {r['files_deleted']} unreferenced file(s) deleted, rows {r['rows_before']} -> {r['rows_after']}"
+        for r in results
+    ] or ["no tables in the catalog"]
+    ok = all(r["rows_before"] == r["rows_after"] for r in results)
+    if not ok:
+        lines.append("ROWS CHANGED during maintenance (batches committed meanwhile, or a fault): see the tables above")
+    return {"ok": ok, "tables": results, "older_than": cutoff.isoformat(), "retain_last": keep_last,
+            "message": "\n".join(lines)}
+
+
+def _live_files(table: Table) -> pa.Table:
+    """The data files of the current snapshot (no delete files): path, partition, rows, size."""
+    import pyarrow.compute as pc
+
+    if table.current_snapshot() is None:
+        return table.schema().as_arrow().empty_table()
+    files = table.inspect.files()
+    return files.filter(pc.equal(files["content"], 0))
+
+
+def _maintain_table(t: Tables, name: str, cutoff: Any, keep_last: int, min_files: int, small_bytes: int,
+                    keep: set[int]) -> dict[str, Any]:
+    table = t.catalog.load_table(name)
+    if table.properties.get("write.metadata.delete-after-commit.enabled") != "true":
+        with table.transaction() as tx:  # old metadata.json files do not pile up
+            tx.set_properties({"write.metadata.delete-after-commit.enabled": "true",
+                               "write.metadata.previous-versions-max": str(METADATA_VERSIONS_KEPT)})
+        table = t.catalog.load_table(name)
+    files = _live_files(table)
+    before = {"data_files_before": files.num_rows, "snapshots_before": len(table.metadata.snapshots),
+              "rows_before": sum(files["record_count"].to_pylist()) if files.num_rows else 0}
+    compacted = _compact(t, name, min_files, small_bytes)
+    expired, deleted = _expire(t, name, cutoff, keep_last, keep)
+    table = t.catalog.load_table(name)
+    t._open.pop(name, None)  # the Tables cache holds the metadata from before
+    after = _live_files(table)
+    return {"table": name, **before, "data_files_after": after.num_rows,
+            "snapshots_after": len(table.metadata.snapshots),
+            "rows_after": sum(after["record_count"].to_pylist()) if after.num_rows else 0,
+            "compacted": compacted, "snapshots_expired": expired, "files_deleted": deleted}
+
+
+def _day_column(table: Table) -> str | None:
+    """The source column of a table partitioned by day only (rtml's tables); None for anything else."""
+    from pyiceberg.transforms import DayTransform
+
+    fields = table.spec().fields
+    if len(fields) != 1 or not isinstance(fields[0].transform, DayTransform):
+        return None
+    return table.schema().find_column_name(fields[0].source_id)
+
+
+def _compact(t: Tables, name: str, min_files: int, small_bytes: int) -> list[str]:
+    """Rewrite each day with at least ``min_files`` small data files into one file; the days rewritten."""
+    from datetime import date, datetime, timedelta
+
+    import pyarrow.compute as pc
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
+
+    e = _expressions()
+    done: list[str] = []
+    table = t.catalog.load_table(name)
+    column = _day_column(table)
+    if table.current_snapshot() is None:
+        return done
+    if column is None and table.spec().fields:
+        log.info("table %s: not partitioned by day only; not compacted", name)
+        return done
+    files = _live_files(table)
+    files = files.filter(pc.and_(pc.equal(files["spec_id"], table.spec().spec_id),
+                                 pc.less(files["file_size_in_bytes"], small_bytes)))
+    per_day: dict[date | None, int] = {}
+    for part in files["partition"].to_pylist():
+        key = next(iter(part.values()), None) if part else None  # unpartitioned: the whole table
+        per_day[key] = per_day.get(key, 0) + 1
+    todo = sorted((d for d, n in per_day.items() if n >= min_files and (d is not None or column is None)), key=str)
+    for day in todo:
+        if column is None or day is None:
+            where: Any = e.AlwaysTrue()
+        else:
+            start = datetime.combine(day, datetime.min.time())
+            where = e.And(e.GreaterThanOrEqual(column, _iso(start)), e.LessThan(column, _iso(start + timedelta(days=1))))
+        for attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                rows = table.scan(row_filter=where).to_arrow()
+                # Grouped by batch (a stable sort keeps each batch's row order): what batch reads expect.
+                rows = rows.take(pc.sort_indices(rows, sort_keys=[(BATCH_COLUMN, "ascending")]))
+                props = {f"{SUMMARY_PREFIX}maintenance": "compact", f"{SUMMARY_PREFIX}partition": str(day or "(whole table)"),
+                         f"{SUMMARY_PREFIX}rows": str(rows.num_rows)}
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Delete operation did not match any records")
+                    # The transaction asserts the snapshot it read: a batch committed meanwhile fails it.
+                    table.overwrite(rows, overwrite_filter=where, snapshot_properties=props)
+                break
+            except (CommitFailedException, ValidationException) as err:
+                # Another writer committed: pyiceberg's own retry refuses (ValidationException) when it
+                # added rows to this day; read the day again so that its rows are in the new file.
+                table = t.catalog.load_table(name)
+                if attempt == _COMMIT_ATTEMPTS - 1:
+                    raise TableError(f"table {name}: day {day} not compacted after {attempt + 1} tries: {err}") from err
+                time.sleep(min(0.05 * 2 ** attempt, 1.0))
+        done.append(str(day) if day is not None else "(whole table)")
+        table = t.catalog.load_table(name)
+    if done:
+        log.info("table %s: compacted %s", name, ", ".join(done))
+    return done
+
+
+def _reachable(table: Table, snapshot_ids: set[int], cache: dict[str, set[str]]) -> set[str]:
+    """Every file the given snapshots reference: manifest lists, manifests, data and delete files
+    (entries of any status: a conservative set for deciding what may be deleted)."""
+    out: set[str] = set()
+    for sid in snapshot_ids:
+        snap = table.metadata.snapshot_by_id(sid)
+        if snap is None:
+            continue
+        out.add(snap.manifest_list)
+        for manifest in snap.manifests(table.io):
+            if manifest.manifest_path not in cache:
+                cache[manifest.manifest_path] = {entry.data_file.file_path for entry in
+                                                 manifest.fetch_manifest_entry(table.io, discard_deleted=False)}
+            out.add(manifest.manifest_path)
+            out |= cache[manifest.manifest_path]
+    return out
+
+
+def _expire(t: Tables, name: str, cutoff: Any, keep_last: int, keep: set[int]) -> tuple[list[int], int]:
+    """Expire the snapshots outside the retention, then delete the files only they referenced."""
+    from pyiceberg.exceptions import CommitFailedException
+
+    cut_ms = int(cutoff.timestamp() * 1000)
+    for attempt in range(_COMMIT_ATTEMPTS):
+        table = t.catalog.load_table(name)
+        snaps = sorted(table.metadata.snapshots, key=lambda sn: (sn.timestamp_ms, sn.sequence_number or 0))
+        current = table.current_snapshot()
+        protected = {ref.snapshot_id for ref in table.metadata.refs.values()}  # branch and tag heads
+        kept = {sn.snapshot_id for sn in snaps[-keep_last:]} | protected | (keep & {sn.snapshot_id for sn in snaps})
+        kept |= {sn.snapshot_id for sn in snaps if sn.timestamp_ms >= cut_ms}
+        if current is not None:
+            kept.add(current.snapshot_id)
+        expire = [sn.snapshot_id for sn in snaps if sn.snapshot_id not in kept]
+        if not expire:
+            return [], 0
+        cache: dict[str, set[str]] = {}
+        unreferenced = _reachable(table, set(expire), cache) - _reachable(table, kept, cache)
+        try:
+            table.maintenance.expire_snapshots().by_ids(expire).commit()
+            break
+        except CommitFailedException as err:
+            if attempt == _COMMIT_ATTEMPTS - 1:
+                raise TableError(f"table {name}: snapshots not expired after {attempt + 1} tries: {err}") from err
+            time.sleep(min(0.05 * 2 ** attempt, 1.0))
+    deleted = 0
+    for path in sorted(unreferenced):  # only after the commit: until then a reader may need them
+        try:
+            table.io.delete(path)
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    log.info("table %s: expired %d snapshot(s), deleted %d file(s)", name, len(expire), deleted)
+    return expire, deleted

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "rtml.cli.serve",
     "rtml.cli.shadow",
     "rtml.cli.monitor",
+    "rtml.cli.lake",
     "rtml.cli.demo",
 ]
 
