@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from rtml.assets import RETRAIN, SPEC, SPEC_PATH
+from rtml.assets import RETRAIN_OF_RUN, SPEC_PATH
 
 
 @dag(
@@ -44,7 +44,7 @@ def rtml_monitor():
     def resolve_spec(params: dict | None = None) -> dict:
         from rtml.spec import spec_for_run
 
-        ref = spec_for_run((params or {}).get("spec"), SPEC)
+        ref = spec_for_run((params or {}).get("spec"))
         print(f"project spec {ref['path']} ({ref['digest']})")
         return ref
 
@@ -65,9 +65,13 @@ def rtml_monitor():
     def needs_retraining(summary: dict) -> bool:
         return bool(summary["retrain"])
 
-    @task(outlets=[RETRAIN])
-    def request_retraining(summary: dict, *, outlet_events=None) -> None:
-        outlet_events[RETRAIN].extra = {"reasons": summary["reasons"], "report": summary["report"]}
+    @task(outlets=[RETRAIN_OF_RUN])
+    def request_retraining(summary: dict, spec: dict, *, outlet_events=None) -> None:
+        from rtml.assets import asset_for
+        from rtml.spec import spec_from_run
+
+        extra = {"reasons": summary["reasons"], "report": summary["report"]}
+        outlet_events[RETRAIN_OF_RUN].add(asset_for("retrain", spec_from_run(spec)), extra=extra)
 
     @task
     def compare_shadow(spec: dict) -> dict:
@@ -81,7 +85,7 @@ def rtml_monitor():
 
     spec = resolve_spec()
     summary = check(spec)
-    needs_retraining(summary) >> request_retraining(summary)
+    needs_retraining(summary) >> request_retraining(summary, spec)
     compare_shadow(spec)
 
 

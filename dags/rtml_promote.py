@@ -84,7 +84,7 @@ def smoke_check(promoted: dict, served: dict, **context) -> dict:
     from rtml.spec import spec_for_run, spec_from_run
 
     try:
-        spec = spec_from_run(spec_for_run(None, SPEC))  # the one task of the run that needs the spec
+        spec = spec_from_run(spec_for_run())  # the one task of the run that needs the spec
         return check_live(spec, promoted["name"], promoted["version"])
     except Exception as err:
         _say_why(context, "live smoke check", err)

@@ -22,9 +22,9 @@ retraining (**rtml_retrain**), or when triggered by hand.
    (tags `rtml.variant=mitigated`, `rtml.base_version`; same scores, per-group decision
    thresholds) and runs the same gates on it; passing them all gives it `challenger`.
    Otherwise it does nothing (the log says why).
-5. **publish_challenger** - emits the **rtml_challenger** Asset (extra: name, version of the version
-   that got `challenger`, plain or mitigated), which starts `rtml_promote`; skipped when no version
-   passed (the reasons are in the versions' `gate.reasons` tags).
+5. **publish_challenger** - emits the **rtml_challenger** Asset of the run's model (extra: name,
+   version of the version that got `challenger`, plain or mitigated), which starts `rtml_promote`;
+   skipped when no version passed (the reasons are in the versions' `gate.reasons` tags).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from datetime import datetime
 
 from airflow.sdk import AssetAny, Param, dag, task
 
-from rtml.assets import CHALLENGER, EVENTS, LABELS, RETRAIN, SPEC, SPEC_PATH
+from rtml.assets import CHALLENGER_OF_RUN, EVENTS, LABELS, RETRAIN, SPEC_PATH
 
 
 @dag(
@@ -66,7 +66,7 @@ def rtml_train():
     def resolve_spec(params: dict | None = None) -> dict:
         from rtml.spec import spec_for_run
 
-        ref = spec_for_run((params or {}).get("spec"), SPEC)
+        ref = spec_for_run((params or {}).get("spec"))
         print(f"project spec {ref['path']} ({ref['digest']})")
         return ref
 
@@ -134,9 +134,12 @@ def rtml_train():
         keep = ("ran", "passed", "name", "version", "base_version", "run_id", "gates", "reasons", "reason")
         return {k: res.get(k) for k in keep}
 
-    @task(outlets=[CHALLENGER])
-    def publish_challenger(decision: dict, mitigated: dict, **context) -> dict:
+    @task(outlets=[CHALLENGER_OF_RUN])
+    def publish_challenger(decision: dict, mitigated: dict, spec: dict, **context) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
+
+        from rtml.assets import asset_for
+        from rtml.spec import spec_from_run
 
         # the plain version if it passed, else its mitigated variant if that passed
         winner = decision if decision["passed"] else (mitigated if mitigated.get("passed") else None)
@@ -146,14 +149,15 @@ def rtml_train():
                 why += f"; mitigated version {mitigated['version']} failed too: {mitigated['reasons']}"
             raise AirflowSkipException(why)
         extra = {"name": winner["name"], "version": winner["version"]}
-        context["outlet_events"][CHALLENGER].extra = extra
+        # The Asset of the run's own model: rtml_challenger for the deployment's (starts rtml_promote).
+        context["outlet_events"][CHALLENGER_OF_RUN].add(asset_for("challenger", spec_from_run(spec)), extra=extra)
         return extra
 
     spec = resolve_spec()
     trained = train(spec)
     check_new_data(spec) >> trained
     decision = evaluate(trained, spec)
-    publish_challenger(decision, mitigate(decision, spec))
+    publish_challenger(decision, mitigate(decision, spec), spec)
 
 
 rtml_train()

@@ -279,31 +279,15 @@ def load_spec(path: str | Path | None = None) -> ProjectSpec:
 # edit to the YAML while the run is going cannot give two tasks of one run two different specs.
 
 
-def spec_for_run(path: str | Path | None, deployed: ProjectSpec) -> dict[str, Any]:
+def spec_for_run(path: str | Path | None = None) -> dict[str, Any]:
     """The spec a DAG run uses (``path``, a run param, or else the settings' spec), as a reference
-    for XCom: ``{"path", "digest", "spec"}`` (the validated spec as JSON).
-
-    It must name the ``deployed`` spec's dataset and model: that is the spec the DAG files were parsed
-    with, and it named their Assets (``rtml://<dataset>/events``, ``rtml://<model>/challenger``...).
-    A run with another project's spec would publish its events under this project's Assets, so it is
-    refused with the field that differs.
-    """
+    for XCom: ``{"path", "digest", "spec"}`` (the validated spec as JSON)."""
     source = path or None
     spec = load_spec(source)
     if source is None:
         from rtml.settings import get_settings
 
         source = get_settings().spec
-    for field, mine, theirs in (
-        ("dataset.name", spec.dataset.name, deployed.dataset.name),
-        ("model.registered_name", spec.model.registered_name, deployed.model.registered_name),
-    ):
-        if mine != theirs:
-            raise SpecError(
-                f"project spec {source}: {field} is {mine!r}, but this deployment's DAGs were parsed with a spec "
-                f"whose {field} is {theirs!r} and publish that project's Assets; run another project with "
-                "RTML_SPEC pointing at its spec"
-            )
     data = spec.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     return {"path": str(source), "digest": f"sha256:{digest}", "spec": data}

@@ -69,3 +69,19 @@ def test_a_broken_deployment_spec_fails_the_import_naming_the_field(monkeypatch,
     bad.write_text(EXAMPLE_SPEC.read_text().replace("registered_name: credit_risk", "registered_name: credit/risk", 1))
     with pytest.raises(SpecError, match="registered_name"):
         _load_fresh(monkeypatch, bad)
+
+
+def test_a_run_publishes_the_asset_of_its_own_model(tmp_path):
+    """The deployment's own model: the Asset rtml_promote is scheduled on; another: its own Asset."""
+    from rtml.spec import parse_spec
+
+    assert assets.asset_for("challenger", assets.SPEC) == assets.CHALLENGER
+    assert assets.asset_for("retrain", assets.SPEC) == assets.RETRAIN
+    data = assets.SPEC.model_dump(mode="json")
+    data["model"]["registered_name"] = "loan-model.v2"
+    other = parse_spec(data)
+    got = assets.asset_for("challenger", other)
+    assert (got.name, got.uri) == ("rtml_challenger__loan-model.v2", "rtml://loan-model.v2/challenger")
+    assert got != assets.CHALLENGER and assets.asset_for("retrain", other).uri == "rtml://loan-model.v2/retrain"
+    with pytest.raises(ValueError, match="role must be one of"):
+        assets.asset_for("events", other)

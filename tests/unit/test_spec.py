@@ -160,47 +160,32 @@ def test_a_run_resolves_its_spec_once_and_later_tasks_get_the_same(good, tmp_pat
 
     from rtml.spec import spec_for_run, spec_from_run
 
-    deployed = parse_spec(good)
     tweaked = copy.deepcopy(good)
     tweaked["training"]["min_rows"] = 123
     path = _write(tmp_path, tweaked)
-    ref = json.loads(json.dumps(spec_for_run(str(path), deployed)))
+    ref = json.loads(json.dumps(spec_for_run(str(path))))
     assert ref["path"] == str(path) and ref["digest"].startswith("sha256:")
     path.write_text("not: [valid")  # edited while the run goes on: the run keeps what it resolved
     spec = spec_from_run(ref)
     assert spec.training.min_rows == 123 and spec.model_dump() == parse_spec(tweaked).model_dump()
     # The digest names the content: same content, same digest; another content, another one.
     again = _write(tmp_path, tweaked, "copy.yaml")
-    assert spec_for_run(str(again), deployed)["digest"] == ref["digest"]
-    assert spec_for_run(str(_write(tmp_path, good, "g.yaml")), deployed)["digest"] != ref["digest"]
+    assert spec_for_run(str(again))["digest"] == ref["digest"]
+    assert spec_for_run(str(_write(tmp_path, good, "g.yaml")))["digest"] != ref["digest"]
 
 
-def test_no_param_means_the_settings_spec(good, monkeypatch):
+def test_no_param_means_the_settings_spec(monkeypatch):
     from rtml.settings import get_settings
     from rtml.spec import spec_for_run
 
     monkeypatch.setenv("RTML_SPEC", str(EXAMPLE_SPEC))
     get_settings(refresh=True)
     try:
-        ref = spec_for_run(None, parse_spec(good))
+        ref = spec_for_run(None)
     finally:
         monkeypatch.undo()
         get_settings(refresh=True)
     assert ref["path"] == str(EXAMPLE_SPEC) and ref["spec"]["name"] == "credit_risk"
-
-
-@pytest.mark.parametrize(("field", "edit"), [
-    ("dataset.name", lambda d: d["dataset"].update(name="other_data")),
-    ("model.registered_name", lambda d: d["model"].update(registered_name="other_model")),
-])
-def test_a_spec_for_another_project_is_refused_naming_the_field(good, tmp_path, field, edit):
-    """Its events would be published under this deployment's Assets."""
-    from rtml.spec import spec_for_run
-
-    other = copy.deepcopy(good)
-    edit(other)
-    with pytest.raises(SpecError, match=rf"{field} is 'other_\w+'.*RTML_SPEC"):
-        spec_for_run(str(_write(tmp_path, other)), parse_spec(good))
 
 
 @pytest.mark.parametrize("ref", [None, {}, {"spec": "credit"}, {"path": "x.yaml", "spec": {"name": "bad name!"}}])
