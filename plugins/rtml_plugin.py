@@ -8,9 +8,14 @@
   ``/rtml/api/models`` gives the same as JSON. It reads MLflow's REST API with httpx: no mlflow import.
   The page also shows the newest entries of the decision log (``rtml.registry.audit``); ``/rtml/api/decisions``
   gives them as JSON with the result of the chain check.
-- Every route needs an Airflow login: Airflow's own FastAPI dependency (``get_user`` of
+- Every route but one needs an Airflow login: Airflow's own FastAPI dependency (``get_user`` of
   ``airflow.api_fastapi.core_api.security``, what the core routes use) accepts the UI's session
   cookie or an ``Authorization: Bearer`` token from ``POST /auth/token``; anything else gets 401/403.
+- ``POST /rtml/hooks/mlflow`` receives MLflow's registry webhooks (``rtml.registry.webhooks``). MLflow
+  cannot log in to Airflow: the route is authenticated by the delivery's HMAC signature instead
+  (the webhook secret, ``RTML_WEBHOOK_SECRET`` or ``<home>/keys/webhook_secret``); unsigned, wrongly
+  signed or stale deliveries get 401, malformed ones 400. The event is handled in a background
+  thread: the answer (202) does not wait for the registry and the decision log.
 
 Airflow imports plugins in every component, so only light modules are imported here.
 """
@@ -22,8 +27,8 @@ import os
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 URL_PREFIX = "/rtml"
@@ -185,10 +190,47 @@ async def require_login(
     return await get_user(request, None, credentials)
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="rtml", description="rtml model overview", dependencies=[Depends(require_login)])
+_dispatcher: Any = None
 
-    @app.get("/", response_class=HTMLResponse)
+
+def dispatcher() -> Any:
+    """The process's one background worker for webhook events (created on the first delivery)."""
+    global _dispatcher
+    if _dispatcher is None:
+        from rtml.registry.webhooks import Dispatcher, handle
+
+        def work(payload: dict[str, Any]) -> dict[str, Any]:
+            from rtml.registry.client import mlflow_client
+
+            s = _settings()
+            return handle(payload, mlflow_client(s), s)
+
+        _dispatcher = Dispatcher(work)
+    return _dispatcher
+
+
+async def mlflow_hook(request: Request) -> JSONResponse:
+    """MLflow's registry webhook: the signature is the authentication (no Airflow login)."""
+    from rtml.registry import webhooks
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > webhooks.MAX_BODY_BYTES:
+        return JSONResponse({"detail": "body too large"}, status_code=413)
+    body = await request.body()
+    try:
+        payload = webhooks.verify_delivery(_settings().resolved_webhook_secret(), request.headers, body)
+    except webhooks.WebhookError as err:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+    queued = dispatcher().submit(payload, request.headers.get(webhooks.DELIVERY_HEADER, ""))
+    return JSONResponse({"accepted": True, "queued": queued}, status_code=202)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="rtml", description="rtml model overview")
+    # The login applies to this router's routes only: the webhook receiver below authenticates itself.
+    app_routes = APIRouter(dependencies=[Depends(require_login)])
+
+    @app_routes.get("/", response_class=HTMLResponse)
     def page() -> str:
         try:
             log_html = render_decisions(decisions())
@@ -199,14 +241,16 @@ def create_app() -> FastAPI:
         except Exception as err:  # the page must still render when MLflow is down
             return render_page([], error=f"{type(err).__name__}: {err}", log_html=log_html)
 
-    @app.get("/api/models")
+    @app_routes.get("/api/models")
     def models() -> dict[str, Any]:
         return {"model_versions": model_versions()}
 
-    @app.get("/api/decisions")
+    @app_routes.get("/api/decisions")
     def decision_log(limit: int = 50) -> dict[str, Any]:
         return decisions(max(1, min(limit, 1000)))
 
+    app.include_router(app_routes)
+    app.add_api_route("/hooks/mlflow", mlflow_hook, methods=["POST"], include_in_schema=False)
     return app
 
 

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str = ""  # default: http://<serve_host>:<serve_port>
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
+    # MLflow signs each registry webhook delivery (rtml.registry.webhooks) with this secret; empty means
+    # "generate one into <home>/keys/webhook_secret" (the stack registers it, the Airflow plugin checks it).
+    webhook_secret: str = ""
 
     # Governance (rtml.registry.signing, rtml.registry.audit). Gate results are signed with an Ed25519 key that only
     # the evaluator holds; promotion and serving verify with the public key. Empty paths mean
@@ -162,6 +165,31 @@ class Settings(BaseSettings):
         path.write_text(token)
         path.chmod(0o600)
         return token
+
+    def resolved_webhook_secret(self) -> str:
+        """The webhook secret: from RTML_WEBHOOK_SECRET, else generated once under <home>/keys (0600)."""
+        if self.webhook_secret:
+            return self.webhook_secret
+        path = self.home / "keys" / "webhook_secret"
+        if not path.exists():
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:  # O_EXCL: two processes starting at once must not each write their own secret
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(32))
+        for _ in range(50):  # the other process may still be writing it
+            value = path.read_text().strip()
+            if value:
+                return value
+            import time
+
+            time.sleep(0.02)
+        raise RuntimeError(f"the webhook secret file {path} is empty: delete it to generate a new one")
 
     def env(self) -> dict[str, str]:
         """This settings object as RTML_* variables, for child processes (Airflow tasks, servers)."""

@@ -11,6 +11,10 @@ Every port is derived from the settings (``s3_port``, ``mlflow_port``, ``airflow
 the ones SeaweedFS and Airflow open for themselves (master, volume, filer, log servers), so two
 stacks with different base ports (a user's and the test suite's) never clash.
 
+Once MLflow and Airflow are both up, ``up`` registers rtml's registry webhook in MLflow
+(:mod:`rtml.registry.webhooks`, delivered to the Airflow plugin); a failure is reported in the result
+and in ``status`` (the MLflow line), not raised: without it the DAGs still poll.
+
 ``Stack(settings)`` is the reusable piece (the test fixtures use it); ``add_commands`` wires
 ``rtml stack up|down|status``. Only the standard library is imported at module level. Health
 checks live in :mod:`rtml.platform.health`, the Airflow REST client in :mod:`rtml.platform.airflow`.
@@ -144,16 +148,42 @@ def process_family(pids: Iterable[int]) -> list[Any]:
     return family
 
 
-def _read_secret(path: Path, nbytes: int = 32) -> str:
+def _read_secret(path: Path, nbytes: int = 32, make: Callable[[], str] | None = None) -> str:
     """A secret generated once and kept under the state folder, readable only by its owner."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
+    value = make() if make else secrets.token_urlsafe(nbytes)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(value)
     return value
+
+
+def _fernet_key() -> str:
+    """A key in the form MLflow's webhook secret encryption takes (Fernet: url-safe base64 of 32 bytes)."""
+    import base64
+
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def is_private_url(url: str) -> bool:
+    """Whether ``url``'s host is loopback, private or link-local (MLflow refuses to post there unless
+    MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS is set: its protection against server-side request forgery)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        addrs = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            addrs = {ipaddress.ip_address(str(a[4][0]).split("%")[0]) for a in socket.getaddrinfo(host, None)}
+        except (OSError, ValueError):
+            return False
+    return bool(addrs) and all(a.is_private or a.is_loopback or a.is_link_local for a in addrs)
 
 
 class Stack:
@@ -255,6 +285,56 @@ class Stack:
         )
         return env
 
+    def mlflow_webhook_env(self, env: dict[str, str]) -> dict[str, str]:
+        """What the MLflow server needs to deliver rtml's registry webhook (rtml.registry.webhooks);
+        a value already in ``env`` (the user's) is kept."""
+        from rtml.registry.webhooks import hook_url
+
+        out = {
+            # Webhook secrets are stored encrypted; without a fixed key each worker (and each restart)
+            # makes its own and cannot read the secrets the others wrote.
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": _read_secret(self.home / "keys" / "mlflow_webhook.key",
+                                                                 make=_fernet_key),
+            # Each worker caches the webhook list (default 60 s): a hook registered by `up` must work at once.
+            "MLFLOW_WEBHOOK_CACHE_TTL": "2",
+        }
+        url = hook_url(self.settings)
+        if is_private_url(url):  # the local stack: the receiver is on loopback, served over plain http
+            out["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+            if url.startswith("http://"):  # MLflow posts only to https unless told otherwise
+                out["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+        return {k: v for k, v in out.items() if not env.get(k)}
+
+    @property
+    def webhook_state_file(self) -> Path:
+        return self.home / "webhook.json"
+
+    def register_webhook(self) -> dict[str, Any]:
+        """Register (or update) rtml's webhook in MLflow; a failure is reported, not raised."""
+        from rtml.registry.webhooks import hook_url
+
+        url = hook_url(self.settings)
+        try:
+            from rtml.registry.client import mlflow_client
+            from rtml.registry.webhooks import register
+
+            out = {"ok": True, **register(mlflow_client(self.settings), url, self.settings.resolved_webhook_secret())}
+        except Exception as err:  # noqa: BLE001 - the stack works without it (the DAGs still poll)
+            out = {"ok": False, "url": url, "error": f"{type(err).__name__}: {err}"[:500]}
+        out["at"] = time.time()
+        try:
+            self.webhook_state_file.write_text(json.dumps(out))
+        except OSError:
+            pass
+        return out
+
+    def webhook_status(self) -> dict[str, Any] | None:
+        """The last registration's outcome (``up`` records it), or None when it never ran."""
+        try:
+            return json.loads(self.webhook_state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     # --- the processes ---------------------------------------------------------------------------
     def procs(self, service: str) -> list[Proc]:
         s = self.settings
@@ -307,6 +387,7 @@ class Stack:
             # MLflow's job runner (huey consumers for GenAI judges and trace rollups) is not used by
             # rtml and costs ~8 processes on a 2-core box; a user can still turn it on.
             env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            env.update(self.mlflow_webhook_env(env))
             return [Proc("mlflow", "mlflow", cmd, s.mlflow_port, env, lambda: check_mlflow(s)["ok"])]
         if service == "airflow":
             env = self.airflow_env()
@@ -466,7 +547,12 @@ class Stack:
                 self._wait_s3_rw(deadline)
             if service == "airflow":
                 self._wait_airflow_components(deadline)
-        return {"ok": True, "actions": actions, "services": self.status()["services"]}
+        result: dict[str, Any] = {"ok": True, "actions": actions}
+        if {"mlflow", "airflow"} <= set(self.services(services)):
+            # Both healthy now: MLflow can deliver registry events to the plugin's receiver.
+            result["webhook"] = self.register_webhook()
+        result["services"] = self.status()["services"]
+        return result
 
     def _ensure_buckets(self) -> None:
         from rtml.storage import ensure_bucket
@@ -604,12 +690,17 @@ class Stack:
                 "detail": "storage=local (folder)",
             }
         health = check_mlflow(s)
+        hook = self.webhook_status()
+        hook_note = "" if hook is None else (
+            f"webhook {hook.get('action', 'registered')}: {hook.get('url')}" if hook.get("ok")
+            else f"webhook NOT registered ({hook.get('url')}): {hook.get('error')}")
         services["mlflow"] = {
             "url": s.mlflow_tracking_uri,
             "ui": f"{s.mlflow_tracking_uri.rstrip('/')}/#/models",
             "pid": self.running_pid("mlflow"),
             "healthy": health["ok"],
-            "detail": health.get("error", ""),
+            "detail": health.get("error") or hook_note,
+            "webhook": hook,
         }
         health = airflow_health(s)
         comps = health.get("components", {})

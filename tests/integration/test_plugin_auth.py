@@ -41,3 +41,33 @@ def test_plugin_routes_answer_a_logged_in_user(airflow_api, airflow_settings):
     with httpx.Client(base_url=airflow_settings.airflow_url.rstrip("/"), timeout=30) as browser:
         browser.cookies.set("_token", token)
         assert browser.get("/rtml/api/models").status_code == 200
+
+
+def test_the_webhook_route_needs_a_signature_instead_of_a_login(airflow_settings):
+    """MLflow cannot log in: POST /rtml/hooks/mlflow is open to it, authenticated by the HMAC signature."""
+    import json
+    import time
+
+    from rtml.registry.webhooks import sign
+
+    secret = airflow_settings.resolved_webhook_secret()
+    base = airflow_settings.airflow_url.rstrip("/")
+    body = json.dumps({"entity": "model_version", "action": "created", "timestamp": "", "data": {"name": "x"}})
+
+    def headers(secret: str, ts: int, delivery: str = "auth-test") -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-MLflow-Delivery-Id": delivery, "X-MLflow-Timestamp": str(ts),
+                "X-MLflow-Signature": sign(secret, delivery, str(ts), body)}
+
+    with httpx.Client(base_url=base, timeout=30) as anon:
+        now = int(time.time())
+        r = anon.post("/rtml/hooks/mlflow", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and "X-MLflow-Signature" in r.text, r.text[:200]
+        r = anon.post("/rtml/hooks/mlflow", content=body, headers=headers("not-the-secret", now))
+        assert r.status_code == 401 and "does not match" in r.text, r.text[:200]
+        r = anon.post("/rtml/hooks/mlflow", content=body, headers=headers(secret, now - 3600))
+        assert r.status_code in (400, 401) and "old" in r.text, r.text[:200]
+        r = anon.post("/rtml/hooks/mlflow", content=body + " ", headers=headers(secret, now))
+        assert r.status_code == 401, r.text[:200]  # the body was changed after signing
+        # Signed with the secret, fresh: accepted without any Airflow login (an event rtml ignores).
+        r = anon.post("/rtml/hooks/mlflow", content=body, headers=headers(secret, now, f"ok-{now}"))
+        assert r.status_code == 202, r.text[:200]
