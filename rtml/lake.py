@@ -81,7 +81,8 @@ def check_schema(manifests: list[dict[str, Any]], expected: str, what: str) -> N
     """Raise :class:`SchemaMismatch` if a batch with rows was written under another schema hash."""
     other: dict[str, list[str]] = {}
     for m in manifests:
-        if m.get("files") and m.get("schema_hash") != expected:
+        has_rows = m.get("files") or (m.get("table") and m.get("accepted"))
+        if has_rows and m.get("schema_hash") != expected:
             other.setdefault(str(m.get("schema_hash")), []).append(m["batch_id"])
     if other:
         detail = "; ".join(

@@ -11,7 +11,8 @@ from rtml.settings import get_settings
 
 
 def _cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
-    from rtml.tables import TableError, migrate
+    from rtml.migration import migrate
+    from rtml.tables import TableError
 
     try:
         return migrate(get_settings(), datasets=args.dataset or None, kinds=tuple(args.kind) if args.kind else None,

@@ -70,13 +70,27 @@ def committed_ids(
     ones were committed) gives the same result as the first run. For labels the value also holds
     the label, because a different label for the same event is a correction, not a duplicate.
     """
+    import pyarrow as pa
+    import pyarrow.compute  # noqa: F401 - pa.compute
     import pyarrow.parquet as pq
 
     eid = spec.event_id
     t0 = _batch_time(before)
     horizon = t0 - timedelta(days=lookback_days) if t0 else None
     out: dict[str, Any] = {}
+    cols = [eid] if kind == "events" else [eid, spec.target.name]
+
+    def take(bid: str, table: Any) -> None:
+        ids = table.column(eid).to_pylist()
+        if kind == "events":
+            out.update(dict.fromkeys(ids, bid))
+        else:
+            for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
+                out[i] = (bid, y)
+
     # Filter on the manifest *names* (= batch ids) first: only the batches in the window are read.
+    in_table: list[str] = []
+    parts: list[tuple[str, Any]] = []
     for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
         bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
         if not mkey.endswith(".json") or bid >= before:
@@ -85,15 +99,15 @@ def committed_ids(
         if horizon is not None and bt is not None and bt < horizon:
             continue
         m = json.loads(lake.store.get(mkey))
+        if m.get("table") and m.get("accepted"):
+            in_table.append(bid)
         for key in m.get("files", []):
-            cols = [eid] if kind == "events" else [eid, spec.target.name]
-            table = pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)
-            ids = table.column(eid).to_pylist()
-            if kind == "events":
-                out.update(dict.fromkeys(ids, bid))
-            else:
-                for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
-                    out[i] = (bid, y)
+            parts.append((bid, pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)))
+    if in_table:  # one scan for the table's batches
+        rows = lake.tables.read(spec.dataset.name, kind, set(in_table), columns=tuple(cols))
+        parts.extend((bid, rows.filter(pa.compute.equal(rows.column("_batch"), bid))) for bid in in_table)
+    for bid, table in sorted(parts, key=lambda p: p[0]):  # batch order: a later label is a correction
+        take(bid, table)
     return out
 
 

@@ -18,7 +18,7 @@ LAYERS = [
     {"rtml.cli", "rtml.__main__"},
     {"rtml.ingest", "rtml.features", "rtml.train", "rtml.evaluate", "rtml.serve", "rtml.monitor", "rtml.assets",
      "rtml.mitigation"},
-    {"rtml.lake", "rtml.tables", "rtml.registry", "rtml.storage", "rtml.platform"},
+    {"rtml.lake", "rtml.tables", "rtml.migration", "rtml.registry", "rtml.storage", "rtml.platform"},
     {"rtml.names", "rtml.reports", "rtml.settings", "rtml.spec", "rtml"},
 ]
 

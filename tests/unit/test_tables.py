@@ -185,3 +185,19 @@ def test_a_window_read_at_its_snapshots_is_unchanged_by_later_commits(settings):
                "tables": {k: {"table": f"{DS}.{k}", "snapshot_id": v} for k, v in snaps.items()}}
     back = read_lineage(SPEC, lineage, lake)
     assert back.equals(then) and frame_digest(back) == frame_digest(then) != frame_digest(now)
+
+
+def test_an_event_already_in_a_table_batch_is_quarantined_as_a_duplicate(settings):
+    """The cross-batch duplicate check reads table batches too (a re-sent event is not a new row)."""
+    from rtml.ingest.sources import landing_key, landing_store
+
+    produce(settings, rows=100)
+    lake = Lake(settings)
+    ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
+    again = prod.build(SPEC, rows=5, start=T0, seed=3)[0]  # the same first 5 events, re-sent later
+    landing_store(settings).put(landing_key(DS, "events", T0 + FIVE + timedelta(seconds=10), "resend", "jsonl"),
+                                again.to_json(orient="records", lines=True, date_format="iso").encode())
+    second = ingest_interval(SPEC, "events", T0 + FIVE, T0 + 2 * FIVE, settings=settings, lake=lake)
+    assert (second["records_in"], second["accepted"], second["quarantined"]) == (5, 0, 5)
+    assert second["reasons"] == {"duplicate event_id": 5}
+    assert len(lake.read_batches(DS, "events")) == 100

@@ -1,4 +1,4 @@
-"""rtml.tables.migrate and rtml.tables.maintain on a local folder lake and a SQLite catalog:
+"""rtml.migration.migrate and rtml.tables.maintain on a local folder lake and a SQLite catalog:
 a file lake moved into tables reads the same frames (batches, labelled windows), resumably and
 idempotently; compaction of a day's small files keeps every row; snapshot expiry keeps the current
 (and the retained) snapshots, deletes what only expired ones referenced, and a lineage read at an
@@ -16,13 +16,14 @@ import pyiceberg.table
 import pytest
 from pydantic import ValidationError
 
-from rtml import tables as tb
+from rtml import migration as mg
 from rtml.ingest import produce as prod
 from rtml.ingest.batches import ingest_interval
 from rtml.lake import Lake
+from rtml.migration import migrate
 from rtml.settings import Settings
 from rtml.spec import load_spec
-from rtml.tables import BATCH_COLUMN, TableError, Tables, maintain, migrate
+from rtml.tables import BATCH_COLUMN, TableError, Tables, maintain
 
 SPEC = load_spec()
 DS = SPEC.dataset.name
@@ -149,7 +150,7 @@ def test_a_migration_killed_half_way_resumes_with_no_batch_twice_and_none_lost(f
         if at == stage and batch_id == victim:
             raise KeyboardInterrupt(f"killed at {at}")
 
-    monkeypatch.setattr(tb, "_migration_step", crash)
+    monkeypatch.setattr(mg, "_migration_step", crash)
     with pytest.raises(KeyboardInterrupt):
         migrate(settings)
     # Half-way: every batch still reads once, from its files or from the table.

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from rtml import cli
+from rtml import migration as mg
 from rtml import tables as tb
 from rtml.ingest import produce as prod
 from rtml.ingest.batches import ingest_interval
@@ -70,7 +71,7 @@ def test_migrate_a_file_lake_dry_run_then_for_real(lake_env, capsys):
 
 def test_migrate_options_reach_the_function(lake_env, monkeypatch):
     seen = []
-    monkeypatch.setattr(tb, "migrate", lambda settings, **kw: seen.append(kw) or {"ok": True, "message": "done"})
+    monkeypatch.setattr(mg, "migrate", lambda settings, **kw: seen.append(kw) or {"ok": True, "message": "done"})
     assert cli.main(["lake", "migrate", "--dataset", "a", "--dataset", "b", "--kind", "labels", "--dry-run"]) == 0
     assert cli.main(["lake", "migrate"]) == 0
     assert seen == [{"datasets": ["a", "b"], "kinds": ("labels",), "dry_run": True},
@@ -81,7 +82,7 @@ def test_a_migration_that_fails_its_check_is_a_clean_error(lake_env, monkeypatch
     def fail(settings, **kw):
         raise tb.TableError("credit.events: batch b1 reads back 3 rows")
 
-    monkeypatch.setattr(tb, "migrate", fail)
+    monkeypatch.setattr(mg, "migrate", fail)
     assert cli.main(["lake", "migrate", "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["error"] == "lake migrate: credit.events: batch b1 reads back 3 rows"
 
