@@ -122,3 +122,18 @@ def test_serve_token_generated_once_and_private(clean_env, tmp_path):
     assert len(token) >= 24
     assert Settings().resolved_serve_token() == token
     assert (Path(tmp_path) / "serve_token").stat().st_mode & 0o077 == 0
+
+
+def test_webhook_secret_generated_once_private_and_overridable(clean_env, tmp_path):
+    clean_env.setenv("RTML_HOME", str(tmp_path))
+    secret = Settings().resolved_webhook_secret()
+    path = Path(tmp_path) / "keys" / "webhook_secret"
+    assert len(secret) >= 32 and path.read_text() == secret
+    assert path.stat().st_mode & 0o077 == 0
+    assert Settings().resolved_webhook_secret() == secret  # the stack and the Airflow plugin agree
+    clean_env.setenv("RTML_WEBHOOK_SECRET", "from-the-environment")
+    assert Settings().resolved_webhook_secret() == "from-the-environment"
+    path.write_text("")
+    clean_env.delenv("RTML_WEBHOOK_SECRET")
+    with pytest.raises(RuntimeError, match="webhook_secret"):
+        Settings().resolved_webhook_secret()

@@ -202,3 +202,54 @@ def test_plugin_page_shows_gates_and_escapes_values():
     assert 'href="http://127.0.0.1:5000/get-artifact?x=1"' in page
     assert "No registered model version yet" in plugin.render_page([])
     assert "MLflow did not answer" in plugin.render_page([], error="ConnectError")
+
+
+def test_mlflow_gets_a_stable_webhook_key_and_may_post_to_the_local_plugin(settings, monkeypatch):
+    from cryptography.fernet import Fernet
+
+    for var in ("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS",
+                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "MLFLOW_WEBHOOK_CACHE_TTL"):
+        monkeypatch.delenv(var, raising=False)
+    (mlflow,) = Stack(settings).procs("mlflow")
+    key = mlflow.env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]
+    Fernet(key.encode())  # a valid key, else MLflow cannot store webhook secrets
+    key_file = settings.home / "keys" / "mlflow_webhook.key"
+    assert key_file.read_text() == key and key_file.stat().st_mode & 0o077 == 0
+    assert Stack(settings).procs("mlflow")[0].env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"] == key  # restarts agree
+    assert mlflow.env["MLFLOW_WEBHOOK_CACHE_TTL"] == "2"
+    assert mlflow.env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"  # the receiver is on loopback
+    assert mlflow.env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] == "http,https"
+    # A public https receiver: MLflow's SSRF protection stays on; the user's own values are kept.
+    public = Settings(home=settings.home, airflow_url="https://8.8.4.4")
+    monkeypatch.setenv("MLFLOW_WEBHOOK_CACHE_TTL", "30")
+    env = Stack(public).procs("mlflow")[0].env
+    assert "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS" not in env and "MLFLOW_WEBHOOK_ALLOWED_SCHEMES" not in env
+    assert env["MLFLOW_WEBHOOK_CACHE_TTL"] == "30"
+
+
+@pytest.mark.parametrize(("url", "private"), [
+    ("http://127.0.0.1:8080/x", True), ("http://localhost:8080", True), ("http://10.1.2.3", True),
+    ("http://[::1]:80", True), ("http://192.168.0.5", True), ("https://8.8.4.4", False),
+    ("https://8.8.8.8/hook", False), ("not a url", False),
+])
+def test_is_private_url(url, private):
+    from rtml.platform.stack import is_private_url
+
+    assert is_private_url(url) is private
+
+
+def test_a_failed_webhook_registration_is_reported_not_raised(settings, monkeypatch):
+    from rtml.registry import webhooks
+
+    def refuse(client, url, secret, name="rtml"):
+        raise RuntimeError("MLflow said no")
+
+    monkeypatch.setattr(webhooks, "register", refuse)
+    stack = Stack(settings)
+    out = stack.register_webhook()
+    assert out["ok"] is False and "MLflow said no" in out["error"] and out["url"].endswith("/rtml/hooks/mlflow")
+    assert stack.webhook_status()["error"] == out["error"]
+    import rtml.platform.stack as stack_module
+
+    monkeypatch.setattr(stack_module, "check_mlflow", lambda s: {"ok": True})  # MLflow up, the hook not
+    assert "webhook NOT registered" in stack.status()["services"]["mlflow"]["detail"]
