@@ -73,8 +73,8 @@ def _cmd_lineage(args: argparse.Namespace) -> dict[str, Any]:
 
         read_lineage(spec, result["lineage"]).to_csv(args.csv, index=False)
         result["csv"] = args.csv
-    if result["matches"] is False:
-        raise CLIError(result["message"])
+    if result["matches"] is False:  # a failed check, not a usage error
+        raise CLIError(result["message"], code=1)
     return result
 
 

@@ -295,3 +295,34 @@ def test_no_registered_model_means_everything_is_new(spec, lake, monkeypatch):
     assert res["ready"] is False and "(none)" in res["message"]  # 100 < training.min_rows
     with pytest.raises(MlflowException, match="connection refused"):  # an outage is not "no model"
         _status(spec, lake, monkeypatch, _FakeClient(error=MlflowException("connection refused")))
+
+
+# --- lineage read back ------------------------------------------------------------------------------------
+def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_reported(spec, lake, tmp_path,
+                                                                                     monkeypatch):
+    """rtml lineage: the run's lineage.json (from MLflow, faked here) read back from a file lake."""
+    import json
+
+    import mlflow
+
+    from rtml.settings import Settings
+    from rtml.train import version_lineage
+
+    write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=4), batches=3)
+    df, lin = load_window(spec, lake, end="2026-01-01T02:00:00", window_days=1)
+    assert lin["rows_digest"].startswith("sha256:") and "tables" not in lin  # a file lake has no snapshots
+    (tmp_path / "lineage.json").write_text(json.dumps(lin))
+    client = SimpleNamespace(get_model_version=lambda name, version: SimpleNamespace(run_id="run-7"))
+    monkeypatch.setattr("rtml.registry.client.mlflow_client", lambda settings=None: client)
+    asked = []
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda uri, dst_path, tracking_uri: asked.append(uri) or str(tmp_path / "lineage.json"))
+    s = Settings(home=tmp_path / "home", storage="local")
+    out = version_lineage(spec, "toy", "3", settings=s, lake=lake)
+    assert asked == ["runs:/run-7/lineage.json"]
+    assert out["matches"] is True and out["rows"] == len(df) == 120 and out["digest"] == lin["rows_digest"]
+    assert "read back: the same rows as at training time" in out["message"]
+    # A batch of the window re-written with other rows: reported, not hidden.
+    write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=5), batches=3)
+    changed = version_lineage(spec, "toy", "3", settings=s, lake=lake)
+    assert changed["matches"] is False and "NOT the rows trained on" in changed["message"]

@@ -46,3 +46,21 @@ def test_options_reach_train_and_its_value_errors_are_clean(monkeypatch, capsys)
                      "--end", "2026-01-01", "--json"]) == 2
     assert "no labelled rows" in json.loads(capsys.readouterr().out)["error"]
     assert seen == [{"end": "2026-01-01", "window_days": 2.5, "random_state": 3, "register": False}]
+
+
+def test_lineage_prints_the_read_back_and_fails_when_the_lake_changed(monkeypatch, capsys, tmp_path):
+    import pandas as pd
+
+    from rtml import train as train_mod
+
+    result = {"matches": True, "message": "credit_risk version 3: trained on 2 rows ...", "lineage": {}, "rows": 2}
+    seen = []
+    monkeypatch.setattr(train_mod, "version_lineage", lambda spec, name, version: seen.append((name, version)) or result)
+    monkeypatch.setattr(train_mod, "read_lineage", lambda spec, lineage: pd.DataFrame({"a": [1, 2]}))
+    out = tmp_path / "rows.csv"
+    assert cli.main(["lineage", "credit_risk", "3", "--spec", str(EXAMPLE_SPEC), "--csv", str(out)]) == 0
+    assert seen == [("credit_risk", "3")] and "trained on 2 rows" in capsys.readouterr().out
+    assert out.read_text().splitlines() == ["a", "1", "2"]
+    result.update(matches=False, message="credit_risk version 3: ... read back: NOT the rows trained on")
+    assert cli.main(["lineage", "credit_risk", "3", "--json"]) == 1
+    assert "NOT the rows trained on" in json.loads(capsys.readouterr().out)["error"]
