@@ -1,6 +1,7 @@
 """Ingestion throughput: read + validate + write of a replayed stream vs plain pandas, same rows, same run.
 
     python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10]
+    python benchmarks/ingest.py --history 100,10000 [--lake-format files|iceberg]
 
 The stream is the demo dataset replayed by the producer into landing files (a local folder). Two
 pipelines read exactly those files:
@@ -11,7 +12,12 @@ pipelines read exactly those files:
   NaN/inf, duplicate ids, sizes) + the lake's deterministic Parquet write + manifest.
 
 It prints rows/s of both, their ratio, and the cost of validation alone against the plain write
-(the aim: validation < half of the plain write time). Timings are wall-clock on this machine.
+(the aim: validation < half of the plain write time), and the same end-to-end ingestion into the
+lake's Iceberg tables (``lake_format: iceberg``) beside the Parquet-file lake (the aim: within 1.5x).
+
+``--history A,B`` measures what reading one day's training window costs when the lake holds A, then
+B, committed batches (one day of them in the window, the rest before it): the aim is that the read
+costs what the window costs, within 1.5x from A to B. Timings are wall-clock on this machine.
 """
 
 from __future__ import annotations
@@ -43,7 +49,14 @@ def main() -> None:
     ap.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
     ap.add_argument("--files", type=int, default=10, help="landing files the rows are spread over")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
+    ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
+                    help="--history: the lake format measured")
     args = ap.parse_args()
+    if args.history:
+        sizes = [int(x) for x in args.history.split(",")]
+        history(sizes, args.lake_format, args.keep)
+        return
 
     spec = load_spec()
     tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-"))
@@ -117,11 +130,90 @@ def main() -> None:
             print(f"ratio (arrow): rtml end-to-end / plain with the pyarrow reader = {total / fast:.2f}x time")
         print(f"validation   : {r_validate:.2f}s = {r_validate / plain_write:.2f} of the plain write time "
               f"(aim < 0.5: {'met' if r_validate < 0.5 * plain_write else 'NOT met'})")
+
+        # --- the same batch into Iceberg tables (a lake of its own, the same landing files) ------------
+        ice = Settings(storage="local", home=tmp / "ice", lake_uri=str(tmp / "lake_ice"), lake_format="iceberg")
+        ice_landing = landing_store(ice)
+        for k in keys:
+            ice_landing.put(k, store.get(k))
+        t0 = time.perf_counter()
+        ice_summary = ingest_interval(spec, "events", T0, end, settings=ice)
+        ice_total = time.perf_counter() - t0
+        assert ice_summary["accepted"] == args.rows
+        print(f"iceberg      : end-to-end {ice_total:6.2f}s  {args.rows / ice_total:>10,.0f} rows/s  "
+              f"= {ice_total / total:.2f}x the Parquet-file lake (aim <= 1.5: "
+              f"{'met' if ice_total <= 1.5 * total else 'NOT met'})")
     finally:
         if args.keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def history(sizes: list[int], lake_format: str, keep: bool) -> None:
+    """Read one day's window of a lake holding ``n`` batches, for each n in ``sizes``."""
+    from rtml.lake import Lake
+
+    spec = load_spec()
+    events, labels = prod.build(spec, rows=2_000, start=T0, rate=1.0, seed=0)
+    results = []
+    for n in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-history-"))
+        settings = Settings(storage="local", home=tmp, lake_uri=str(tmp / "lake"), lake_format=lake_format)
+        lake = Lake(settings)
+        t = time.perf_counter()
+        day = timedelta(days=1)
+        contract = {"events": Contract(spec, "events"), "labels": Contract(spec, "labels")}
+        for i in range(n):
+            # batch i: 20 events (and labels) on its own 5 minutes, the last 288 batches on the window day
+            start = T0 - day * 365 + timedelta(minutes=5 * i) if i < n - 288 else T0 + timedelta(minutes=5 * (i - n + 288))
+            for kind, frame in (("events", events), ("labels", labels)):
+                part = frame.iloc[(i * 20) % 1980:(i * 20) % 1980 + 20].copy()
+                bid = f"{start:%Y%m%dT%H%M%S}-b{i:06d}"
+                part[spec.event_id] = [f"{bid}-{j}" for j in range(len(part))]
+                if kind == "events":
+                    part[spec.event_time] = [start + timedelta(seconds=j) for j in range(len(part))]
+                table = contract[kind].validate(_raw(part)).table
+                _commit(lake, spec, kind, bid, table)
+        build = time.perf_counter() - t
+        t0 = time.perf_counter()
+        window, _ = lake.labelled(spec, T0, T0 + day)
+        read = time.perf_counter() - t0
+        results.append((n, read, len(window)))
+        print(f"{lake_format} lake with {n:>6,} batches: built in {build:6.1f}s, one day's window "
+              f"({len(window):,} rows) read in {read:6.3f}s")
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if len(results) > 1:
+        (a, ra, _), (b, rb, _) = results[0], results[-1]
+        print(f"ratio        : {b:,} vs {a:,} batches = {rb / ra:.2f}x the read time "
+              f"(aim <= 1.5: {'met' if rb <= 1.5 * ra else 'NOT met'})")
+
+
+def _raw(frame: pd.DataFrame):
+    from rtml.ingest.contract import Positions, RawBatch
+
+    return RawBatch(frame.reset_index(drop=True), Positions().add_names([f"bench:{i}" for i in range(len(frame))]))
+
+
+def _commit(lake, spec, kind: str, bid: str, table) -> None:
+    """What ingest_batch commits for a batch, without a source: the rows, then the manifest."""
+    import pyarrow.compute as pc
+
+    ds = spec.dataset.name
+    manifest = {"batch_id": bid, "dataset": ds, "kind": kind, "records_in": table.num_rows,
+                "accepted": table.num_rows, "quarantined": 0, "schema_hash": spec.schema_hash(), "files": []}
+    tcol = spec.event_time if kind == "events" else None
+    if tcol:
+        span = pc.min_max(table.column(tcol)).as_py()
+        manifest.update(min_time=span["min"].isoformat(), watermark=span["max"].isoformat())
+    if lake.iceberg:
+        manifest.update(lake.tables.commit_batch(ds, kind, bid, table, time_column=tcol))
+    else:
+        key = lake.data_key(ds, kind, bid)
+        lake.store.put(key, arrow_to_parquet_bytes(table))
+        manifest["files"] = [key]
+    lake.write_manifest(ds, kind, bid, manifest)
 
 
 if __name__ == "__main__":
