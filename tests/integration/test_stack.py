@@ -324,27 +324,12 @@ def test_up_refuses_a_port_held_by_someone_else_and_down_spares_it(small_stack):
 
 
 # --- PostgreSQL as the metadata store --------------------------------------------------------------
-PG = os.environ.get("RTML_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
-
-
 @pytest.fixture
 def pg_database():
-    """A fresh database on the local PostgreSQL server, dropped afterwards (skip if none answers)."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(f"{PG}/postgres", connect_timeout=3)
-    except psycopg2.OperationalError as err:
-        pytest.skip(f"no PostgreSQL at {PG}: {err}")
-    admin.autocommit = True
-    name = f"rtml_stack_test_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    from support.postgres import temporary_database
+
+    with temporary_database("rtml_stack_test") as uri:
+        yield uri
 
 
 def test_mlflow_on_postgresql(tmp_path_factory, pg_database: str):

@@ -31,28 +31,14 @@ DS = SPEC.dataset.name
 # An hour no other test of the session lands files in (each lake below also has its own prefix).
 T0 = datetime(2026, 6, 3, 8, 0, tzinfo=UTC)
 FIVE = timedelta(minutes=5)
-PG = os.environ.get("RTML_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432")
-
-
 @pytest.fixture
 def pg_catalog() -> Iterator[str]:
     """A fresh PostgreSQL database for the catalog (SQLAlchemy URI), dropped with its tables afterwards.
     One per test: a catalog names each table once, and each test's lake has its own prefix."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    try:
-        admin = psycopg2.connect(f"{PG}/test", connect_timeout=3)
-    except psycopg2.OperationalError as err:
-        pytest.fail(f"no PostgreSQL at {PG} (scripts/services starts it): {err}")
-    admin.autocommit = True
-    name = f"rtml_iceberg_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{PG.replace('postgresql://', 'postgresql+psycopg2://', 1)}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    from support.postgres import temporary_database
+
+    with temporary_database("rtml_iceberg") as uri:
+        yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
 def _lake_settings(s3_settings: Settings, catalog: str, fmt: str) -> Settings:

@@ -132,3 +132,15 @@ def mitigated(spec, fitted, data):
         return model, inner
 
     return make
+
+
+@pytest.fixture(scope="module")
+def served(spec, fitted):
+    """A served champion (version 1, the fitted pipeline) behind the app, through a test client."""
+    from support.serving import FakeSource, make_client, wait_until
+
+    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
+    server, client = make_client(spec, source)
+    with client:
+        assert wait_until(lambda: server.ready)
+        yield server, client

@@ -16,15 +16,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def served(spec, fitted):
-    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
-    server, client = make_client(spec, source)
-    with client:
-        assert wait_until(lambda: server.ready)
-        yield server, client
-
-
 _DROP = object()
 
 

@@ -22,15 +22,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def served(spec, fitted):
-    source = FakeSource(spec, {"1": fitted}, {"champion": "1"})
-    server, client = make_client(spec, source)
-    with client:
-        assert wait_until(lambda: server.ready)
-        yield server, client
-
-
 def test_single_and_batch_answers_match_offline_predictions(spec, served, fitted, data):
     from rtml.serve.source import frame_to_records
 
