@@ -180,16 +180,20 @@ def record_decision(
 
 def record_observed_decision(name: str, version: str | int, decision: str, by: str = "", at: str = "",
                              via: str = "MLflow tag") -> dict[str, Any] | None:
-    """Log a decision a person made by tagging the version (seen by the promotion DAG), once."""
+    """Log a decision a person made by tagging the version (seen by the promotion DAG or the
+    webhook, whichever is first), once."""
     from rtml.registry.audit import for_version
 
     action = "approval" if normalize_decision(decision) == APPROVED else "rejection"
-    for e in reversed(for_version(name, version)):
-        if e.get("version") == str(version) and e.get("action") in ("approval", "rejection"):
-            if e["action"] == action:
-                return None  # already recorded (e.g. by `rtml approve`)
-            break
-    return _log(action, name, version, on_behalf_of=by or None, details={"via": via, "tag_at": at})
+    # Under the model's lease: the DAG and the webhook may see the same tag at the same moment, and
+    # the check and the append must not interleave (two entries for one decision).
+    with promotion_guard(name, "decision record", wait=60):
+        for e in reversed(for_version(name, version)):
+            if e.get("version") == str(version) and e.get("action") in ("approval", "rejection"):
+                if e["action"] == action:
+                    return None  # already recorded (e.g. by `rtml approve`)
+                break
+        return _log(action, name, version, on_behalf_of=by or None, details={"via": via, "tag_at": at})
 
 
 def verify_signed(client: MlflowClient, name: str, version: str | int, mv: Any = None) -> None:

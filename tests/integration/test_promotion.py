@@ -141,10 +141,18 @@ def test_cli_approve_deploys_within_seconds_and_records_who(env):
 
 def test_endpoint_refuses_a_champion_that_failed_forged_or_was_not_approved(env):
     """Setting the alias by hand (one click in the MLflow UI) deploys nothing the gates or a person did not pass."""
+    from support.webhooks import webhook_paused
+
+    name, server, v2, settings = env["name"], env["server"], env["v2"], env["settings"]
+    # The endpoint's own defence: with the webhook down, nothing undoes the hand-set alias.
+    with webhook_paused(settings):
+        _hand_set_champions(env, name, server, v2, settings)
+
+
+def _hand_set_champions(env, name, server, v2, settings) -> None:
     from rtml.names import CHAMPION
     from rtml.registry.client import mlflow_client
 
-    name, server, v2, settings = env["name"], env["server"], env["v2"], env["settings"]
     client = mlflow_client()
     failed = {**{g: "passed" for g in GATES}, "gate.fairness": "failed", "gate.decision": "failed"}
     vf = register(settings, env["spec"], seed=21, gates=failed)

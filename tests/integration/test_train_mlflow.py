@@ -191,12 +191,16 @@ def test_passing_version_becomes_challenger_with_reports(env, trained):
 
 
 def test_worse_candidate_fails_quality_against_the_champion(env, trained):
+    from support.webhooks import webhook_paused
+
     client, name = env["client"], env["name"]
     champ = env["state"].get("champion") or trained["version"]
-    client.set_registered_model_alias(name, "champion", champ)  # as a promotion would
-    worse_spec = toy_spec(model={**WORSE_MODEL, "registered_name": name})
-    cand = train(worse_spec, env["settings"], lake=env["lake"])
-    res = evaluate(worse_spec, cand["version"], env["settings"])
+    # As a promotion would, without one (no approval): the webhook would undo it, so it is paused.
+    with webhook_paused(env["settings"]):
+        client.set_registered_model_alias(name, "champion", champ)
+        worse_spec = toy_spec(model={**WORSE_MODEL, "registered_name": name})
+        cand = train(worse_spec, env["settings"], lake=env["lake"])
+        res = evaluate(worse_spec, cand["version"], env["settings"])
     assert res["passed"] is False and res["gates"]["quality"] is False
     assert any("roc_auc" in r and "champion" in r for r in res["reasons"])
     tags = client.get_model_version(name, cand["version"]).tags
