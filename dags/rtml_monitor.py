@@ -1,13 +1,15 @@
 """
-### rtml_monitor: live drift and performance of the served model
+### rtml_monitor: live drift, performance and fairness of the served model
 
 Every hour, reads the serving endpoint's prediction log from the lake (last `window_hours`),
 with the run's project spec (param `spec`, default `RTML_SPEC`) resolved once by **resolve_spec**:
 
 1. **check** - Evidently drift of the live features against the labelled window that preceded
    them, and, for the predictions whose label has arrived (joined by event id), live quality
-   compared with the champion's holdout quality. The report (JSON + HTML) goes to
-   `<lake>/<dataset>/monitoring/`; its summary is this task's return value.
+   compared with the champion's holdout quality, and live fairness: the fairness gate's group
+   metrics, limits and minimums on the champion's answered decisions, attached to its model card
+   and to its `live_fairness` tag (the endpoint's `/metrics` shows it). The report (JSON + HTML)
+   goes to `<lake>/<dataset>/monitoring/`; its summary is this task's return value.
 2. **needs_retraining** - ends the run here when the model is healthy (later tasks *skipped*).
 3. **request_retraining** - updates the **rtml_retrain** Asset with the reasons, which starts
    `rtml_train`.
@@ -27,7 +29,7 @@ from rtml.assets import RETRAIN_OF_RUN, SPEC_PATH
 
 @dag(
     dag_id="rtml_monitor",
-    description="Live drift and performance of the served model; requests retraining when they degrade",
+    description="Live drift, performance and fairness of the served model; requests retraining when they degrade",
     doc_md=__doc__,
     schedule=timedelta(hours=1),
     start_date=datetime(2026, 1, 1),
@@ -59,7 +61,10 @@ def rtml_monitor():
                          window_hours=float(params.get("window_hours") or 24))
         print(report["message"])
         keep = ("retrain", "reasons", "predictions", "labelled_predictions", "report", "message")
-        return {k: report.get(k) for k in keep}
+        summary = {k: report.get(k) for k in keep}
+        fair = report.get("live_fairness") or {}
+        summary["live_fairness"] = {k: fair.get(k) for k in ("version", "rows", "passed", "published")}
+        return summary
 
     @task.short_circuit
     def needs_retraining(summary: dict) -> bool:

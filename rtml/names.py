@@ -21,6 +21,10 @@ AUDIT_ANCHOR_TAG = "audit.anchor"
 GATE_TAGS = ("gate.quality", "gate.fairness", "gate.drift", "gate.decision")
 SIGNED_TAGS = (*GATE_TAGS, "gate.reasons", "gate.evaluated_at")
 
+# On the champion: its live fairness as monitoring last measured it (compact JSON, see
+# rtml.monitor.live.fairness_tag); the serving endpoint exposes it in /metrics.
+LIVE_FAIRNESS_TAG = "live_fairness"
+
 # --- variants: the plain model and its fairness-mitigated version ------------------------------------
 VARIANT_TAG = "rtml.variant"
 BASE_VERSION_TAG = "rtml.base_version"  # on a mitigated version: the plain version it wraps

@@ -532,7 +532,46 @@ def model_card_html(summary: dict[str, Any]) -> str:
         )
     if summary.get("decisions"):  # added by rtml.registry.audit.refresh_model_card
         b.append(decision_log_html(summary["decisions"]))
+    if summary.get("live_fairness"):  # rtml.monitor.live's evaluation/live_fairness.json, when given
+        live = summary["live_fairness"]
+        b.append(live_fairness_html(live, str(live.get("checked_at", ""))))
     return _page(f"Model card {title}", "".join(b))
+
+
+# --- live fairness (rtml.monitor.live) -------------------------------------------------------------------
+LIVE_FAIRNESS_MARK = "<!-- rtml:live-fairness -->"
+
+
+def replace_section(card: str, section: str, mark: str) -> str:
+    """``card`` with the section between two ``mark`` comments replaced by ``section`` (which
+    carries the marks), else ``section`` added before ``</body>``: refreshes do not stack up."""
+    if mark in card:
+        start = card.index(mark)
+        end = card.find(mark, start + len(mark))
+        if end >= 0:
+            return card[:start] + section + card[end + len(mark):]
+    if "</body>" in card:
+        return card.replace("</body>", section + "</body>", 1)
+    return card + section
+
+
+def live_fairness_html(live: dict[str, Any], checked_at: str) -> str:
+    """The "live fairness" section of the champion's model card: the gate's group metrics on the
+    labelled live predictions, within the marks ``replace_section`` looks for."""
+    b = [
+        "<h2>Live fairness (served decisions, labels that arrived later)</h2>",
+        f"<p>{status(live.get('passed'))} &middot; checked {esc(checked_at)} &middot; "
+        f"{fmt(live.get('rows'), 0)} labelled predictions of version {esc(live.get('version') or 'any')}"
+        f" &middot; selection rate {fmt(live.get('selection_rate'))}. The fairness gate's metrics, limits "
+        "and minimums; a group marked insufficient data does not decide.</p>",
+    ]
+    if live.get("skipped"):
+        b.append(f"<p class='muted'>{esc(live['skipped'])}</p>")
+    if live.get("reasons"):
+        b.append("<ul>" + "".join(f"<li class='fail'>{esc(r)}</li>" for r in live["reasons"]) + "</ul>")
+    for name, res in (live.get("attributes") or {}).items():
+        b.append(_fairness_attribute(name, res, " (live)"))
+    return f"{LIVE_FAIRNESS_MARK}<section id='live-fairness'>{''.join(b)}</section>{LIVE_FAIRNESS_MARK}"
 
 
 def decision_log_html(entries: list[dict[str, Any]]) -> str:

@@ -18,6 +18,6 @@ def _cmd_monitor(args: argparse.Namespace) -> dict[str, Any]:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from rtml.cli import command
 
-    p = command(sub, "monitor", _cmd_monitor, "check live drift and performance of the served model")
+    p = command(sub, "monitor", _cmd_monitor, "check live drift, performance and fairness of the served model")
     p.add_argument("spec", nargs="?", default=None, help="project spec (default: RTML_SPEC)")
     p.add_argument("--window-hours", type=float, default=24.0, help="how far back to look (default 24)")

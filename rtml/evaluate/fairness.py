@@ -487,3 +487,17 @@ def evaluate_fairness(
         "group_metrics_and_intervals": round(time.perf_counter() - t1, 3),
     }
     return out
+
+
+# --- groups of rows: shared by the gate and live monitoring ------------------------------------------
+if TYPE_CHECKING:
+    from rtml.spec import ProjectSpec
+
+
+def fairness_groups(df: pd.DataFrame, spec: ProjectSpec) -> dict[str, pd.Series]:
+    """The group of each row of ``df`` per sensitive attribute of the spec (``rtml.features``'
+    grouping), by attribute name: what the gate and live monitoring judge, with the same rules."""
+    from rtml.features import sensitive_frame
+
+    frame = sensitive_frame(df, spec)
+    return {name: frame[name] for name in frame.columns}

@@ -7,27 +7,35 @@ ingestion path (kind ``labels``). This stage, run by the ``rtml_monitor`` DAG or
 - compares the recent predictions' features and scores with the labelled training window that came
   before them (Evidently, the same check as the drift gate), and
 - joins the predictions whose label has arrived and computes the live quality metrics, compared
-  with the champion's holdout metric logged at training time,
+  with the champion's holdout metric logged at training time, and the fairness gate's group
+  metrics (same functions, limits and minimums) on the decisions the endpoint answered with,
+  attached to the champion (model card section, ``live_fairness`` tag read by the endpoint's
+  ``/metrics``),
 
 then writes a JSON (and HTML) monitoring report to the lake and says whether to retrain: drifted
-beyond the spec's threshold, or live quality below the champion's holdout quality by more than the
-spec's tolerance. The DAG turns that into an Asset event the training DAG listens to.
+beyond the spec's threshold, live quality below the champion's holdout quality by more than the
+spec's tolerance, or a live fairness check failed. The DAG turns that into an Asset event the
+training DAG listens to.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rtml.lake import Lake, _utc
-from rtml.names import CHAMPION
+from rtml.names import CHAMPION, EVAL_DIR, LIVE_FAIRNESS_TAG, MODEL_CARD
 from rtml.settings import Settings, get_settings
 from rtml.spec import ProjectSpec
 
 MIN_LABELLED = 50  # below this, live metrics are too noisy to act on
+TAG_LIMIT = 5000  # MLflow's longest model version tag value
+
+log = logging.getLogger("rtml.monitor.live")
 
 
 def _champion_metric(spec: ProjectSpec, settings: Settings, metric: str) -> tuple[str | None, float | None]:
@@ -121,14 +129,13 @@ def monitor(
         joined = preds.iloc[0:0]
     report["labelled_predictions"] = int(len(joined))
     gate = spec.gates.quality
+    champion, reference_value = None, reference_metric
+    if len(joined) and reference_metric is None:
+        champion, reference_value = _champion_metric(spec, settings, gate.metric)
     if len(joined) >= MIN_LABELLED:
         y = target_vector(joined[spec.target.name], spec)
         live = quality_metrics(y, joined["score"].to_numpy(dtype=np.float64), gate.decision_threshold)
         report["live_quality"] = live
-        if reference_metric is None:
-            champion, reference_value = _champion_metric(spec, settings, gate.metric)
-        else:
-            champion, reference_value = None, reference_metric
         report["reference"] = {"champion_version": champion, gate.metric: reference_value}
         value = live.get(gate.metric)
         if reference_value is not None and value is not None:
@@ -143,12 +150,119 @@ def monitor(
     else:
         report["live_quality"] = {"skipped": f"only {len(joined)} labelled predictions (< {MIN_LABELLED})"}
 
+    # Fairness: the gate's group metrics, with its minimums, on the served decisions.
+    if spec.sensitive:
+        fair = live_fairness(joined, spec, champion, random_state=random_state)
+        fair["checked_at"] = report["checked_at"]
+        report["live_fairness"] = fair
+        report["reasons"].extend(fair["reasons"])
+        if champion is not None and fair.get("rows"):
+            fair["published"] = _publish_fairness(spec, settings, champion, fair, report["checked_at"])
+
     report["retrain"] = bool(report["reasons"])
     report["message"] = (
         f"{len(preds)} predictions, {len(joined)} labelled: "
         + ("retrain: " + "; ".join(report["reasons"]) if report["retrain"] else "healthy")
     )
     return _save(lake, spec, report, html_path)
+
+
+def served_decisions(rows: Any, spec: ProjectSpec) -> Any:
+    """The 0/1 decisions the endpoint answered with: its logged ``label`` (a mitigated version
+    decides with per-group thresholds, not the score), else the score at the spec's threshold."""
+    import numpy as np
+
+    by_score = rows["score"].to_numpy(dtype=np.float64) >= spec.gates.quality.decision_threshold
+    if "label" not in rows.columns:
+        return by_score.astype(int)
+    label = rows["label"]
+    said = label.astype(str).to_numpy() == str(spec.target.positive)
+    return np.where(label.isna().to_numpy(), by_score, said).astype(int)
+
+
+def live_fairness(
+    joined: Any, spec: ProjectSpec, version: str | None = None, *, random_state: int = 0
+) -> dict[str, Any]:
+    """The fairness gate's group metrics (``attribute_fairness``, same limits and minimums) on the
+    labelled live predictions of ``version`` (all of them when None). A group below the minimums
+    is "insufficient data" and decides nothing; a failed check is a reason to retrain."""
+    from rtml.evaluate.fairness import attribute_fairness, fairness_groups
+    from rtml.features import target_vector
+
+    gate = spec.gates.fairness
+    rows = joined
+    if version is not None and len(joined):
+        rows = joined[joined["version"].astype(str) == str(version)]
+    out: dict[str, Any] = {"version": version, "rows": int(len(rows)), "attributes": {}, "reasons": [],
+                           "passed": True}
+    if rows.empty:
+        who = f"version {version}" if version is not None else "any version"
+        out["skipped"] = f"no labelled predictions of {who} in the window"
+        return out
+    rows = rows.reset_index(drop=True)
+    y = target_vector(rows[spec.target.name], spec)
+    decided = served_decisions(rows, spec)
+    out["selection_rate"] = float(decided.mean())
+    for name, groups in fairness_groups(rows, spec).items():
+        res = attribute_fairness(name, y, decided, groups.reset_index(drop=True), gate, random_state)
+        out["attributes"][name] = res
+        out["reasons"].extend(f"live {c['reason']}" for c in res["checks"] if not c["passed"])
+    out["passed"] = not out["reasons"]
+    return out
+
+
+def fairness_tag(fair: dict[str, Any], checked_at: str) -> str:
+    """The compact JSON of the ``live_fairness`` version tag: per attribute, per gated metric,
+    [value, 1 passed / 0 failed]; the serving endpoint turns it into gauges."""
+    checks = {
+        name: {c["metric"]: [round(float(c["value"]), 4), int(bool(c["passed"]))] for c in res.get("checks", [])}
+        for name, res in fair["attributes"].items()
+    }
+    body = {"at": checked_at, "rows": fair["rows"], "passed": fair["passed"], "checks": checks}
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    if len(text) > TAG_LIMIT:  # many attributes: keep the failed checks, which matter most
+        body["checks"] = {n: {m: v for m, v in ms.items() if not v[1]} for n, ms in checks.items()}
+        body["truncated"] = True
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    if len(text) > TAG_LIMIT:  # still too long: the verdict alone (the card and the JSON have the rest)
+        body["checks"] = {}
+        text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    return text
+
+
+def _publish_fairness(
+    spec: ProjectSpec, settings: Settings, version: str, fair: dict[str, Any], checked_at: str
+) -> str:
+    """Attach the live fairness to the champion version: a "live fairness" section of its model
+    card, ``evaluation/live_fairness.json`` on its run, and the ``live_fairness`` tag the endpoint
+    reads into ``/metrics``. Returns "ok" or why not (monitoring still reports and asks to retrain)."""
+    from mlflow.exceptions import MlflowException
+
+    from rtml.registry.client import mlflow_client
+    from rtml.reports import LIVE_FAIRNESS_MARK, live_fairness_html, replace_section
+
+    name = spec.model.registered_name
+    try:
+        client = mlflow_client(settings)
+        mv = client.get_model_version(name, version)
+        if mv.run_id:
+            with tempfile.TemporaryDirectory(prefix="rtml-live-fairness-") as tmp:
+                tmpdir = Path(tmp)
+                (tmpdir / "live_fairness.json").write_text(json.dumps(fair, indent=2, sort_keys=True, default=str))
+                client.log_artifact(mv.run_id, str(tmpdir / "live_fairness.json"), EVAL_DIR)
+                try:
+                    card_path: Path | None = Path(client.download_artifacts(mv.run_id, MODEL_CARD, str(tmpdir)))
+                except MlflowException:
+                    card_path = None  # a version without a card: the JSON and the tag still tell
+                if card_path is not None:
+                    section = live_fairness_html(fair, checked_at)
+                    card_path.write_text(replace_section(card_path.read_text(), section, LIVE_FAIRNESS_MARK))
+                    client.log_artifact(mv.run_id, str(card_path), EVAL_DIR)
+        client.set_model_version_tag(name, version, LIVE_FAIRNESS_TAG, fairness_tag(fair, checked_at))
+    except Exception as err:  # noqa: BLE001 - the registry being down must not lose the monitoring report
+        log.warning("could not attach live fairness to %s version %s: %r", name, version, err)
+        return f"not attached: {err!r}"[:500]
+    return "ok"
 
 
 def _save(lake: Lake, spec: ProjectSpec, report: dict[str, Any], html_path: Path | None) -> dict[str, Any]:

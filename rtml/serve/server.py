@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import time
 from collections import deque
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rtml.names import CHAMPION
+from rtml.names import CHAMPION, LIVE_FAIRNESS_TAG
 from rtml.serve.model import MITIGATED, LoadedModel, SmokeCheckError, _now_iso, decide, decision_labels
 from rtml.serve.predlog import PredictionLog
 from rtml.serve.source import ModelSource, smoke_check
@@ -122,6 +123,14 @@ class Metrics:
         self.log_pending = Gauge("rtml_log_pending_rows", "Log rows not yet written, by kind", ["kind"], registry=r)
         self.queue_rows = Gauge("rtml_queue_rows", "Rows waiting for a model call", registry=r)
         self.model_hung = Gauge("rtml_model_hung", "1 while a model call is past its timeout", registry=r)
+        self.live_fairness = Gauge(
+            "rtml_live_fairness", "The champion's fairness on labelled live traffic (rtml monitor), by check",
+            ["version", "attribute", "metric"], registry=r,
+        )
+        self.live_fairness_passed = Gauge(
+            "rtml_live_fairness_passed", "1 if that live fairness check met the spec's limit, 0 if not",
+            ["version", "attribute", "metric"], registry=r,
+        )
         self.model_seconds = Counter("rtml_model_call_seconds_total", "Time spent in model calls", registry=r)
         self.request_model_seconds = Counter(
             "rtml_request_model_seconds_total",
@@ -176,6 +185,7 @@ class ModelServer:
         self._tasks: list[asyncio.Task] = []
         self._reload_lock: asyncio.Lock | None = None
         self._shadow_backlog = 0
+        self._live_fairness_seen: tuple[str, str] | None = None
         self._inflight = 0
         self._closing = False
         self._model_pool = ThreadPoolExecutor(1, "rtml-model", initializer=_one_thread)
@@ -251,6 +261,7 @@ class ModelServer:
                 result["error"] = f"model {self.name!r} has no 'champion' alias"
                 return self._status(result)
             version, aliases = target
+            self._live_fairness(version, (getattr(self.source, "tags", None) or {}).get(CHAMPION) or {})
             cur = self.current
             if cur is not None and cur.version == version:
                 cur.aliases = aliases
@@ -276,6 +287,27 @@ class ModelServer:
             if self.config.shadow:
                 await self._sync_shadow(force)
             return self._status(result)
+
+    def _live_fairness(self, version: str, tags: dict[str, str]) -> None:
+        """The champion's ``live_fairness`` tag (written by monitoring) as gauges; set again only
+        when the tag changed, and cleared when the champion has none (a new version)."""
+        text = tags.get(LIVE_FAIRNESS_TAG, "")
+        if (version, text) == self._live_fairness_seen:
+            return
+        self._live_fairness_seen = (version, text)
+        m = self.metrics
+        m.live_fairness.clear()
+        m.live_fairness_passed.clear()
+        try:
+            checks = json.loads(text).get("checks", {}) if text else {}
+            for attribute, metrics in checks.items():
+                for metric, (value, passed) in metrics.items():
+                    m.live_fairness.labels(version, attribute, metric).set(float(value))
+                    m.live_fairness_passed.labels(version, attribute, metric).set(1 if passed else 0)
+        except (ValueError, TypeError, AttributeError):  # a hand-edited tag: show nothing rather than fail the poll
+            log.warning("version %s: unreadable %s tag", version, LIVE_FAIRNESS_TAG)
+            m.live_fairness.clear()
+            m.live_fairness_passed.clear()
 
     async def _sync_shadow(self, force: bool) -> None:
         loop = asyncio.get_running_loop()

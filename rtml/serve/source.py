@@ -126,6 +126,9 @@ class RegistrySource:
         self.spec = spec
         self.settings = settings
         self._client = None
+        # Tags of the version each alias named at the last resolve (the poller's read, no extra call):
+        # the champion's live fairness tag reaches /metrics this way.
+        self.tags: dict[str, dict[str, str]] = {}
 
     @property
     def client(self):
@@ -142,6 +145,7 @@ class RegistrySource:
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 return None
             raise
+        self.tags[alias] = dict(getattr(mv, "tags", None) or {})
         return str(mv.version), list(mv.aliases or [])
 
     def vet(self, version: str, alias: str) -> None:

@@ -12,12 +12,15 @@ import pandas as pd
 import pytest
 
 from rtml.reports import (
+    LIVE_FAIRNESS_MARK,
     _with_ci,
     decision_log_html,
     esc,
     fairness_html,
     fmt,
+    live_fairness_html,
     model_card_html,
+    replace_section,
     status,
     svg_group_bars,
     svg_reliability,
@@ -195,3 +198,19 @@ def test_decision_log_rows():
     html = decision_log_html([{"seq": 2, "at": "t", "action": XSS, "version": "4", "hash": None}])
     assert esc(XSS) in html and not _raw_tags(html) and "<td>2</td>" in html
     assert "<td>None</td>" in html  # a missing hash reads as None, cut to 12 characters
+
+
+def test_live_fairness_section_escapes_and_replaces_itself(attribute):
+    live = {"version": XSS, "rows": 400, "passed": False, "selection_rate": 0.4,
+            "reasons": [f"live fairness: {XSS}"], "attributes": {IMG: attribute}, "checked_at": "t0"}
+    section = live_fairness_html(live, "t0")
+    assert section.startswith(LIVE_FAIRNESS_MARK) and section.endswith(LIVE_FAIRNESS_MARK)
+    assert not _raw_tags(section) and esc(XSS) in section and "(live)" in section
+    card = "<html><body><h1>card</h1></body></html>"
+    once = replace_section(card, section, LIVE_FAIRNESS_MARK)
+    again = replace_section(once, live_fairness_html({**live, "passed": True, "reasons": []}, "t1"), LIVE_FAIRNESS_MARK)
+    assert once.index("<h1>card</h1>") < once.index(LIVE_FAIRNESS_MARK) < once.index("</body>")
+    assert again.count("id='live-fairness'") == 1 and "t1" in again and "t0" not in again
+    # a card re-rendered from its summary keeps the section when the summary carries it
+    page = model_card_html({"model": "m", "version": "1", "live_fairness": live})
+    assert "id='live-fairness'" in page and not _raw_tags(page)

@@ -407,3 +407,40 @@ def test_jsonable_rows_slices_each_output_shape():
     assert rows == [{"score": 0.6, "label": 0}] and type(rows[0]["label"]) is int
     assert jsonable_rows(pd.Series([1, 2, 3]), 0, 2) == [1, 2]
     assert jsonable_rows(np.array([[0.1, 0.9], [0.4, 0.6]]), 1, 2) == [[0.4, 0.6]]
+
+
+def test_the_champions_live_fairness_tag_is_exposed_in_metrics(spec, fitted):
+    """Monitoring's ``live_fairness`` tag on the champion becomes gauges at the next poll; a new
+    champion without the tag clears them; an unreadable tag shows nothing and keeps serving."""
+    import json
+
+    class TaggedSource(FakeSource):
+        def __init__(self, *a) -> None:
+            super().__init__(*a)
+            self.version_tags: dict[str, dict[str, str]] = {}
+            self.tags: dict[str, dict[str, str]] = {}
+
+        def resolve(self, alias: str):
+            out = super().resolve(alias)
+            self.tags[alias] = dict(self.version_tags.get(out[0], {})) if out else {}
+            return out
+
+    source = TaggedSource(spec, {"1": fitted, "2": fitted}, {"champion": "1"})
+    server, client = make_client(spec, source)
+    checks = {"sex": {"demographic_parity_ratio": [0.71, 0], "equal_opportunity_difference": [0.05, 1]}}
+    with client:
+        assert wait_until(lambda: server.ready)
+        source.version_tags["1"] = {"live_fairness": json.dumps({"passed": False, "checks": checks})}
+        name = 'rtml_live_fairness{attribute="sex",metric="demographic_parity_ratio",version="1"}'
+        assert wait_until(lambda: name in client.get("/metrics").text)
+        text = client.get("/metrics").text
+        assert metric(text, name) == 0.71
+        assert metric(text, name.replace("rtml_live_fairness{", "rtml_live_fairness_passed{")) == 0
+        ok = 'rtml_live_fairness_passed{attribute="sex",metric="equal_opportunity_difference",version="1"}'
+        assert metric(text, ok) == 1
+        source.aliases["champion"] = "2"
+        assert wait_until(lambda: "rtml_live_fairness{" not in client.get("/metrics").text)
+        source.version_tags["2"] = {"live_fairness": "{not json"}
+        client.post("/admin/reload", headers=AUTH)
+        assert "rtml_live_fairness{" not in client.get("/metrics").text
+        assert client.post("/v1/predict", json=good_record(spec), headers=AUTH).status_code == 200
