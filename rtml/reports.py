@@ -458,10 +458,11 @@ def model_card_html(summary: dict[str, Any]) -> str:
     for name, res in f.get("attributes", {}).items():
         mit = res.get("mitigated") or {}
         pl = res.get("plain")
+        label = f"{name} (intersection)" if res.get("intersection") else name
         if pl:  # this version is the mitigated one: plain | mitigated side by side
             frows.append(
                 {
-                    "attribute": name,
+                    "attribute": label,
                     "groups (gating)": f"{len(res.get('gating_groups', []))} ({len(res.get('small_groups', []))} small)",
                     "plain DI": pl.get("demographic_parity_ratio"),
                     "plain EO diff": pl.get("equal_opportunity_difference"),
@@ -475,7 +476,7 @@ def model_card_html(summary: dict[str, Any]) -> str:
             continue
         frows.append(
             {
-                "attribute": name,
+                "attribute": label,
                 "groups (gating)": f"{len(res.get('gating_groups', []))} ({len(res.get('small_groups', []))} small)",
                 "DI ratio": res.get("demographic_parity_ratio"),
                 "EO diff": res.get("equal_opportunity_difference"),

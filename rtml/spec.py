@@ -112,6 +112,21 @@ class FairnessGate(_Model):
     decide_on: Literal["estimate", "lenient_bound", "strict_bound"] = "estimate"
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     bootstrap: int = Field(default=200, ge=0, le=10_000)
+    # Crossed sensitive attributes judged like single ones (same metrics, limits and minimums), e.g.
+    # [[sex, age_group]]: groups "female & 18-29", ... (names are the spec's sensitive[].name).
+    intersections: list[list[str]] = Field(default_factory=list)
+
+    @field_validator("intersections")
+    @classmethod
+    def _check_intersections(cls, v: list[list[str]]) -> list[list[str]]:
+        seen: set[frozenset[str]] = set()
+        for i, combo in enumerate(v):
+            if len(combo) < 2 or len(set(combo)) != len(combo):
+                raise ValueError(f"[{i}] needs at least 2 different attribute names, got {combo}")
+            if frozenset(combo) in seen:
+                raise ValueError(f"[{i}] {combo} is listed twice")
+            seen.add(frozenset(combo))
+        return v
 
 
 class DriftGate(_Model):
@@ -204,6 +219,12 @@ class ProjectSpec(_Model):
                 raise ValueError(f"sensitive[{i}] on numeric feature {s.column!r} needs 'bins'")
             if s.bins is not None and not feat.is_numeric:
                 raise ValueError(f"sensitive[{i}].bins needs a numeric feature, {s.column!r} is {feat.type}")
+        attrs = [s.name for s in self.sensitive]
+        for i, combo in enumerate(self.gates.fairness.intersections):
+            for j, a in enumerate(combo):
+                if a not in attrs:
+                    raise ValueError(f"gates.fairness.intersections[{i}][{j}]: {a!r} is not a sensitive attribute "
+                                     f"(sensitive[].name: {', '.join(attrs) or 'none'})")
         return self
 
     # --- convenience used across stages -------------------------------------------------------

@@ -461,9 +461,12 @@ def evaluate_fairness(
         except (ValueError, KeyError) as err:  # e.g. no group with both outcomes in training
             mit_error = str(err)
     t1 = time.perf_counter()
-    for name in sensitive.columns:
-        groups = sensitive[name].reset_index(drop=True)
+    judged = with_intersections(sensitive, gate)  # crossed attributes judged, not fitted on
+    for name in judged.columns:
+        groups = judged[name].reset_index(drop=True)
         res = attribute_fairness(name, y_true, own, groups, gate, random_state)
+        if INTERSECTION in name:
+            res["intersection"] = name.split(INTERSECTION)
         res["plain_quality"] = _decision_quality(y_true, own)  # the candidate's own decisions
         if mit_pred is not None:
             mit = attribute_fairness(name, y_true, mit_pred, groups, gate, random_state)
@@ -494,10 +497,32 @@ if TYPE_CHECKING:
     from rtml.spec import ProjectSpec
 
 
+INTERSECTION = " x "  # "sex x age_group"; attribute names have no spaces, so no name collides
+
+
+def with_intersections(sensitive: pd.DataFrame, gate: FairnessGate) -> pd.DataFrame:
+    """``sensitive`` (one column per attribute) plus one column per ``gate.intersections`` entry:
+    the attributes crossed, named ``"a x b"``, groups ``"<a's group> & <b's group>"``."""
+    import pandas as pd
+
+    extra = {}
+    for i, combo in enumerate(gate.intersections):
+        missing = [a for a in combo if a not in sensitive.columns]
+        if missing:
+            raise ValueError(f"gates.fairness.intersections[{i}]: no sensitive attribute {missing[0]!r}")
+        keys = sensitive[combo[0]].astype(str)
+        for a in combo[1:]:
+            keys = keys + " & " + sensitive[a].astype(str)
+        extra[INTERSECTION.join(combo)] = keys.astype(object)
+    if not extra:
+        return sensitive
+    return pd.concat([sensitive, pd.DataFrame(extra, index=sensitive.index)], axis=1)
+
+
 def fairness_groups(df: pd.DataFrame, spec: ProjectSpec) -> dict[str, pd.Series]:
     """The group of each row of ``df`` per sensitive attribute of the spec (``rtml.features``'
-    grouping), by attribute name: what the gate and live monitoring judge, with the same rules."""
+    grouping) and per intersection, by name: what the gate and live monitoring judge, alike."""
     from rtml.features import sensitive_frame
 
-    frame = sensitive_frame(df, spec)
+    frame = with_intersections(sensitive_frame(df, spec), spec.gates.fairness)
     return {name: frame[name] for name in frame.columns}

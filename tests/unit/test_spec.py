@@ -108,6 +108,21 @@ BAD_SPECS = [
     ("numeric sensitive without bins", _set("sensitive.1.bins", _DELETE), ["sensitive[1]"]),
     ("bins not increasing", _set("sensitive.1.bins", [18, 45, 30, 101]), ["sensitive[1]", "increasing"]),
     ("labels count", _set("sensitive.1.labels", ["young", "old"]), ["sensitive[1]", "labels"]),
+    (
+        "intersection of an unknown attribute",
+        _set("gates.fairness.intersections", [["marital_status", "sex"]]),
+        ["gates.fairness.intersections[0][1]", "'sex' is not a sensitive attribute", "marital_status, age_group"],
+    ),
+    (
+        "intersection of one attribute",
+        _set("gates.fairness.intersections", [["age_group"]]),
+        ["gates.fairness.intersections", "at least 2 different"],
+    ),
+    (
+        "intersection listed twice",
+        _set("gates.fairness.intersections", [["age_group", "marital_status"], ["marital_status", "age_group"]]),
+        ["gates.fairness.intersections", "[1]", "listed twice"],
+    ),
     ("bad estimator", _set("model.estimator", "svm"), ["model.estimator"]),
     ("bad registered name", _set("model.registered_name", "credit risk"), ["model.registered_name"]),
     ("holdout fraction 1", _set("training.holdout_fraction", 1.0), ["training.holdout_fraction"]),
@@ -194,3 +209,10 @@ def test_a_broken_run_reference_is_a_spec_error(ref):
 
     with pytest.raises(SpecError):
         spec_from_run(ref)
+
+
+def test_intersections_are_optional_and_name_sensitive_attributes(good):
+    assert load_spec(EXAMPLE_SPEC).gates.fairness.intersections == []
+    data = copy.deepcopy(good)
+    data.setdefault("gates", {}).setdefault("fairness", {})["intersections"] = [["marital_status", "age_group"]]
+    assert parse_spec(data).gates.fairness.intersections == [["marital_status", "age_group"]]

@@ -246,3 +246,69 @@ def test_mitigation_skips_groups_it_cannot_estimate(spec, fair):
     assert "error" not in mit
     assert {r["group"] for r in mit["groups"]} == {"north", "south", "east", "west"}
     assert "west" in mit["small_groups"]
+
+
+# --- intersections -------------------------------------------------------------------------------------
+def _crossed_spec(**fairness):
+    from support.synthetic import TOY_SPEC
+
+    gate = {"min_group_size": 50, "intersections": [["region_group", "age_group"]], **fairness}
+    return toy_spec(gates={**TOY_SPEC["gates"], "fairness": gate})
+
+
+def _xor_holdout(spec, rows_per_cell: int = 300, seed: int = 0):
+    """Four cells (region north/south x age 25/50) whose selection depends on region XOR age: each
+    attribute alone looks fair (both marginals 0.45), the crossed groups do not (0.3 vs 0.6); plus
+    a tiny cell (east, 25) of 10 rows."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for region, age, rate, n in (("north", 25, 0.3, rows_per_cell), ("north", 50, 0.6, rows_per_cell),
+                                 ("south", 25, 0.6, rows_per_cell), ("south", 50, 0.3, rows_per_cell),
+                                 ("east", 25, 0.0, 10)):
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.permutation(n)[: round(rate * n)]] = True
+        parts.append(pd.DataFrame({"region": region, "age": age, "chosen": chosen,
+                                   spec.target.name: np.where(rng.random(n) < 0.5, "yes", "no")}))
+    hold = pd.concat(parts, ignore_index=True)
+    scores = np.where(hold["chosen"], 0.9, 0.1)
+    return hold, scores
+
+
+def test_intersections_are_judged_with_the_same_metrics_and_minimums():
+    spec = _crossed_spec()
+    hold, scores = _xor_holdout(spec)
+    res = run_fairness(spec, hold, scores)
+    crossed = res["attributes"]["region_group x age_group"]
+    assert crossed["intersection"] == ["region_group", "age_group"]
+    for single in ("region_group", "age_group"):  # each attribute alone passes ...
+        assert res["attributes"][single]["passed"] is True
+        assert "intersection" not in res["attributes"][single]
+    # ... the crossed groups do not: disparate impact 0.3 / 0.6, the reason names both groups
+    assert crossed["demographic_parity_ratio"] == pytest.approx(0.5)
+    assert res["passed"] is False
+    di = [r for r in res["reasons"] if r.startswith("fairness: region_group x age_group: disparate impact")]
+    assert di and "'north & 18-39'" in di[0] and ("'north & 40+'" in di[0] or "'south & 18-39'" in di[0])
+    # the same minimums: the 10-row cell is insufficient data and does not gate
+    east = next(g for g in crossed["groups"] if g["group"] == "east & 18-39")
+    assert east["count"] == 10 and east["gating"] is False and "fewer than 50 rows" in east["insufficient_data"]
+    assert "east & 18-39" in crossed["small_groups"] and len(crossed["gating_groups"]) == 4
+    assert crossed["intervals"]["demographic_parity_ratio"] is not None  # bootstrap, like any attribute
+    # a higher min_group_size leaves the crossed attribute without 2 gating groups: not gated
+    loose = run_fairness(_crossed_spec(min_group_size=400), hold, scores)["attributes"]["region_group x age_group"]
+    assert loose["passed"] is True and "not gated" in loose["note"]
+
+
+def test_intersections_get_the_mitigated_variant_too_and_show_in_the_card(biased, tmp_path):
+    from rtml.reports import model_card_html
+
+    spec = _crossed_spec()
+    res = run_fairness(spec, biased["hold"], biased["scores"], biased["train"], biased["oof"])
+    crossed = res["attributes"]["region_group x age_group"]
+    mit = crossed["mitigated"]
+    assert {g["group"] for g in mit["groups"]} == {g["group"] for g in crossed["groups"]}
+    assert all(" & " in g["group"] for g in crossed["groups"])
+    card = model_card_html({"model": "toy_risk", "version": "2", "fairness": res})
+    assert "region_group x age_group (intersection)" in card and "north &amp; 18-39" in card

@@ -279,3 +279,28 @@ def test_the_tag_keeps_to_the_limit_with_many_attributes():
     text = fairness_tag(fair, "2026-01-01T00:00:00")
     body = json.loads(text)
     assert len(text) <= TAG_LIMIT and body["truncated"] is True and body["passed"] is False
+
+
+def test_live_fairness_judges_the_specs_intersections_too():
+    """Decisions unfair only to crossed groups (region XOR age): live monitoring names the
+    intersection, as the gate does; the 10-row crossed cell is insufficient data."""
+    from support.synthetic import TOY_SPEC
+
+    from rtml.monitor.live import live_fairness
+
+    gate = {"min_group_size": 50, "intersections": [["region_group", "age_group"]]}
+    spec = toy_spec(gates={**TOY_SPEC["gates"], "fairness": gate})
+    rng = np.random.default_rng(3)
+    parts = []
+    for region, age, rate, n in (("north", 25, 0.3, 300), ("north", 50, 0.6, 300), ("south", 25, 0.6, 300),
+                                 ("south", 50, 0.3, 300), ("east", 25, 0.0, 10)):
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.permutation(n)[: round(rate * n)]] = True
+        parts.append(pd.DataFrame({"region": region, "age": age, "version": "1", "score": 0.5,
+                                   "label": np.where(chosen, "yes", "no"),
+                                   spec.target.name: np.where(rng.random(n) < 0.5, "yes", "no")}))
+    fair = live_fairness(pd.concat(parts, ignore_index=True), spec, "1")
+    assert fair["attributes"]["region_group"]["passed"] and fair["attributes"]["age_group"]["passed"]
+    crossed = fair["attributes"]["region_group x age_group"]
+    assert crossed["passed"] is False and "east & 18-39" in crossed["small_groups"]
+    assert any(r.startswith("live fairness: region_group x age_group: disparate impact") for r in fair["reasons"])
