@@ -191,8 +191,10 @@ def live_fairness(
 
     gate = spec.gates.fairness
     rows = joined
-    if version is not None and len(joined):
-        rows = joined[joined["version"].astype(str) == str(version)]
+    if "model" in rows.columns and len(rows):  # one lake may hold several models' logs of a dataset
+        rows = rows[rows["model"].isna() | (rows["model"].astype(str) == spec.model.registered_name)]
+    if version is not None and len(rows):
+        rows = rows[rows["version"].astype(str) == str(version)]
     out: dict[str, Any] = {"version": version, "rows": int(len(rows)), "attributes": {}, "reasons": [],
                            "passed": True}
     if rows.empty:

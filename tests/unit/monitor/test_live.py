@@ -199,12 +199,14 @@ def test_a_tiny_group_is_insufficient_data_and_decides_nothing(world):
 
 def test_live_fairness_of_the_champion_only_and_nothing_without_labels(world):
     spec, *_ = world
-    joined = pd.DataFrame({"version": ["1", "2"], "score": [0.9, 0.1], "label": ["yes", "no"],
-                           spec.target.name: ["yes", "no"], "region": ["north", "south"], "age": [30, 50]})
+    joined = pd.DataFrame({"version": ["1", "2", "2"], "model": [spec.model.registered_name] * 2 + ["other"],
+                           "score": [0.9, 0.1, 0.2], "label": ["yes", "no", "no"],
+                           spec.target.name: ["yes", "no", "no"], "region": ["north", "south", "east"],
+                           "age": [30, 50, 60]})
     from rtml.monitor.live import live_fairness
 
     assert live_fairness(joined, spec, "3")["skipped"].startswith("no labelled predictions of version 3")
-    one = live_fairness(joined, spec, "2")
+    one = live_fairness(joined, spec, "2")  # another model's version 2 in the same lake is not this one
     assert one["rows"] == 1 and one["passed"] is True  # one row: every group insufficient, no verdict
 
 
