@@ -249,6 +249,9 @@ class DistributedStack(Stack):
             f"admin_username = {MLFLOW_ADMIN}",
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
             "grant_default_workspace_access = false",
+            # Each request's password check costs a PBKDF2 hash (~1 s under load on 2 cores); a
+            # password change reaches the other workers within this TTL.
+            "auth_cache_ttl_seconds = 30",
             "",
         ])
         path = self.mlflow_auth_config
