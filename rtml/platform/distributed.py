@@ -66,6 +66,33 @@ MLFLOW_USERS: dict[str, tuple[tuple[str, str, str], ...]] = {
 }
 
 
+# How docker-compose.yml hands each user's password to the containers (``python -m
+# rtml.platform.distributed mlflow-users`` in its mlflow-init service reads these).
+MLFLOW_USER_PASSWORD_ENV = {
+    MLFLOW_AIRFLOW_USER: "MLFLOW_AIRFLOW_PASSWORD",
+    MLFLOW_SERVE_USER: "MLFLOW_SERVE_PASSWORD",
+    MLFLOW_APPROVER: "MLFLOW_APPROVER_PASSWORD",
+}
+
+
+def auth_config_text(database_uri: str) -> str:
+    """MLflow's basic-auth settings (``MLFLOW_AUTH_CONFIG_PATH``); compose mounts the same settings
+    from docker/mlflow/basic_auth.ini. No password here: MLFLOW_AUTH_ADMIN_PASSWORD holds the admin's."""
+    return "\n".join([
+        "[mlflow]",
+        # Any logged-in user reads; MLFLOW_USERS grants more; anonymous requests are refused.
+        "default_permission = READ",
+        f"database_uri = {database_uri}",
+        f"admin_username = {MLFLOW_ADMIN}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        "grant_default_workspace_access = false",
+        # Each request's password check costs a PBKDF2 hash (~1 s under load on 2 cores); a
+        # password change reaches the other workers within this TTL.
+        "auth_cache_ttl_seconds = 30",
+        "",
+    ])
+
+
 class DistributedConfig(BaseSettings):
     """Settings only the distributed profile reads (``RTML_*`` variables, like :class:`Settings`)."""
 
@@ -241,19 +268,8 @@ class DistributedStack(Stack):
         return self.home / "mlflow" / "basic_auth.ini"
 
     def _write_mlflow_auth_config(self) -> None:
-        # No password in it (MLFLOW_AUTH_ADMIN_PASSWORD is), but the database URL may hold one.
-        text = "\n".join([
-            "[mlflow]",
-            "default_permission = READ",
-            f"database_uri = {sqlalchemy_uri(self.config.database_url('mlflow_auth'))}",
-            f"admin_username = {MLFLOW_ADMIN}",
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-            "grant_default_workspace_access = false",
-            # Each request's password check costs a PBKDF2 hash (~1 s under load on 2 cores); a
-            # password change reaches the other workers within this TTL.
-            "auth_cache_ttl_seconds = 30",
-            "",
-        ])
+        # 0600: the database URL may hold a password.
+        text = auth_config_text(sqlalchemy_uri(self.config.database_url("mlflow_auth")))
         path = self.mlflow_auth_config
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -302,16 +318,16 @@ class DistributedStack(Stack):
             cmd[cmd.index("--backend-store-uri") + 1] = sqlalchemy_uri(cfg.database_url("mlflow"))
             cmd += ["--app-name", "basic-auth"]
             env = {**proc.env, **self.profile_env("mlflow")}
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-                env.pop(key, None)  # the server itself logs in nowhere
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+                env.pop(key, None)  # the server itself is no client
             return [Proc("mlflow", "mlflow", cmd, proc.port, env,
                          lambda: check_mlflow(s, auth=self.mlflow_admin)["ok"])]
         if service == "airflow":
             out = super().procs("airflow")
             airflow = _bin("airflow")
             for i in range(1, cfg.celery_workers + 1):
+                # Task slots per worker: AIRFLOW__CELERY__WORKER_CONCURRENCY (profile_env).
                 cmd = [airflow, "celery", "worker", "--celery-hostname", f"rtml-worker-{i}@%h",
-                       "--concurrency", str(cfg.celery_concurrency),
                        # All workers share this machine's log folder (the api-server reads it), and
                        # their log servers would all want the same port.
                        "--skip-serve-logs"]
@@ -447,6 +463,30 @@ def stack_for(profile: str | None, settings: Settings) -> Stack:
     if profile == "distributed":
         return DistributedStack(settings)
     raise StackError(f"unknown profile {profile!r}; choose embedded or distributed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rtml.platform.distributed mlflow-users URL``: create the MLflow users of
+    :data:`MLFLOW_USERS` with the passwords in :data:`MLFLOW_USER_PASSWORD_ENV` (compose's mlflow-init)."""
+    import os
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "mlflow-users":
+        print("usage: python -m rtml.platform.distributed mlflow-users MLFLOW_URL", file=sys.stderr)
+        return 2
+    missing = [v for v in ("MLFLOW_AUTH_ADMIN_PASSWORD", *MLFLOW_USER_PASSWORD_ENV.values()) if not os.environ.get(v)]
+    if missing:
+        print(f"set {', '.join(missing)}", file=sys.stderr)
+        return 2
+    users = {u: os.environ[v] for u, v in MLFLOW_USER_PASSWORD_ENV.items()}
+    done = ensure_mlflow_users(args[1], (MLFLOW_ADMIN, os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]), users)
+    print(", ".join(f"{u}: {a}" for u, a in done.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
 
 
 __all__ = ["AIRFLOW_COMPONENTS", "DistributedConfig", "DistributedStack", "MLFLOW_USERS", "stack_for"]
