@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_url: str = ""  # default: http://<serve_host>:<serve_port>
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
+    # Bind with SO_REUSEPORT so several replicas share serve_port (the distributed stack profile).
+    serve_reuse_port: bool = False
     # MLflow signs each registry webhook delivery (rtml.registry.webhooks) with this secret; empty means
     # "generate one into <home>/keys/webhook_secret" (the stack registers it, the Airflow plugin checks it).
     webhook_secret: str = ""

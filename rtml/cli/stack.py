@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rtml.platform.stack import Stack, StackError
+from rtml.platform.distributed import stack_for
+from rtml.platform.stack import StackError
 from rtml.settings import get_settings
 
 
@@ -15,13 +16,14 @@ def _parse_only(value: str | None) -> list[str] | None:
 
 
 def _format_status(st: dict[str, Any]) -> str:
-    lines = [f"rtml stack (state in {st['home']}, logs in {st['logs']})"]
+    profile = "" if st.get("profile", "embedded") == "embedded" else f", {st['profile']} profile"
+    lines = [f"rtml stack{profile} (state in {st['home']}, logs in {st['logs']})"]
     for name, info in st["services"].items():
         # An optional service nobody started (Kafka unless it is the source) is off, not down.
         mark = "healthy" if info["healthy"] else ("off" if info.get("detail") == "not started" else "DOWN")
         pid = info["pid"]
         if isinstance(pid, dict):
-            pid = ", ".join(f"{k.removeprefix('airflow-')}={v}" for k, v in pid.items())
+            pid = ", ".join(f"{k.removeprefix('airflow-').removeprefix('rtml-')}={v}" for k, v in pid.items())
         lines.append(f"  {name:<8} {mark:<8} {info['url']}  pid {pid}")
         if info.get("restarts"):
             lines.append(f"           restarted {info['restarts']}x, last: {info['last_exit']}")
@@ -32,14 +34,25 @@ def _format_status(st: dict[str, Any]) -> str:
         if name == "airflow":
             pw = info.get("password") or "(generated at first start)"
             lines.append(f"           login: {info['username']} / {pw}")
+        if info.get("users"):
+            lines.append("           users (password files): " + ", ".join(f"{u} ({p})" for u, p in info["users"].items()))
     return "\n".join(lines)
+
+
+def _stack(args: Any) -> Any:
+    from rtml.cli import CLIError
+
+    try:
+        return stack_for(args.profile, get_settings())
+    except StackError as err:
+        raise CLIError(str(err), code=2) from None
 
 
 def _cmd_up(args: Any) -> dict[str, Any]:
     from rtml.cli import CLIError
 
-    stack = Stack(get_settings())
     try:
+        stack = stack_for(args.profile, get_settings())
         result = stack.up(_parse_only(args.only), timeout=args.timeout)
     except StackError as err:
         raise CLIError(str(err), code=1) from None
@@ -49,7 +62,7 @@ def _cmd_up(args: Any) -> dict[str, Any]:
 
 
 def _cmd_down(args: Any) -> dict[str, Any]:
-    stack = Stack(get_settings())
+    stack = _stack(args)
     result = stack.down(_parse_only(args.only))
     stopped = result["stopped"]
     result["message"] = (
@@ -59,7 +72,7 @@ def _cmd_down(args: Any) -> dict[str, Any]:
 
 
 def _cmd_status(args: Any) -> dict[str, Any]:
-    st = Stack(get_settings()).status()
+    st = _stack(args).status()
     st["message"] = _format_status(st)
     return st
 
@@ -79,7 +92,16 @@ def add_commands(sub: Any) -> None:
     )
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for health (default 300)")
     down = command(stack_sub, "down", _cmd_down, "stop the processes this stack started")
-    down.add_argument("--only", help="comma-separated services to stop (s3, mlflow, airflow, serve, kafka)")
-    command(
+    down.add_argument(
+        "--only", help="comma-separated services to stop (s3, mlflow, airflow, serve, kafka; redis if distributed)"
+    )
+    status = command(
         stack_sub, "status", _cmd_status, "print each service, its URL, pid, health and the Airflow login"
     )
+    for parser in (up, down, status):
+        parser.add_argument(
+            "--profile", choices=("embedded", "distributed"), default=None,
+            help="embedded (default: one process per service, LocalExecutor, no auth) or distributed "
+            "(CeleryExecutor with 2 workers, Redis with a password, PostgreSQL, MLflow basic auth with a "
+            "user per service, 2 serving replicas); default: the profile the state folder was started with",
+        )

@@ -41,18 +41,23 @@ def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = N
     return out
 
 
-def check_mlflow(settings: Settings | None = None) -> dict[str, Any]:
-    """GET /health on the tracking server, then one registry-backed API call."""
+def check_mlflow(settings: Settings | None = None, auth: tuple[str, str] | None = None) -> dict[str, Any]:
+    """GET /health on the tracking server, then one registry-backed API call (as ``auth``, else as
+    the MLFLOW_TRACKING_USERNAME/PASSWORD of this process when set: a server with basic auth)."""
+    import os
+
     import httpx
 
     s = settings or get_settings()
     base = s.mlflow_tracking_uri.rstrip("/")
+    if auth is None and os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
     try:
         r = httpx.get(f"{base}/health", timeout=5)
         if r.status_code != 200:
             return {"ok": False, "url": base, "error": f"/health answered {r.status_code}"}
         r = httpx.get(
-            f"{base}/api/2.0/mlflow/registered-models/search", params={"max_results": 1}, timeout=10
+            f"{base}/api/2.0/mlflow/registered-models/search", params={"max_results": 1}, timeout=10, auth=auth
         )
         if r.status_code != 200:
             return {

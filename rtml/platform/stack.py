@@ -132,6 +132,8 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
     # A process-specific readiness check beyond the port answering (e.g. a /health URL).
     ready: Callable[[], bool] | None = None
+    # Replicas bind the same port (SO_REUSEPORT): a sibling answering there is not a stranger.
+    shared_port: bool = False
 
 
 def process_family(pids: Iterable[int]) -> list[Any]:
@@ -187,7 +189,14 @@ def is_private_url(url: str) -> bool:
 
 
 class Stack:
-    """The local stack of one state folder (``settings.home``)."""
+    """The local stack of one state folder (``settings.home``): the embedded profile.
+
+    :class:`rtml.platform.distributed.DistributedStack` is the production-like profile; it overrides
+    the hooks below (``service_names``, ``procs``, ``_before_service``, ``_after_service``...).
+    """
+
+    profile = "embedded"
+    service_names: tuple[str, ...] = SERVICES
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
@@ -223,11 +232,13 @@ class Stack:
     def services(self, wanted: Iterable[str] | None = None) -> list[str]:
         """Requested services plus what they need, in start order (``storage=local`` drops s3)."""
         if wanted is None:
-            wanted = {s for s in SERVICES if s not in ON_DEMAND or self.settings.source == s}
+            wanted = {s for s in self.service_names if s not in ON_DEMAND or self.settings.source == s}
         wanted = set(wanted)
-        unknown = wanted - set(SERVICES)
+        unknown = wanted - set(self.service_names)
         if unknown:
-            raise StackError(f"unknown service(s) {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+            raise StackError(
+                f"unknown service(s) {sorted(unknown)}; choose from {', '.join(self.service_names)}"
+            )
         # MLflow keeps its artifacts in the store; Airflow's tasks and the endpoint use both.
         if "airflow" in wanted or "serve" in wanted:
             wanted |= {"mlflow"}
@@ -235,7 +246,12 @@ class Stack:
             wanted |= {"s3"}
         if self.settings.storage != "s3":
             wanted.discard("s3")
-        return [s for s in SERVICES if s in wanted]
+        wanted |= self._needs(wanted)
+        return [s for s in self.service_names if s in wanted]
+
+    def _needs(self, wanted: set[str]) -> set[str]:
+        """Services the profile adds for ``wanted`` (the distributed profile: Redis for Airflow)."""
+        return set()
 
     # --- environment -----------------------------------------------------------------------------
     def base_env(self) -> dict[str, str]:
@@ -486,7 +502,7 @@ class Stack:
         """Start ``proc`` unless it already runs; returns 'started' or 'running'."""
         if self.running_pid(proc.name) is not None:
             return "running"
-        if proc.port is not None and port_open(self.settings.host, proc.port):
+        if proc.port is not None and not proc.shared_port and port_open(self.settings.host, proc.port):
             raise StackError(
                 f"port {proc.port} on {self.settings.host} is taken by a process this stack did not start "
                 f"(needed by {proc.name}); stop it or choose another port in the RTML_* settings"
@@ -530,8 +546,10 @@ class Stack:
         """Start the services (and what they need) unless running; wait until each is healthy."""
         deadline = time.monotonic() + timeout
         self.home.mkdir(parents=True, exist_ok=True)
+        self._claim_profile()
         actions: dict[str, str] = {}
         for service in self.services(services):
+            self._before_service(service, deadline)
             procs = self.procs(service)
             if service == "airflow" and any(self.running_pid(p.name) is None for p in procs):
                 self._airflow_migrate(procs[0].env, timeout=max(30.0, deadline - time.monotonic()))
@@ -547,12 +565,45 @@ class Stack:
                 self._wait_s3_rw(deadline)
             if service == "airflow":
                 self._wait_airflow_components(deadline)
+            self._after_service(service, deadline)
         result: dict[str, Any] = {"ok": True, "actions": actions}
         if {"mlflow", "airflow"} <= set(self.services(services)):
             # Both healthy now: MLflow can deliver registry events to the plugin's receiver.
             result["webhook"] = self.register_webhook()
         result["services"] = self.status()["services"]
         return result
+
+    # --- profile hooks -----------------------------------------------------------------------------
+    @property
+    def profile_file(self) -> Path:
+        return self.home / "profile"
+
+    def recorded_profile(self) -> str | None:
+        """The profile this state folder was started with (None before the first ``up``)."""
+        try:
+            return self.profile_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _claim_profile(self) -> None:
+        """One state folder, one profile: its databases and secrets differ between the two."""
+        recorded = self.recorded_profile()
+        if recorded is not None and recorded != self.profile:
+            raise StackError(
+                f"{self.home} holds a {recorded!r} stack; use `--profile {recorded}` or another RTML_HOME"
+            )
+        if recorded is None:
+            self.profile_file.write_text(self.profile + "\n")
+
+    def _before_service(self, service: str, deadline: float) -> None:
+        """Called before ``service``'s processes start (the distributed profile creates databases)."""
+
+    def _after_service(self, service: str, deadline: float) -> None:
+        """Called once ``service`` is healthy (the distributed profile creates MLflow users)."""
+
+    def _mlflow_auth(self) -> tuple[str, str] | None:
+        """Credentials ``status`` checks MLflow with (the embedded MLflow has no auth)."""
+        return None
 
     def _ensure_buckets(self) -> None:
         from rtml.storage import ensure_bucket
@@ -609,10 +660,10 @@ class Stack:
 
     def down(self, services: Iterable[str] | None = None, grace: float = 10) -> dict[str, Any]:
         """Stop what this state folder's supervisor runs (whole process groups; SIGKILL after ``grace`` s)."""
-        wanted = set(services or SERVICES)
+        wanted = set(services or self.service_names)
         stopped: dict[str, str] = {}
         running = self.programs()
-        for service in [s for s in reversed(SERVICES) if s in wanted]:
+        for service in [s for s in reversed(self.service_names) if s in wanted]:
             for proc in reversed(self._proc_names(service)):
                 if not self._recorded(proc.name) and proc.name not in running:
                     continue
@@ -652,7 +703,7 @@ class Stack:
         sup = supervisor.supervisor_pid(self.home)
         if sup:
             out["supervisor"] = sup
-        for service in SERVICES:
+        for service in self.service_names:
             for proc in self._proc_names(service):
                 pid = self.running_pid(proc.name)
                 if pid is not None:
@@ -663,6 +714,7 @@ class Stack:
         s = self.settings
         programs = self.programs()
         result: dict[str, Any] = {
+            "profile": self.profile,
             "home": str(self.home),
             "logs": str(self.logs),
             "supervisor": supervisor.supervisor_pid(self.home),
@@ -689,7 +741,8 @@ class Stack:
                 "healthy": True,
                 "detail": "storage=local (folder)",
             }
-        health = check_mlflow(s)
+        auth = self._mlflow_auth()
+        health = check_mlflow(s) if auth is None else check_mlflow(s, auth=auth)
         hook = self.webhook_status()
         hook_note = "" if hook is None else (
             f"webhook {hook.get('action', 'registered')}: {hook.get('url')}" if hook.get("ok")

@@ -147,7 +147,8 @@ def create_app(server: ModelServer, token: str):
         return Response(version("mlflow"), 200, media_type="application/json")
 
     async def health(request: Request) -> Response:
-        return jr({"status": "ok"})
+        # the pid tells replicas apart when several share one address (rtml.platform.distributed)
+        return jr({"status": "ok", "pid": os.getpid()})
 
     async def ready(request: Request) -> Response:
         current = server.current
@@ -243,4 +244,16 @@ def run(
         backlog=2048,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(uv).run()
+    if not settings.serve_reuse_port:
+        uvicorn.Server(uv).run()
+        return
+    # Replicas share one address: each binds the port with SO_REUSEPORT and the kernel spreads new
+    # connections over them (uvicorn has no option for it, so the socket is made here).
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in uv.host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((uv.host, uv.port))
+    sock.set_inheritable(True)
+    uvicorn.Server(uv).run(sockets=[sock])

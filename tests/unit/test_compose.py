@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +22,7 @@ EXPECTED_SERVICES = {
     "minio",
     "minio-init",
     "mlflow",
+    "mlflow-init",
     "airflow-init",
     "airflow-apiserver",
     "airflow-scheduler",
@@ -29,7 +31,7 @@ EXPECTED_SERVICES = {
     "airflow-worker",
     "rtml-serve",
 }
-ONE_SHOT = {"minio-init", "airflow-init"}
+ONE_SHOT = {"minio-init", "mlflow-init", "airflow-init"}
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped shell variable, not compose's.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|JWT|_KEY\b|SECRET_KEY", re.I)
@@ -112,7 +114,8 @@ def test_topology(services):
         env = _env(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
-        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:"), name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:${REDIS_PASSWORD:?"), name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].endswith("@redis:6379/0"), name
         assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/rtml/dags"
         assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/rtml/plugins"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
@@ -170,3 +173,197 @@ def test_env_example_covers_every_variable(text):
     for key in required:  # a required secret: listed, but never with a value in the repository
         assert example[key] == "", f".env.example must not hold a value for secret {key}"
     assert not (ROOT / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+# --- no drift: compose sets what `rtml stack up --profile distributed` sets ------------------------
+# The profile's environment is built twice (different homes, hosts, ports, folders, buckets, secrets):
+# a value equal in both is a constant compose must repeat; one that differs (a path, a URL, a secret)
+# compose must set too, to its own value. Compose services that run each profile process:
+PROFILE_TO_COMPOSE = {
+    "airflow": ["airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "airflow-worker"],
+    "mlflow": ["mlflow"],
+    "serve": ["rtml-serve"],
+}
+# Differences on purpose, each with its reason.
+SAME_NAME_OTHER_VALUE = {
+    # Natively its port would clash between two stacks on one machine; compose's healthcheck uses it.
+    "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK",
+}
+NATIVE_ONLY_OPTIONS = {
+    # Workers share one machine natively and need distinct names; containers have distinct hostnames,
+    # so Celery's default name (celery@<hostname>) already is.
+    "--celery-hostname",
+}
+
+
+def _profile_stack(tmp_path, n: int):
+    from rtml.platform.distributed import DistributedConfig, DistributedStack
+
+    settings = Settings(
+        home=tmp_path / f"home{n}", host=f"127.0.0.{n}", s3_port=30000 + 100 * n, mlflow_port=30010 + 100 * n,
+        airflow_port=30011 + 100 * n, serve_port=30014 + 100 * n, kafka_port=30015 + 100 * n,
+        dags_folder=f"/dags{n}", plugins_folder=f"/plugins{n}", mlflow_bucket=f"bucket{n}",
+    )
+    config = DistributedConfig(postgres_url=f"postgresql://user{n}@db{n}:5432", postgres_db_prefix=f"p{n}",
+                               celery_redis_port=30017 + 100 * n)
+    return DistributedStack(settings, config)
+
+
+def _profile_envs(stack) -> dict[str, dict[str, str]]:
+    return {
+        "airflow": stack.airflow_env(),
+        "mlflow": stack.procs("mlflow")[0].env,
+        "serve": stack.procs("serve")[0].env,
+    }
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    # Only what the profile sets: not this shell's variables (base_env starts from os.environ).
+    for key in list(os.environ):
+        if key not in ("PATH", "HOME"):
+            mp.delenv(key)
+    tmp = tmp_path_factory.mktemp("profiles")
+    try:
+        stacks, envs = [], []
+        for n in (1, 2):
+            # S3 keys come from the environment (the embedded store's defaults would look constant).
+            mp.setenv("AWS_ACCESS_KEY_ID", f"key-{n}")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", f"secret-{n}")
+            stacks.append(_profile_stack(tmp, n))
+            envs.append(_profile_envs(stacks[-1]))
+        yield stacks, envs
+    finally:
+        mp.undo()
+
+
+def _dockerfile_env() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^ENV\s+((?:.*\\\n)*.*)$", DOCKERFILE.read_text(), re.M):
+        out.update(dict(re.findall(r"(\w+)=(\S+)", m.group(1))))
+    return out
+
+
+def _resolve(value: str) -> str | None:
+    """A compose value with ${VAR:-default} replaced by the default; None if it needs a variable."""
+    if re.search(r"(?<!\$)\$\{\w+(?::?\?[^}]*)?\}", value):
+        return None
+    return INTERPOLATION.sub(lambda m: m.group(3) or "", value)
+
+
+def _compared(env: dict[str, str]) -> set[str]:
+    # RTML_* are Settings fields (test_rtml_variables_are_settings_fields); PATH/HOME are the machine's.
+    return {k for k in env if not k.startswith("RTML_") and k not in ("PATH", "HOME")}
+
+
+def test_every_profile_variable_is_set_by_compose_with_the_same_constant(profiles, services):
+    _, (one, two) = profiles
+    image_env = _dockerfile_env()
+    problems = []
+    for kind, names in PROFILE_TO_COMPOSE.items():
+        for name in names:
+            env = {**(image_env if "build" in services[name] else {}), **_env(services[name])}
+            for key in sorted(_compared(one[kind])):
+                if key not in env:
+                    problems.append(f"{name}: {key} is set by the profile, not by compose")
+                    continue
+                if one[kind][key] == two[kind].get(key) and key not in SAME_NAME_OTHER_VALUE:
+                    got = _resolve(env[key])
+                    if got != one[kind][key]:
+                        problems.append(f"{name}: {key}={env[key]!r}, the profile sets {one[kind][key]!r}")
+    assert not problems, "\n".join(problems)
+    assert set(_compared(one["airflow"])) >= {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CELERY__BROKER_URL",
+                                              "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+
+
+def test_each_service_logs_in_to_mlflow_as_its_own_user(profiles, services):
+    from rtml.platform.distributed import MLFLOW_USER_PASSWORD_ENV, MLFLOW_USERS
+
+    _, (env, _) = profiles
+    for kind, names in PROFILE_TO_COMPOSE.items():
+        user = env[kind].get("MLFLOW_TRACKING_USERNAME")
+        for name in names:
+            got = _env(services[name])
+            if user is None:  # the MLflow server: no client login
+                assert "MLFLOW_TRACKING_USERNAME" not in got, name
+                continue
+            assert user in MLFLOW_USERS and got["MLFLOW_TRACKING_USERNAME"] == user, name
+            assert got["MLFLOW_TRACKING_PASSWORD"].startswith("${" + MLFLOW_USER_PASSWORD_ENV[user] + ":?"), name
+    # mlflow-init creates exactly the profile's users, from these variables.
+    init = services["mlflow-init"]
+    assert init["command"][:4] == ["python", "-m", "rtml.platform.distributed", "mlflow-users"]
+    assert set(_env(init)) == {"MLFLOW_AUTH_ADMIN_PASSWORD", *MLFLOW_USER_PASSWORD_ENV.values()}
+    assert set(MLFLOW_USER_PASSWORD_ENV) == set(MLFLOW_USERS)
+
+
+def _options(cmd: list[str]) -> tuple[list[str], dict[str, str | bool]]:
+    """A command as (program and subcommands, {option: value or True})."""
+    head, opts, i = [], {}, 0
+    while i < len(cmd) and not cmd[i].startswith("--"):
+        head.append(Path(cmd[i]).name if i == 0 else cmd[i])
+        i += 1
+    while i < len(cmd):
+        if i + 1 < len(cmd) and not cmd[i + 1].startswith("--"):
+            opts[cmd[i]], i = cmd[i + 1], i + 2
+        else:
+            opts[cmd[i]], i = True, i + 1
+    return head, opts
+
+
+def _compose_command(service: dict) -> list[str]:
+    import shlex
+
+    cmd = service["command"]
+    if cmd[:2] == ["/bin/sh", "-c"]:
+        cmd = shlex.split(cmd[2])
+        cmd = cmd[1:] if cmd[0] == "exec" else cmd
+    return [str(c) for c in cmd]
+
+
+def test_every_command_matches_the_profile(profiles, services):
+    (s1, s2), _ = profiles
+    pairs = [(p1, p2) for service in ("mlflow", "airflow", "serve")
+             for p1, p2 in zip(s1.procs(service), s2.procs(service), strict=True)]
+    compose_for = {"mlflow": "mlflow", "airflow-api-server": "airflow-apiserver", "airflow-scheduler": "airflow-scheduler",
+                   "airflow-dag-processor": "airflow-dag-processor", "airflow-triggerer": "airflow-triggerer",
+                   "airflow-worker-1": "airflow-worker", "airflow-worker-2": "airflow-worker",
+                   "rtml-serve-1": "rtml-serve", "rtml-serve-2": "rtml-serve"}
+    assert {p.name for p, _ in pairs} == set(compose_for)
+    for p1, p2 in pairs:
+        head, opts = _options(p1.cmd)
+        _, other = _options(p2.cmd)
+        c_head, c_opts = _options(_compose_command(services[compose_for[p1.name]]))
+        assert c_head == head, (p1.name, c_head, head)
+        for opt, value in opts.items():
+            if opt in NATIVE_ONLY_OPTIONS:
+                continue
+            assert opt in c_opts, f"{p1.name}: compose lacks {opt}"
+            if value == other.get(opt):  # a constant, not a host/port/path
+                assert c_opts[opt] == value, f"{p1.name}: {opt} {c_opts[opt]!r} in compose, {value!r} natively"
+
+
+def test_redis_and_mlflow_auth_settings_match_the_profile(profiles, services):
+    import configparser
+
+    from rtml.platform.distributed import DistributedConfig, auth_config_text
+
+    (stack, _), _ = profiles
+    stack._write_redis_config()
+    directives = dict(line.split(" ", 1) for line in stack.redis_config.read_text().splitlines() if line)
+    command = " ".join(_compose_command(services["redis"]))
+    for key in ("requirepass", "appendonly", "appendfsync", "save"):
+        assert f"--{key} " in command, f"compose's redis lacks --{key}"
+        if key != "requirepass":
+            assert f"--{key} {directives[key]}" in command, key
+    assert "--requirepass $$REDIS_PASSWORD " in command  # compose's $$: the container's variable
+    assert "REDISCLI_AUTH" in services["redis"]["healthcheck"]["test"][1]
+
+    def ini(text: str) -> dict[str, str]:
+        parser = configparser.ConfigParser()
+        parser.read_string(text)
+        return {k: v for k, v in parser["mlflow"].items() if k != "database_uri"}
+
+    assert ini((ROOT / "docker/mlflow/basic_auth.ini").read_text()) == ini(auth_config_text("x"))
+    assert services["airflow-worker"]["deploy"]["replicas"] == DistributedConfig().celery_workers

@@ -4,6 +4,7 @@ MLflow's /invocations protocol and /ping, request ids, body limits, JSON 404/405
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -199,7 +200,7 @@ def test_unknown_routes_and_methods_answer_json(served):
     assert r.status_code == 404 and "/v2/nothing" in r.json()["error"]
     r = client.get("/v1/predict", headers=AUTH)
     assert r.status_code == 405 and "GET" in r.json()["error"]
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/ready").json()
     assert ready["ready"] is True and ready["version"] == "1"
 
