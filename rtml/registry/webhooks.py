@@ -323,19 +323,18 @@ def handle(payload: dict[str, Any], client: Any, settings: Settings | None = Non
 class Dispatcher:
     """Runs ``handle`` in one background thread, in arrival order, so the receiver answers at once.
 
-    A delivery id seen before is dropped (MLflow retries a delivery with the same id). Tag events
-    wait ``tag_delay`` seconds first: ``rtml approve`` sets the tag and then writes the log entry,
-    and the event must find that entry rather than record the decision a second time.
+    A delivery id seen before is dropped (MLflow retries a delivery with the same id). An event is
+    handled as soon as it arrives: an ``approval`` tag that ``rtml approve`` set is logged once
+    because both sides check and append under the model's lease (``record_decision``,
+    ``record_observed_decision``), not because of any delay here.
     """
 
-    def __init__(self, work: Callable[[dict[str, Any]], dict[str, Any]], tag_delay: float = 3.0,
-                 remember: int = 10_000) -> None:
+    def __init__(self, work: Callable[[dict[str, Any]], dict[str, Any]], remember: int = 10_000) -> None:
         self.work = work
-        self.tag_delay = tag_delay
         self.remember = remember
         self.results: list[dict[str, Any]] = []  # the newest outcomes (for logs and tests)
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._queue: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -351,9 +350,8 @@ class Dispatcher:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rtml-webhooks", daemon=True)
                 self._thread.start()
-        delay = self.tag_delay if payload.get("entity") == "model_version_tag" else 0.0
         try:
-            self._queue.put_nowait((time.monotonic() + delay, payload))
+            self._queue.put_nowait(payload)
         except queue.Full:
             log.error("webhook queue full: event dropped (%s.%s)", payload.get("entity"), payload.get("action"))
             return False
@@ -361,14 +359,10 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            payload = self._queue.get()
             try:
-                if item is None:
+                if payload is None:
                     return
-                due, payload = item
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
                 try:
                     result = self.work(payload)
                 except Exception as err:  # noqa: BLE001 - one bad event must not stop the others

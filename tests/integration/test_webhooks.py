@@ -97,7 +97,7 @@ def test_an_approval_tag_set_by_hand_is_in_the_log_at_once(env):
 
     latency = _wait(lambda: bool(approvals()), "the approval in the decision log")
     print(f"\nwebhook: approval tag on {name} v{v4} in the decision log after {latency:.2f} s "
-          "(includes the receiver's 3 s wait for an `rtml approve` in flight)")
+          "(no wait: `rtml approve` and the receiver share the model's lease)")
     (entry,) = approvals()
     assert entry["on_behalf_of"] == "dana" and entry["details"]["via"] == "MLflow tag (webhook)"
     # The same tag again (or MLflow's retry): still one entry.

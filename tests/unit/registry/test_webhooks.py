@@ -366,7 +366,7 @@ def test_the_dispatcher_runs_events_in_order_once_per_delivery_and_survives_fail
             raise RuntimeError("boom")
         return {"action": "none"}
 
-    d = webhooks.Dispatcher(work, tag_delay=0)
+    d = webhooks.Dispatcher(work)
     try:
         assert d.submit(alias_event("1"), "a") and d.submit(alias_event("bad"), "b")
         assert not d.submit(alias_event("1"), "a")  # MLflow's retry of delivery a
@@ -379,7 +379,7 @@ def test_the_dispatcher_runs_events_in_order_once_per_delivery_and_survives_fail
 
 
 def test_the_dispatcher_forgets_old_delivery_ids_beyond_its_memory():
-    d = webhooks.Dispatcher(lambda p: {"action": "none"}, tag_delay=0, remember=2)
+    d = webhooks.Dispatcher(lambda p: {"action": "none"}, remember=2)
     try:
         for i in ("a", "b", "c"):
             assert d.submit(alias_event("1"), i)
