@@ -12,9 +12,10 @@ hands the event to ``handle`` off the request path (``Dispatcher``):
   hand in the MLflow UI or API rather than by ``rtml approve``/``rollback``: the alias goes back to the
   version of the model's last promotion or rollback in the decision log (or is deleted when there is
   none) and the refusal is recorded in the log, saying who set what and why it was undone.
-- ``model_version_tag.set`` of ``approval``: the person's decision goes into the decision log the
-  moment it is made (once; ``rtml.registry.promotion.record_observed_decision``), not when the
-  promotion DAG next looks.
+- ``model_version_tag.set`` of ``approval``: on the current challenger, the ``rtml_promote`` run
+  waiting for it is woken at once (``rtml.registry.signals``; ``approval.by`` set after the decision
+  wakes it too); the person's decision goes into the decision log the moment it is made (once;
+  ``rtml.registry.promotion.record_observed_decision``), not when the promotion DAG next looks.
 
 Only the standard library is imported at module level: the Airflow plugin imports this module.
 """
@@ -275,29 +276,48 @@ def _guard_champion(payload: dict[str, Any], client: Any, settings: Settings) ->
     return out
 
 
-def _observe_approval(payload: dict[str, Any], client: Any) -> dict[str, Any]:
+def _signal(name: str, version: str, tags: dict[str, Any], aliases: Any, settings: Settings) -> int | None:
+    """Wake the ``rtml_promote`` run waiting on this version (rtml.registry.signals), when there can be one:
+    the version is the current challenger and its ``approval`` tag holds a decision."""
+    from rtml.names import CHALLENGER, normalize_decision
+    from rtml.registry import signals
+
+    if CHALLENGER not in list(aliases or []) or normalize_decision(tags.get("approval")) is None:
+        return None
+    return signals.publish(name, version, settings)
+
+
+def _observe_approval(payload: dict[str, Any], client: Any, settings: Settings) -> dict[str, Any]:
     from rtml.names import normalize_decision
     from rtml.registry.audit import anchor
     from rtml.registry.promotion import record_observed_decision
 
     data = payload["data"]
     name, version = _text(data, "name"), _text(data, "version")
+    key = data.get("key")
     decision = normalize_decision(data.get("value") if isinstance(data.get("value"), str) else None)
-    base = {"event": "model_version_tag.set", "model": name, "version": version, "tag": "approval"}
-    if decision is None:
+    base = {"event": "model_version_tag.set", "model": name, "version": version, "tag": key}
+    if key == "approval" and decision is None:
         return {**base, "action": "ignored", "reason": f"approval={str(data.get('value'))[:40]!r} is not a decision"}
     try:
-        tags = dict(client.get_model_version(name, version).tags or {})
+        mv = client.get_model_version(name, version)
+        tags = dict(mv.tags or {})
     except Exception as err:  # noqa: BLE001
         return {**base, "action": "ignored", "reason": f"version not readable: {err}"[:500]}
-    if normalize_decision(tags.get("approval")) != decision:  # changed again since: that event decides
+    if key == "approval.by":  # the name after the decision: the waiting run may be looking for it
+        listeners = _signal(name, version, tags, getattr(mv, "aliases", []), settings)
+        return {**base, "action": "none" if listeners is None else "signalled", "listeners": listeners}
+    if decision is None or normalize_decision(tags.get("approval")) != decision:  # changed since: that event decides
         return {**base, "action": "ignored", "reason": "superseded: the approval tag changed again"}
+    # The waiting promotion first (it re-reads MLflow, so this carries no authority), then the record.
+    listeners = _signal(name, version, tags, getattr(mv, "aliases", []), settings)
     entry = record_observed_decision(name, version, decision, by=tags.get("approval.by", ""),
                                      at=tags.get("approval.at", ""), via="MLflow tag (webhook)")
     if entry is None:
-        return {**base, "action": "none", "decision": decision, "reason": "already in the decision log"}
+        return {**base, "action": "none", "decision": decision, "listeners": listeners,
+                "reason": "already in the decision log"}
     anchor(client, name, version, entry)
-    return {**base, "action": "recorded", "decision": decision, "audit_seq": entry["seq"]}
+    return {**base, "action": "recorded", "decision": decision, "audit_seq": entry["seq"], "listeners": listeners}
 
 
 def handle(payload: dict[str, Any], client: Any, settings: Settings | None = None) -> dict[str, Any]:
@@ -314,8 +334,8 @@ def handle(payload: dict[str, Any], client: Any, settings: Settings | None = Non
     event = f"{payload.get('entity')}.{payload.get('action')}"
     if event == "model_version_alias.created" and data.get("alias") == CHAMPION:
         return _guard_champion(payload, client, settings)
-    if event == "model_version_tag.set" and data.get("key") == "approval":
-        return _observe_approval(payload, client)
+    if event == "model_version_tag.set" and data.get("key") in ("approval", "approval.by"):
+        return _observe_approval(payload, client, settings)
     return {"event": event[:100], "action": "ignored", "reason": "not an event rtml acts on"}
 
 
