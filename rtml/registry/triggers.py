@@ -1,8 +1,11 @@
 """Waiting for a person's approval without holding an Airflow worker slot.
 
 ``ApprovalTrigger`` runs in the triggerer: an asyncio loop that reads the model version from the
-MLflow REST API every few seconds and fires when its ``approval`` tag says ``approved`` or
-``rejected``, or when the deadline passes. ``WaitForApprovalOperator`` defers to it and turns the
+MLflow REST API and fires when its ``approval`` tag says ``approved`` or ``rejected``, or when the
+deadline passes. It reads at once when the webhook receiver signals a decision on that version
+(``rtml.registry.signals``: MLflow's webhook -> the receiver -> a Redis channel the trigger listens
+on), and otherwise every ``fallback_interval`` seconds (every ``poll_interval`` when the signal
+channel cannot be reached): the event is the fast path, polling the fallback. ``WaitForApprovalOperator`` defers to it and turns the
 event into the task's outcome: approved -> success (returns the decision), rejected or timed out ->
 skipped (so nothing downstream deploys), version gone -> failed. An approval or rejection is
 appended to the decision log (``rtml.registry.audit``) once, with the name the person gave in ``approval.by``.
@@ -20,6 +23,8 @@ from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from rtml.names import APPROVED, CHALLENGER, REJECTED, normalize_decision
+
+MIN_READ_GAP = 0.1  # seconds between a signal and the read it causes (signals carry no authority)
 
 
 def _auth() -> tuple[dict[str, str], tuple[str, str] | None]:
@@ -61,7 +66,8 @@ class ApprovalTrigger(BaseTrigger):
     """Fires once the version's ``approval`` tag is set, or at ``deadline`` (epoch seconds)."""
 
     def __init__(
-        self, name: str, version: str, tracking_uri: str, deadline: float, poll_interval: float = 5.0
+        self, name: str, version: str, tracking_uri: str, deadline: float, poll_interval: float = 5.0,
+        fallback_interval: float = 30.0, settle: float | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -69,6 +75,8 @@ class ApprovalTrigger(BaseTrigger):
         self.tracking_uri = tracking_uri
         self.deadline = float(deadline)
         self.poll_interval = float(poll_interval)
+        self.fallback_interval = float(fallback_interval)
+        self.settle = self.poll_interval if settle is None else float(settle)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -79,8 +87,20 @@ class ApprovalTrigger(BaseTrigger):
                 "tracking_uri": self.tracking_uri,
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
+                "fallback_interval": self.fallback_interval,
+                "settle": self.settle,
             },
         )
+
+    def _listener(self) -> Any:
+        from rtml.registry.signals import Listener, signal_url
+
+        try:
+            url = signal_url()
+        except Exception as err:  # noqa: BLE001 - settings unreadable here: poll
+            self.log.warning("no approval signal (%s): polling MLflow", err)
+            url = None
+        return Listener(url, self.name, self.version)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         import httpx
@@ -88,11 +108,13 @@ class ApprovalTrigger(BaseTrigger):
         headers, auth = _auth()
         base = {"name": self.name, "version": self.version}
         waited_for_name = False
-        # Airflow 3.3 with a busy LocalExecutor: if the trigger fires while the deferring workload
-        # is still being reaped, the scheduler can mark the resumed task failed ("state changed
-        # externally"). The operator already checked once before deferring, so wait one interval.
-        await asyncio.sleep(min(self.poll_interval, max(0.0, self.deadline - time.time())))
-        async with httpx.AsyncClient(timeout=10, headers=headers, auth=auth) as client:
+        async with httpx.AsyncClient(timeout=10, headers=headers, auth=auth) as client, self._listener() as signal:
+            # Subscribed first, so a decision made from here on is never missed (the first read
+            # below comes after it). Airflow 3.3 with a busy LocalExecutor: if the trigger fires
+            # while the deferring workload is still being reaped, the scheduler can mark the resumed
+            # task failed ("state changed externally"). The operator already checked once before
+            # deferring, so settle a moment first.
+            await asyncio.sleep(min(self.settle, max(0.0, self.deadline - time.time())))
             while True:
                 try:
                     got = await fetch_decision(client, self.tracking_uri, self.name, self.version)
@@ -101,9 +123,10 @@ class ApprovalTrigger(BaseTrigger):
                     self.log.warning("reading %s version %s failed: %s", self.name, self.version, err)
                     got = {"status": "pending"}
                 if got["status"] in (APPROVED, REJECTED) and not got.get("by") and not waited_for_name:
-                    # People often add 'approval' first and 'approval.by' right after: one more look.
+                    # People often add 'approval' first and 'approval.by' right after: one more look
+                    # (at that tag's signal, or after one short interval).
                     waited_for_name = True
-                    await asyncio.sleep(self.poll_interval)
+                    await signal.wait(self.poll_interval)
                     continue
                 if got["status"] in (APPROVED, REJECTED, "missing", "superseded"):
                     yield TriggerEvent({**base, **got})
@@ -112,7 +135,9 @@ class ApprovalTrigger(BaseTrigger):
                 if left <= 0:
                     yield TriggerEvent({**base, "status": "timeout", "message": "no decision before the deadline"})
                     return
-                await asyncio.sleep(min(self.poll_interval, left))
+                interval = self.fallback_interval if signal.subscribed else self.poll_interval
+                if await signal.wait(min(interval, left)):
+                    await asyncio.sleep(MIN_READ_GAP)  # a burst of signals costs one read per gap
 
 
 class WaitForApprovalOperator(BaseOperator):
@@ -132,6 +157,7 @@ class WaitForApprovalOperator(BaseOperator):
         tracking_uri: str | None = None,
         timeout_seconds: float | str = 3 * 24 * 3600,
         poll_interval: float = 5.0,
+        fallback_interval: float = 30.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -140,6 +166,7 @@ class WaitForApprovalOperator(BaseOperator):
         self.tracking_uri = tracking_uri
         self.timeout_seconds = timeout_seconds
         self.poll_interval = poll_interval
+        self.fallback_interval = fallback_interval
 
     def _uri(self) -> str:
         if self.tracking_uri:
@@ -159,7 +186,8 @@ class WaitForApprovalOperator(BaseOperator):
         if decided is not None:  # no need to occupy the triggerer
             return self.execute_complete(context, decided)
         self.defer(
-            trigger=ApprovalTrigger(self.name, str(self.version), self._uri(), deadline, self.poll_interval),
+            trigger=ApprovalTrigger(self.name, str(self.version), self._uri(), deadline, self.poll_interval,
+                                    self.fallback_interval),
             method_name="execute_complete",
         )
 

@@ -12,9 +12,10 @@ hands the event to ``handle`` off the request path (``Dispatcher``):
   hand in the MLflow UI or API rather than by ``rtml approve``/``rollback``: the alias goes back to the
   version of the model's last promotion or rollback in the decision log (or is deleted when there is
   none) and the refusal is recorded in the log, saying who set what and why it was undone.
-- ``model_version_tag.set`` of ``approval``: the person's decision goes into the decision log the
-  moment it is made (once; ``rtml.registry.promotion.record_observed_decision``), not when the
-  promotion DAG next looks.
+- ``model_version_tag.set`` of ``approval``: on the current challenger, the ``rtml_promote`` run
+  waiting for it is woken at once (``rtml.registry.signals``; ``approval.by`` set after the decision
+  wakes it too); the person's decision goes into the decision log the moment it is made (once;
+  ``rtml.registry.promotion.record_observed_decision``), not when the promotion DAG next looks.
 
 Only the standard library is imported at module level: the Airflow plugin imports this module.
 """
@@ -275,29 +276,48 @@ def _guard_champion(payload: dict[str, Any], client: Any, settings: Settings) ->
     return out
 
 
-def _observe_approval(payload: dict[str, Any], client: Any) -> dict[str, Any]:
+def _signal(name: str, version: str, tags: dict[str, Any], aliases: Any, settings: Settings) -> int | None:
+    """Wake the ``rtml_promote`` run waiting on this version (rtml.registry.signals), when there can be one:
+    the version is the current challenger and its ``approval`` tag holds a decision."""
+    from rtml.names import CHALLENGER, normalize_decision
+    from rtml.registry import signals
+
+    if CHALLENGER not in list(aliases or []) or normalize_decision(tags.get("approval")) is None:
+        return None
+    return signals.publish(name, version, settings)
+
+
+def _observe_approval(payload: dict[str, Any], client: Any, settings: Settings) -> dict[str, Any]:
     from rtml.names import normalize_decision
     from rtml.registry.audit import anchor
     from rtml.registry.promotion import record_observed_decision
 
     data = payload["data"]
     name, version = _text(data, "name"), _text(data, "version")
+    key = data.get("key")
     decision = normalize_decision(data.get("value") if isinstance(data.get("value"), str) else None)
-    base = {"event": "model_version_tag.set", "model": name, "version": version, "tag": "approval"}
-    if decision is None:
+    base = {"event": "model_version_tag.set", "model": name, "version": version, "tag": key}
+    if key == "approval" and decision is None:
         return {**base, "action": "ignored", "reason": f"approval={str(data.get('value'))[:40]!r} is not a decision"}
     try:
-        tags = dict(client.get_model_version(name, version).tags or {})
+        mv = client.get_model_version(name, version)
+        tags = dict(mv.tags or {})
     except Exception as err:  # noqa: BLE001
         return {**base, "action": "ignored", "reason": f"version not readable: {err}"[:500]}
-    if normalize_decision(tags.get("approval")) != decision:  # changed again since: that event decides
+    if key == "approval.by":  # the name after the decision: the waiting run may be looking for it
+        listeners = _signal(name, version, tags, getattr(mv, "aliases", []), settings)
+        return {**base, "action": "none" if listeners is None else "signalled", "listeners": listeners}
+    if decision is None or normalize_decision(tags.get("approval")) != decision:  # changed since: that event decides
         return {**base, "action": "ignored", "reason": "superseded: the approval tag changed again"}
+    # The waiting promotion first (it re-reads MLflow, so this carries no authority), then the record.
+    listeners = _signal(name, version, tags, getattr(mv, "aliases", []), settings)
     entry = record_observed_decision(name, version, decision, by=tags.get("approval.by", ""),
                                      at=tags.get("approval.at", ""), via="MLflow tag (webhook)")
     if entry is None:
-        return {**base, "action": "none", "decision": decision, "reason": "already in the decision log"}
+        return {**base, "action": "none", "decision": decision, "listeners": listeners,
+                "reason": "already in the decision log"}
     anchor(client, name, version, entry)
-    return {**base, "action": "recorded", "decision": decision, "audit_seq": entry["seq"]}
+    return {**base, "action": "recorded", "decision": decision, "audit_seq": entry["seq"], "listeners": listeners}
 
 
 def handle(payload: dict[str, Any], client: Any, settings: Settings | None = None) -> dict[str, Any]:
@@ -314,8 +334,8 @@ def handle(payload: dict[str, Any], client: Any, settings: Settings | None = Non
     event = f"{payload.get('entity')}.{payload.get('action')}"
     if event == "model_version_alias.created" and data.get("alias") == CHAMPION:
         return _guard_champion(payload, client, settings)
-    if event == "model_version_tag.set" and data.get("key") == "approval":
-        return _observe_approval(payload, client)
+    if event == "model_version_tag.set" and data.get("key") in ("approval", "approval.by"):
+        return _observe_approval(payload, client, settings)
     return {"event": event[:100], "action": "ignored", "reason": "not an event rtml acts on"}
 
 
@@ -323,19 +343,18 @@ def handle(payload: dict[str, Any], client: Any, settings: Settings | None = Non
 class Dispatcher:
     """Runs ``handle`` in one background thread, in arrival order, so the receiver answers at once.
 
-    A delivery id seen before is dropped (MLflow retries a delivery with the same id). Tag events
-    wait ``tag_delay`` seconds first: ``rtml approve`` sets the tag and then writes the log entry,
-    and the event must find that entry rather than record the decision a second time.
+    A delivery id seen before is dropped (MLflow retries a delivery with the same id). An event is
+    handled as soon as it arrives: an ``approval`` tag that ``rtml approve`` set is logged once
+    because both sides check and append under the model's lease (``record_decision``,
+    ``record_observed_decision``), not because of any delay here.
     """
 
-    def __init__(self, work: Callable[[dict[str, Any]], dict[str, Any]], tag_delay: float = 3.0,
-                 remember: int = 10_000) -> None:
+    def __init__(self, work: Callable[[dict[str, Any]], dict[str, Any]], remember: int = 10_000) -> None:
         self.work = work
-        self.tag_delay = tag_delay
         self.remember = remember
         self.results: list[dict[str, Any]] = []  # the newest outcomes (for logs and tests)
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._queue: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue(maxsize=10_000)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -351,9 +370,8 @@ class Dispatcher:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="rtml-webhooks", daemon=True)
                 self._thread.start()
-        delay = self.tag_delay if payload.get("entity") == "model_version_tag" else 0.0
         try:
-            self._queue.put_nowait((time.monotonic() + delay, payload))
+            self._queue.put_nowait(payload)
         except queue.Full:
             log.error("webhook queue full: event dropped (%s.%s)", payload.get("entity"), payload.get("action"))
             return False
@@ -361,14 +379,10 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            payload = self._queue.get()
             try:
-                if item is None:
+                if payload is None:
                     return
-                due, payload = item
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
                 try:
                     result = self.work(payload)
                 except Exception as err:  # noqa: BLE001 - one bad event must not stop the others

@@ -415,6 +415,13 @@ def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow
     # What a person does in the MLflow UI: tags on the model version.
     client.set_model_version_tag(name, v_ok, "approval.by", "frank")
     client.set_model_version_tag(name, v_ok, "approval", "approved")
+    approved_at = time.monotonic()
+    # Measured, not asserted (timing under load is no test): the webhook wakes the deferred wait.
+    while served_version(server) != v_ok and time.monotonic() - approved_at < 300:
+        if airflow_api.run_state("rtml_promote", run_ok) in ("success", "failed"):
+            break
+        time.sleep(0.05)
+    print(f"\nrtml_promote: approval tag -> served by the endpoint in {time.monotonic() - approved_at:.2f} s")
     state = airflow_api.wait("rtml_promote", run_ok, timeout=300)
     assert state == "success", airflow_api.explain("rtml_promote", run_ok)
     assert served_version(server) == v_ok, server.info()

@@ -97,10 +97,33 @@ def test_an_approval_tag_set_by_hand_is_in_the_log_at_once(env):
 
     latency = _wait(lambda: bool(approvals()), "the approval in the decision log")
     print(f"\nwebhook: approval tag on {name} v{v4} in the decision log after {latency:.2f} s "
-          "(includes the receiver's 3 s wait for an `rtml approve` in flight)")
+          "(no wait: `rtml approve` and the receiver share the model's lease)")
     (entry,) = approvals()
     assert entry["on_behalf_of"] == "dana" and entry["details"]["via"] == "MLflow tag (webhook)"
     # The same tag again (or MLflow's retry): still one entry.
     client.set_model_version_tag(name, v4, "approval", "approved")
     time.sleep(6)
     assert len(approvals()) == 1
+
+
+def test_a_decision_on_the_challenger_wakes_a_listening_wait_at_once(env):
+    """The round trip rtml_promote's deferred wait relies on: MLflow -> webhook -> receiver -> Redis."""
+    import asyncio
+
+    from rtml.registry.client import alias_version
+    from rtml.registry.signals import Listener, signal_url
+
+    name, client = env["name"], env["client"]
+    v5 = register(env["settings"], env["spec"], seed=5)
+    assert alias_version(client, name, "challenger") == v5
+
+    async def wait_for_signal() -> float:
+        async with Listener(signal_url(), name, v5) as signal:
+            assert signal.subscribed, "no Redis for the approval signal"
+            start = time.monotonic()
+            await asyncio.to_thread(client.set_model_version_tag, name, v5, "approval", "approved")
+            assert await signal.wait(DEADLINE), f"no signal within {DEADLINE:.0f} s"
+            return time.monotonic() - start
+
+    latency = asyncio.run(wait_for_signal())
+    print(f"\nwebhook: approval tag on {name} v{v5} (challenger) -> signal to the waiting run in {latency:.2f} s")

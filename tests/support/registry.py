@@ -96,6 +96,7 @@ def local_governance(tmp_path, monkeypatch):
     monkeypatch.setenv("RTML_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RTML_STORAGE", "local")
     monkeypatch.setenv("RTML_ACTOR", "tester")
+    monkeypatch.setenv("RTML_APPROVAL_SIGNAL_URL", "off")  # no Redis: the wake-up signal is tested on its own
     for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     get_settings(refresh=True)

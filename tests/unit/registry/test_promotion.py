@@ -6,6 +6,8 @@ watch the log at the moment an alias moves (what the serving endpoint does when 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from support.registry import FakeRegistry, local_governance
 
@@ -94,3 +96,145 @@ def test_unapproved_or_ungated_versions_leave_no_decision(lake):
     with pytest.raises(PromotionError, match="gate.fairness=failed"):
         promote("credit", "2", client=reg)
     assert _actions() == [] and reg.aliases[CHAMPION] == "1"
+
+
+# --- one decision, one entry: `rtml approve` and the MLflow webhook see the same approval -----------
+def _tag_event(version: str, value: str = "approved") -> dict:
+    """What MLflow delivers when the ``approval`` tag is set (rtml.registry.webhooks)."""
+    return {"entity": "model_version_tag", "action": "set", "timestamp": "2026-01-01T00:00:00+00:00",
+            "data": {"name": "credit", "version": version, "key": "approval", "value": value}}
+
+
+def _approvals(version: str = "2") -> list[dict]:
+    from rtml.registry.audit import entries
+
+    return [e for e in entries() if e["version"] == version and e["action"] == "approval"]
+
+
+def _waiting_registry() -> FakeRegistry:
+    return FakeRegistry({"1": {**GATES, "approval": "approved"}, "2": dict(GATES)}, {CHAMPION: "1", CHALLENGER: "2"})
+
+
+def test_approve_then_the_webhook_delivery_logs_one_approval(lake):
+    from rtml.registry.audit import verify
+    from rtml.registry.promotion import record_decision
+    from rtml.registry.webhooks import handle
+
+    reg = _waiting_registry()
+    out = record_decision("credit", "2", "approved", by="alice", client=reg)
+    assert out["logged"] and out["audit_seq"] == 0
+    assert handle(_tag_event("2"), reg)["action"] == "none"  # the delivery of the tag approve set
+    (entry,) = _approvals()
+    assert entry["on_behalf_of"] == "alice" and entry["details"]["via"] == "rtml"
+    assert verify()["ok"]
+
+
+def test_the_webhook_delivery_then_approve_logs_one_approval(lake):
+    """A person tags the version in the MLflow UI (the webhook logs it), then runs `rtml approve`."""
+    from rtml.registry.promotion import record_decision
+    from rtml.registry.webhooks import handle
+
+    reg = _waiting_registry()
+    reg.tags["2"].update({"approval": "approved", "approval.by": "dana"})
+    assert handle(_tag_event("2"), reg)["action"] == "recorded"
+    out = record_decision("credit", "2", "approved", by="alice", client=reg)
+    assert not out["logged"] and out["audit_seq"] is None
+    (entry,) = _approvals()
+    assert entry["on_behalf_of"] == "dana" and entry["details"]["via"] == "MLflow tag (webhook)"
+    assert reg.tags["2"]["approval"] == "approved"
+    # A different decision is a new entry: approve -> reject -> approve logs three.
+    record_decision("credit", "2", "rejected", by="erin", client=reg)
+    record_decision("credit", "2", "approved", by="alice", client=reg)
+    from rtml.registry.audit import entries
+
+    assert [e["action"] for e in entries()] == ["approval", "rejection", "approval"]
+
+
+class _DeliveringRegistry(FakeRegistry):
+    """Delivers the webhook (in its own thread, as MLflow does) the moment the ``approval`` tag is set,
+    and lets the setter go on only once the delivery has finished or is waiting for the model's lease."""
+
+    def __init__(self, *a, contended: threading.Event, **kw):
+        super().__init__(*a, **kw)
+        self.contended = contended
+        self.deliveries: list[threading.Thread] = []
+        self.results: list[dict] = []
+
+    def set_model_version_tag(self, name, version, key, value):
+        from rtml.registry.webhooks import handle
+
+        super().set_model_version_tag(name, version, key, value)
+        if key != "approval":
+            return
+        t = threading.Thread(target=lambda: self.results.append(handle(_tag_event(str(version), value), self)))
+        t.start()
+        self.deliveries.append(t)
+        while t.is_alive() and not self.contended.is_set():
+            self.contended.wait(0.01)
+
+
+def _spy_lease(monkeypatch) -> threading.Event:
+    """An event set when anyone finds the model's lease taken (a writer waits for another)."""
+    from rtml.registry import audit
+    from rtml.registry.promotion import LOCK_PREFIX
+
+    contended = threading.Event()
+    real = audit._create
+
+    def create(store, key, data):
+        ok = real(store, key, data)
+        if not ok and key.startswith(LOCK_PREFIX):
+            contended.set()
+        return ok
+
+    monkeypatch.setattr(audit, "_create", create)
+    return contended
+
+
+def test_a_delivery_that_arrives_while_approve_is_logging_waits_and_logs_nothing(lake, monkeypatch):
+    """The delivery runs between `rtml approve` setting the tag and appending its entry: it waits for
+    the lease approve holds, then finds approve's entry (no delay decides this)."""
+    from rtml.registry.promotion import record_decision
+
+    reg = _DeliveringRegistry({"1": dict(GATES), "2": dict(GATES)}, {CHAMPION: "1", CHALLENGER: "2"},
+                              contended=_spy_lease(monkeypatch))
+    out = record_decision("credit", "2", "approved", by="alice", client=reg)
+    for t in reg.deliveries:
+        t.join(30)
+    assert reg.contended.is_set()  # the delivery really came while approve held the lease
+    assert out["logged"] and [r["action"] for r in reg.results] == ["none"]
+    (entry,) = _approvals()
+    assert entry["on_behalf_of"] == "alice"
+
+
+def test_concurrent_approves_and_deliveries_log_exactly_one_approval(lake):
+    """The tag is set in the UI; two `rtml approve`s, three deliveries (MLflow retries) and the
+    promotion DAG's trigger all act at once."""
+    from rtml.registry.promotion import record_decision, record_observed_decision
+    from rtml.registry.webhooks import handle
+
+    reg = _waiting_registry()
+    reg.tags["2"].update({"approval": "approved", "approval.by": "dana"})
+    jobs = [lambda: record_decision("credit", "2", "approved", by="alice", client=reg)] * 2
+    jobs += [lambda: handle(_tag_event("2"), reg)] * 3
+    jobs += [lambda: record_observed_decision("credit", "2", "approved", "dana", via="MLflow tag seen by rtml_promote")]
+    start = threading.Barrier(len(jobs))
+    errors: list[BaseException] = []
+
+    def run(job):
+        start.wait()
+        try:
+            job()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert len(_approvals()) == 1
+    from rtml.registry.audit import verify
+
+    assert verify()["ok"]

@@ -49,3 +49,105 @@ def test_decision_pending_or_superseded(tags, aliases, status):
 
 def test_a_deleted_version_is_missing():
     assert _read({}, [], status=404)["status"] == "missing"
+
+
+# --- the approval wait wakes on the webhook's signal, polls as the fallback ----------------------
+class _Signal:
+    """Stands in for rtml.registry.signals.Listener: ``fire`` is what the webhook receiver's publish does."""
+
+    def __init__(self, subscribed: bool = True) -> None:
+        self.subscribed = subscribed
+        self.event = asyncio.Event()
+        self.waits: list[float] = []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    def fire(self) -> None:
+        self.event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        if not self.subscribed:
+            return False  # no channel: as if the poll interval passed
+        await self.event.wait()
+        self.event.clear()
+        return True
+
+
+def _run_trigger(monkeypatch, signal: _Signal, tags: dict[str, str], on_read) -> tuple[dict, int]:
+    """Run an ApprovalTrigger whose poll intervals are an hour: only the signal can make it read again."""
+    import time
+
+    from rtml.registry import triggers
+    from rtml.registry.triggers import ApprovalTrigger
+
+    reads = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal reads
+        reads += 1
+        mv = {"tags": [{"key": k, "value": v} for k, v in tags.items()], "aliases": ["challenger"]}
+        on_read(reads)  # what happens after this read (the answer is already taken)
+        return httpx.Response(200, json={"model_version": mv})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    monkeypatch.setattr(triggers, "MIN_READ_GAP", 0.0)
+    trig = ApprovalTrigger("m", "3", "http://mlflow", deadline=time.time() + 86_400, poll_interval=3600,
+                           fallback_interval=3600, settle=0)
+    monkeypatch.setattr(trig, "_listener", lambda: signal)
+
+    async def first() -> dict:
+        async for event in trig.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    return asyncio.run(asyncio.wait_for(first(), 30)), reads
+
+
+def test_the_wait_reads_again_the_moment_the_signal_comes(monkeypatch):
+    signal = _Signal()
+    tags: dict[str, str] = {}
+
+    def on_read(n: int) -> None:
+        if n == 1:  # pending at the first read; then the person decides and the receiver signals
+            tags.update({"approval": "approved", "approval.by": "ann"})
+            asyncio.get_running_loop().call_soon(signal.fire)
+
+    got, reads = _run_trigger(monkeypatch, signal, tags, on_read)
+    assert (got["status"], got["by"], reads) == ("approved", "ann", 2)
+    assert signal.waits == [3600]  # it was waiting out the (hour-long) fallback interval when woken
+
+
+def test_a_decision_without_a_name_waits_for_the_name_signal(monkeypatch):
+    signal = _Signal()
+    tags: dict[str, str] = {"approval": "approved"}
+
+    def on_read(n: int) -> None:
+        if n == 1:
+            tags["approval.by"] = "ann"
+            asyncio.get_running_loop().call_soon(signal.fire)
+
+    got, reads = _run_trigger(monkeypatch, signal, tags, on_read)
+    assert (got["status"], got["by"], reads) == ("approved", "ann", 2)
+
+
+def test_without_the_signal_channel_the_wait_polls_at_the_short_interval(monkeypatch):
+    from rtml.registry.triggers import ApprovalTrigger
+
+    signal = _Signal(subscribed=False)
+    tags: dict[str, str] = {}
+
+    def on_read(n: int) -> None:
+        if n == 2:
+            tags.update({"approval": "rejected", "approval.by": "bo"})
+
+    got, reads = _run_trigger(monkeypatch, signal, tags, on_read)
+    assert (got["status"], reads) == ("rejected", 3) and signal.waits == [3600, 3600]
+    # What the triggerer stores and rebuilds: the intervals survive.
+    _, kwargs = ApprovalTrigger("m", "3", "http://x", 1.0, 2.0, 40.0, 0.5).serialize()
+    assert ApprovalTrigger(**kwargs).serialize()[1] == kwargs and kwargs["fallback_interval"] == 40.0

@@ -366,7 +366,7 @@ def test_the_dispatcher_runs_events_in_order_once_per_delivery_and_survives_fail
             raise RuntimeError("boom")
         return {"action": "none"}
 
-    d = webhooks.Dispatcher(work, tag_delay=0)
+    d = webhooks.Dispatcher(work)
     try:
         assert d.submit(alias_event("1"), "a") and d.submit(alias_event("bad"), "b")
         assert not d.submit(alias_event("1"), "a")  # MLflow's retry of delivery a
@@ -379,7 +379,7 @@ def test_the_dispatcher_runs_events_in_order_once_per_delivery_and_survives_fail
 
 
 def test_the_dispatcher_forgets_old_delivery_ids_beyond_its_memory():
-    d = webhooks.Dispatcher(lambda p: {"action": "none"}, tag_delay=0, remember=2)
+    d = webhooks.Dispatcher(lambda p: {"action": "none"}, remember=2)
     try:
         for i in ("a", "b", "c"):
             assert d.submit(alias_event("1"), i)
@@ -446,3 +446,54 @@ def test_the_other_plugin_routes_still_require_the_login_and_the_hook_does_not(m
         if getattr(route, "path", "") in ("/", "/api/models", "/api/decisions", "/hooks/mlflow"):
             guarded[route.path] = any(d.call is plugin.require_login for d in route.dependant.dependencies)
     assert guarded == {"/": True, "/api/models": True, "/api/decisions": True, "/hooks/mlflow": False}
+
+
+# --- the wake-up signal to a waiting rtml_promote -----------------------------------------------
+@pytest.fixture()
+def published(monkeypatch) -> list[tuple[str, str]]:
+    from rtml.registry import signals
+
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(signals, "publish", lambda name, version, settings=None: sent.append((name, version)) or 1)
+    return sent
+
+
+def test_a_decision_on_the_challenger_wakes_its_waiting_promotion_before_it_is_logged(lake, published):
+    from rtml.registry import promotion
+
+    reg = FakeRegistry({"1": signed("1"), "2": signed("2", approval=None)}, {CHAMPION: "1", CHALLENGER: "2"})
+    reg.tags["2"].update({"approval": "approved", "approval.by": "carol"})
+    seen_at_log: list[list] = []
+    real = promotion.record_observed_decision
+
+    def spy(*a, **kw):
+        seen_at_log.append(list(published))
+        return real(*a, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(promotion, "record_observed_decision", spy):
+        out = handle(tag_event("2", "approval", "approved"), reg)
+    assert out["action"] == "recorded" and out["listeners"] == 1
+    assert seen_at_log == [[("credit", "2")]]  # signalled first: the log may wait for the model's lease
+
+
+def test_no_signal_for_a_version_that_is_not_the_challenger_or_not_decided(lake, published):
+    reg = FakeRegistry({"1": signed("1"), "2": signed("2", approval=None)}, {CHAMPION: "1", CHALLENGER: "2"})
+    assert handle(tag_event("1", "approval", "approved"), reg)["action"] == "recorded"  # the champion: no wait
+    reg.tags["2"]["approval.by"] = "carol"
+    out = handle(tag_event("2", "approval.by", "carol"), reg)  # a name, no decision yet
+    assert out["action"] == "none" and published == []
+    reg.tags["2"]["approval"] = "maybe"
+    assert handle(tag_event("2", "approval", "maybe"), reg)["action"] == "ignored" and published == []
+
+
+def test_the_name_set_after_the_decision_wakes_the_wait_again(lake, published):
+    """`rtml_promote` reads the decision, finds no approval.by yet and waits once more for it."""
+    reg = FakeRegistry({"1": signed("1"), "2": signed("2", approval=None)}, {CHAMPION: "1", CHALLENGER: "2"})
+    reg.tags["2"]["approval"] = "approved"
+    handle(tag_event("2", "approval", "approved"), reg)
+    reg.tags["2"]["approval.by"] = "carol"
+    out = handle(tag_event("2", "approval.by", "carol"), reg)
+    assert out["action"] == "signalled" and published == [("credit", "2"), ("credit", "2")]
+    assert [e["action"] for e in _log()] == ["approval"]
