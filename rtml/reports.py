@@ -541,6 +541,9 @@ def model_card_html(summary: dict[str, Any]) -> str:
 
 # --- live fairness (rtml.monitor.live) -------------------------------------------------------------------
 LIVE_FAIRNESS_MARK = "<!-- rtml:live-fairness -->"
+SHADOW_MARK = "<!-- rtml:shadow -->"
+# Sections that monitoring adds to a rendered card; re-rendering the card keeps them.
+LIVE_SECTIONS = (SHADOW_MARK, LIVE_FAIRNESS_MARK)
 
 
 def replace_section(card: str, section: str, mark: str) -> str:
@@ -554,6 +557,17 @@ def replace_section(card: str, section: str, mark: str) -> str:
     if "</body>" in card:
         return card.replace("</body>", section + "</body>", 1)
     return card + section
+
+
+def carry_sections(old_card: str, new_card: str, marks: tuple[str, ...] = LIVE_SECTIONS) -> str:
+    """``new_card`` with the marked sections of ``old_card`` (shadow, live fairness) carried over,
+    so re-rendering a card after a decision does not drop what monitoring attached to it."""
+    for mark in marks:
+        start = old_card.find(mark)
+        end = old_card.find(mark, start + len(mark)) if start >= 0 else -1
+        if end >= 0:
+            new_card = replace_section(new_card, old_card[start:end + len(mark)], mark)
+    return new_card
 
 
 def live_fairness_html(live: dict[str, Any], checked_at: str) -> str:

@@ -19,11 +19,12 @@ from typing import Any
 
 from rtml.lake import Lake
 from rtml.names import CHALLENGER, MODEL_CARD
+from rtml.reports import SHADOW_MARK, replace_section
 from rtml.settings import Settings, get_settings
 from rtml.spec import ProjectSpec
 
 CARD = MODEL_CARD
-MARK = "<!-- rtml:shadow -->"
+MARK = SHADOW_MARK
 
 
 def summarize(df: Any, spec: ProjectSpec) -> dict[str, Any]:
@@ -88,17 +89,6 @@ def render(summary: dict[str, Any], version: str) -> str:
     return f"{MARK}<section id='shadow'>{head}{table}{groups}</section>{MARK}"
 
 
-def _with_section(card: str, section: str) -> str:
-    """The card with its shadow section replaced (refreshes do not stack up)."""
-    if MARK in card:
-        start = card.index(MARK)
-        end = card.index(MARK, start + len(MARK)) + len(MARK)
-        return card[:start] + section + card[end:]
-    if "</body>" in card:
-        return card.replace("</body>", section + "</body>", 1)
-    return card + section
-
-
 def compare(spec: ProjectSpec, settings: Settings | None = None, version: str | None = None) -> dict[str, Any]:
     """Summarise the challenger's (or ``version``'s) shadow rows and attach them to its model card."""
     from mlflow.exceptions import MlflowException
@@ -134,7 +124,7 @@ def compare(spec: ProjectSpec, settings: Settings | None = None, version: str | 
         except MlflowException:
             card_path = None  # a version evaluated before cards existed: the JSON and tags still tell
         if card_path is not None:
-            card_path.write_text(_with_section(card_path.read_text(), render(summary, version)))
+            card_path.write_text(replace_section(card_path.read_text(), render(summary, version), MARK))
             client.log_artifact(mv.run_id, str(card_path), "evaluation")
     client.set_model_version_tag(name, version, "shadow.rows", str(summary["rows"]))
     client.set_model_version_tag(name, version, "shadow.agreement", f"{summary['agreement']:.4f}")

@@ -343,7 +343,7 @@ def refresh_model_card(client: Any, name: str, version: str | int, settings: Set
         import mlflow
 
         from rtml.names import EVAL_DIR, FILES
-        from rtml.reports import model_card_html
+        from rtml.reports import carry_sections, model_card_html
 
         s = _settings(settings)
         mv = client.get_model_version(name, str(version))
@@ -358,7 +358,11 @@ def refresh_model_card(client: Any, name: str, version: str | int, settings: Set
             summary = json.loads(Path(path).read_text())
             summary["decisions"] = for_version(name, version, settings=s)
             card = Path(tmp) / FILES["model_card"]
-            card.write_text(model_card_html(summary))
+            try:  # keep what monitoring attached (shadow traffic, live fairness)
+                old = Path(client.download_artifacts(mv.run_id, f"{EVAL_DIR}/{FILES['model_card']}", tmp)).read_text()
+            except Exception:  # noqa: BLE001 - no card yet: render a fresh one
+                old = ""
+            card.write_text(carry_sections(old, model_card_html(summary)))
             client.log_artifact(mv.run_id, str(card), EVAL_DIR)
         return True
     except Exception:  # noqa: BLE001

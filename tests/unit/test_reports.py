@@ -214,3 +214,23 @@ def test_live_fairness_section_escapes_and_replaces_itself(attribute):
     # a card re-rendered from its summary keeps the section when the summary carries it
     page = model_card_html({"model": "m", "version": "1", "live_fairness": live})
     assert "id='live-fairness'" in page and not _raw_tags(page)
+
+
+def test_carry_sections_keeps_monitoring_sections_across_a_re_render():
+    """A card re-rendered after a decision keeps the shadow and live-fairness sections monitoring
+    attached to the old one, once each, and a card without them is left as rendered."""
+    from rtml.reports import LIVE_FAIRNESS_MARK, SHADOW_MARK, carry_sections
+
+    shadow = f"{SHADOW_MARK}<section id='shadow'>S1</section>{SHADOW_MARK}"
+    live = f"{LIVE_FAIRNESS_MARK}<section id='live-fairness'>L1</section>{LIVE_FAIRNESS_MARK}"
+    old = f"<html><body><h1>old</h1>{shadow}{live}</body></html>"
+    new = "<html><body><h1>new</h1></body></html>"
+    out = carry_sections(old, new)
+    assert "<h1>new</h1>" in out and "<h1>old</h1>" not in out
+    assert out.count("S1") == 1 and out.count("L1") == 1 and out.endswith("</body></html>")
+    # Re-rendering a card that already has the sections replaces them instead of stacking.
+    newer = carry_sections(out.replace("S1", "S2"), out)
+    assert newer.count(SHADOW_MARK) == 2 and "S2" in newer and "S1" not in newer
+    assert carry_sections("<html><body>no sections</body></html>", new) == new
+    # An unterminated mark (a truncated card) is not carried.
+    assert carry_sections(f"<body>{SHADOW_MARK}half", new) == new

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from rtml.monitor import shadow
+from rtml.reports import replace_section
 from rtml.spec import load_spec
 
 SPEC = load_spec()
@@ -58,11 +59,11 @@ def test_render_escapes_text_and_sections_are_replaced_not_stacked():
     assert "<script>" not in html and "&lt;script&gt;" in html and "2&amp;3" in html
     assert html.startswith(shadow.MARK) and html.endswith(shadow.MARK) and "66.7%" in html
     card = "<html><body><h1>card</h1></body></html>"
-    once = shadow._with_section(card, html)
+    once = replace_section(card, html, shadow.MARK)
     assert once.index(html) < once.index("</body>")
-    twice = shadow._with_section(once, shadow.render(shadow.summarize(rows().head(2), SPEC), "2"))
+    twice = replace_section(once, shadow.render(shadow.summarize(rows().head(2), SPEC), "2"), shadow.MARK)
     assert twice.count(shadow.MARK) == 2 and "<p>2 requests" in twice and "<p>6 requests" not in twice
-    assert shadow._with_section("no body", "S") == "no bodyS"
+    assert replace_section("no body", "S", shadow.MARK) == "no bodyS"
 
 
 class FakeClient:
