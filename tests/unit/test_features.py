@@ -203,3 +203,9 @@ def test_target_vector(spec):
     assert target_vector(
         [1, 0, "1"], parse_spec({**TOY_SPEC, "target": {"name": "default", "positive": 1}})
     ).tolist() == [1, 0, 1]
+    # 1, 1.0 and True are different strings: each decided on its own (1.0 is "1.0", not "1")
+    assert target_vector(
+        [1, 1.0, True, "1", None], parse_spec({**TOY_SPEC, "target": {"name": "default", "positive": 1}})
+    ).tolist() == [1, 0, 0, 1, 0]
+    many = pd.Series(np.random.default_rng(0).choice(["yes", "no", "Yes", None], 5000))
+    assert target_vector(many, spec).tolist() == [int(str(v).lower() == "yes") for v in many]
