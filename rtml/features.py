@@ -209,6 +209,11 @@ def sensitive_groups(df: pd.DataFrame, attr: Sensitive, missing: str = "missing"
     col = df[attr.column]
     if attr.bins is None:
         vals = col.astype(object).where(col.notna(), None)
+        arr = vals.to_numpy(dtype=object)
+        if pd.api.types.infer_dtype(arr, skipna=True) == "string":  # strings already: no per-row str()
+            arr = arr.copy()
+            arr[pd.isna(arr)] = missing
+            return pd.Series(arr, index=df.index, name=attr.name, dtype=object)
         return pd.Series(
             [missing if v is None else str(v) for v in vals], index=df.index, name=attr.name, dtype=object
         )

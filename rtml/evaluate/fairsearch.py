@@ -614,6 +614,7 @@ def fit_rule(
         cells = rule_cells(group_keys(train_sensitive.reset_index(drop=True)), tr_y, min_group_size)
     keys, known, fallback = cells
     keys = np.asarray(keys, dtype=object)
+    code = pd.Index(known).get_indexer(keys)  # integer comparisons below, not string ones per group
     if len(tr_s) > max_fit_rows:
         # The threshold search is per row in Python: fit on a seeded sample, capped per group so
         # that no group loses its rows.
@@ -623,11 +624,11 @@ def fit_rule(
             np.concatenate(
                 [
                     rng.choice(rows, size=min(len(rows), cap), replace=False)
-                    for rows in (np.flatnonzero(keys == grp) for grp in known)
+                    for rows in (np.flatnonzero(code == j) for j in range(len(known)))
                 ]
             )
         )
-        tr_s, tr_y, keys = tr_s[idx], tr_y[idx], keys[idx]
+        tr_s, tr_y, keys, code = tr_s[idx], tr_y[idx], keys[idx], code[idx]
     opt = ThresholdOptimizer(
         estimator=ScoreModel(),
         constraints=constraints,
@@ -639,8 +640,8 @@ def fit_rule(
     opt.fit(X, tr_y, sensitive_features=keys)
     pmf = opt._pmf_predict(X, sensitive_features=keys)[:, 1]  # P(select) of each training row
     thresholds, rates = {}, {}
-    for g in known:
-        m = keys == g
+    for j, g in enumerate(known):
+        m = code == j
         rates[g] = float(pmf[m].mean())
         thresholds[g] = _threshold_for_rate(tr_s[m], rates[g])
     rule = GroupRule(

@@ -186,6 +186,11 @@ def test_sensitive_bins_and_labels():
     marital = next(s for s in CREDIT.sensitive if s.name == "marital_status")
     m = sensitive_groups(pd.DataFrame({"Marital": ["single", None, "widow"]}), marital)
     assert m.tolist() == ["single", "missing", "widow"] and m.name == "marital_status"
+    # strings (fast path), numbers and NaN (per value) name the same groups
+    mixed = sensitive_groups(pd.DataFrame({"Marital": [1, 2.0, np.nan, "x"]}), marital)
+    assert mixed.tolist() == ["1", "2.0", "missing", "x"]
+    nan_str = sensitive_groups(pd.DataFrame({"Marital": ["a", np.nan, pd.NA]}, dtype=object), marital)
+    assert nan_str.tolist() == ["a", "missing", "missing"]
 
 
 def test_sensitive_default_labels_and_frame(spec):
