@@ -187,9 +187,16 @@ def to_frame(
 def target_vector(values: pd.Series | Iterable[Any], spec: ProjectSpec) -> np.ndarray:
     """The target as 0/1 ints (1 = the spec's positive label); compared as strings, so "1" == 1."""
     import numpy as np
+    import pandas as pd
 
     pos = str(spec.target.positive).lower()
     arr = np.asarray(list(values) if not hasattr(values, "to_numpy") else values.to_numpy(), dtype=object)
+    if pd.api.types.infer_dtype(arr, skipna=True) == "string":
+        # strings: decided once per distinct value (a 1M-row holdout has two), not per row; other
+        # types stay per value (factorize would merge 1, 1.0 and True, whose strings differ)
+        codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+        hit = np.array([int(str(v).lower() == pos) for v in uniques] + [0], dtype=np.int64)
+        return hit[codes]  # code -1 (missing) picks the trailing 0
     return np.array([0 if _is_missing(v) else int(str(v).lower() == pos) for v in arr], dtype=np.int64)
 
 
@@ -202,6 +209,11 @@ def sensitive_groups(df: pd.DataFrame, attr: Sensitive, missing: str = "missing"
     col = df[attr.column]
     if attr.bins is None:
         vals = col.astype(object).where(col.notna(), None)
+        arr = vals.to_numpy(dtype=object)
+        if pd.api.types.infer_dtype(arr, skipna=True) == "string":  # strings already: no per-row str()
+            arr = arr.copy()
+            arr[pd.isna(arr)] = missing
+            return pd.Series(arr, index=df.index, name=attr.name, dtype=object)
         return pd.Series(
             [missing if v is None else str(v) for v in vals], index=df.index, name=attr.name, dtype=object
         )

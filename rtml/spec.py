@@ -106,6 +106,9 @@ class FairnessGate(_Model):
     # decision metric, and none that loses more than max_quality_loss of it (vs the plain decisions).
     quality_metric: Literal["balanced_accuracy", "f1", "accuracy"] = "balanced_accuracy"
     max_quality_loss: float = Field(default=0.05, ge=0, le=1)
+    # Also search fairlearn's ExponentiatedGradient reductions (over per-group score thresholds, so
+    # the served variant reproduces them); ~2 s per constraint.
+    reductions: bool = False
     # What the gate compares with the limits: the point estimate, or a bound of the bootstrap
     # interval: "lenient" fails only a disparity whose whole interval breaks the limit, "strict"
     # passes only one whose whole interval meets it.

@@ -89,22 +89,25 @@ def metric_frame(y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series, samp
 def disparities(
     y_true: np.ndarray, y_pred: np.ndarray, groups: pd.Series, sample_weight=None
 ) -> dict[str, float | None]:
-    """The disparity measures, straight from fairlearn's functions."""
-    from fairlearn.metrics import (
-        demographic_parity_difference,
-        demographic_parity_ratio,
-        equal_opportunity_difference,
-        equal_opportunity_ratio,
-        equalized_odds_difference,
-    )
+    """The disparity measures as fairlearn's functions define them (``demographic_parity_ratio``,
+    ``equal_opportunity_difference``, ``equalized_odds_difference`` = the worse of the TPR and FPR
+    differences, between groups), from ONE MetricFrame instead of five (each builds its own: 0.5 s
+    per attribute and variant whatever the rows)."""
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 
-    kw = {"sensitive_features": groups, "sample_weight": sample_weight}
+    metrics = {"sel": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate}
+    params = None if sample_weight is None else {m: {"sample_weight": sample_weight} for m in metrics}
+    mf = MetricFrame(
+        metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=groups, sample_params=params
+    )
+    diff = mf.difference(method="between_groups")
+    ratio = mf.ratio(method="between_groups")
     return {
-        "demographic_parity_ratio": _num(demographic_parity_ratio(y_true, y_pred, **kw)),
-        "demographic_parity_difference": _num(demographic_parity_difference(y_true, y_pred, **kw)),
-        "equal_opportunity_difference": _num(equal_opportunity_difference(y_true, y_pred, **kw)),
-        "equal_opportunity_ratio": _num(equal_opportunity_ratio(y_true, y_pred, **kw)),
-        "equalized_odds_difference": _num(equalized_odds_difference(y_true, y_pred, **kw)),
+        "demographic_parity_ratio": _num(ratio["sel"]),
+        "demographic_parity_difference": _num(diff["sel"]),
+        "equal_opportunity_difference": _num(diff["tpr"]),
+        "equal_opportunity_ratio": _num(ratio["tpr"]),
+        "equalized_odds_difference": _num(max(diff["tpr"], diff["fpr"])),
     }
 
 

@@ -8,6 +8,11 @@ attribute at once. Candidates:
 
 * fairlearn's ``ThresholdOptimizer`` under each constraint (demographic parity, true positive rate
   parity, equalized odds), made deterministic (``fit_rule`` below);
+* fairlearn's ``ExponentiatedGradient`` reduction under each constraint, retraining on what a served
+  group rule can use: its base learner (``CellThresholds``) fits, on the reduction's reweighted
+  labels, the best score threshold of every cell (``fit_reduction``). A reduction retrained on the
+  features would need its own ensemble of models at serving time, while the served variant is the
+  plain Pipeline's score plus one threshold per cell, so it could not be served;
 * a joint coordinate search over the cells' thresholds that first removes every violation of the
   spec's limits (disparate impact, equal opportunity difference, equalized odds difference, on every
   attribute, tightened by a safety ``margin`` so that they still hold on new rows), then raises the
@@ -37,6 +42,16 @@ if TYPE_CHECKING:
     from rtml.spec import FairnessGate
 
 OPTIMIZER_CONSTRAINTS = ("demographic_parity", "true_positive_rate_parity", "equalized_odds")
+# fairlearn's reductions, bounded (they refit a classifier per step): (method, constraint)
+# GridSearch is left out: its grid has (groups - 1) dimensions per constraint (16 for the credit
+# demo's cells), which fairlearn itself says needs ~65k grid points to explore.
+REDUCTIONS = (
+    ("ExponentiatedGradient", "demographic_parity"),
+    ("ExponentiatedGradient", "true_positive_rate_parity"),
+    ("ExponentiatedGradient", "equalized_odds"),
+)
+REDUCTION_FIT_ROWS = 20_000
+REDUCTION_MAX_ITER = 50
 # Margins of the joint search's targets over the spec's limits (on the fit rows): the holdout's
 # rates differ from the training window's by sampling noise alone, so stricter targets give rules
 # more likely to pass there; the simulated pass rate arbitrates between them.
@@ -394,6 +409,7 @@ def search_rule(
     holdout_rows: int | None = None,
     margins: tuple[float, ...] = SEARCH_MARGINS,
     n_sim: int = N_SIM,
+    reductions: bool = False,
 ) -> tuple[GroupRule | None, dict[str, Any]]:
     """Search the candidates on the fit rows; (the kept rule or None, the search report).
 
@@ -401,6 +417,11 @@ def search_rule(
     ``gate.max_quality_loss`` of the decision metric. Among those, the kept one is the most likely
     to pass the gate on a holdout of ``holdout_rows`` rows (simulated by resampling the fit rows;
     likelihoods within ``PASS_RATE_TIE`` count as equal), then the one with the best decision metric.
+
+    ``reductions`` (the spec's ``gates.fairness.reductions``): also fit fairlearn's ExponentiatedGradient candidates (``REDUCTIONS``; servable
+    as a GroupRule, ~2 s each). Off by default: on the credit demo they are kept on some replay
+    seeds and move the seeds that pass (7 of 8 without, 6 of 8 with: seed 6 flips), the same as any
+    other change of candidate does while a 20-34-row group decides the gate.
     """
     import numpy as np
 
@@ -423,8 +444,19 @@ def search_rule(
             )
         except ValueError as err:  # e.g. a degenerate group for this constraint
             errors[c] = str(err)
+    reduction_rules: dict[str, GroupRule] = {}
+    for method, c in REDUCTIONS if reductions else ():
+        name = f"fairlearn {method}({c})"
+        try:
+            reduction_rules[name] = fit_reduction(
+                s, y, sens, random_state, c, cells=(cell_of_row, cells, fallback),
+                min_group_size=gate.min_group_size, quality_metric=metric,
+            )
+        except ValueError as err:
+            errors[name] = str(err)
     plain_t = {cell: float(decision_threshold) for cell in cells}
-    extra = {cell: [plain_t[cell], *(r.thresholds[cell] for r in optimizer_rules.values())] for cell in cells}
+    fitted = [*optimizer_rules.values(), *reduction_rules.values()]
+    extra = {cell: [plain_t[cell], *(r.thresholds[cell] for r in fitted)] for cell in cells}
     model = CountModel(s, y, sens, cell_of_row, cells, extra)
     spec_t = Targets.from_gate(gate)
 
@@ -434,6 +466,8 @@ def search_rule(
     found: dict[str, np.ndarray] = {}
     for c, r in optimizer_rules.items():
         starts[f"ThresholdOptimizer({c})"] = found[f"fairlearn ThresholdOptimizer({c})"] = model.index_of(r.thresholds)
+    for name, r in reduction_rules.items():
+        found[name] = model.index_of(r.thresholds)
     for m in margins:
         for name, k0 in starts.items():
             found[f"joint search from {name}, margin {m:g}"] = model.search(k0, Targets.from_gate(gate, m), metric)
@@ -532,7 +566,8 @@ def search_rule(
 
 METHOD = (
     "mitigation search on the training window's out-of-fold scores: fairlearn ThresholdOptimizer "
-    "(demographic parity, true positive rate parity, equalized odds) and a joint per-group threshold "
+    "(demographic parity, true positive rate parity, equalized odds), fairlearn's ExponentiatedGradient "
+    "reduction over per-group score thresholds, and a joint per-group threshold "
     "search over the intersections of the sensitive attributes, aiming at every fairness limit of the "
     "spec at once; the candidate that meets them all at the least quality cost is kept"
 )
@@ -581,6 +616,134 @@ def _threshold_for_rate(scores: np.ndarray, rate: float) -> float:
     return float(np.sort(scores)[::-1][k - 1])
 
 
+def _fit_sample(code: np.ndarray, n_known: int, max_rows: int, min_group_size: int, random_state: int):
+    """Row indexes of a seeded sample of at most ~``max_rows`` rows, capped per group so that no
+    group loses its rows; None when there are not more rows than that."""
+    import numpy as np
+
+    if len(code) <= max_rows:
+        return None
+    rng = np.random.default_rng(random_state)
+    cap = max(min_group_size, max_rows // n_known)
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(rows, size=min(len(rows), cap), replace=False)
+                for rows in (np.flatnonzero(code == j) for j in range(n_known))
+            ]
+        )
+    )
+
+
+class CellThresholds(ClassifierMixin, BaseEstimator):
+    """A reductions base learner over (score, cell code) rows: per cell, the score threshold with the
+    least weighted error on the (reweighted, relabelled) rows the reduction passes. Its hypotheses
+    are exactly what a served ``GroupRule`` can apply; exact and O(n log n) per fit."""
+
+    def fit(self, X, y, sample_weight=None):
+        import numpy as np
+
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
+        s, code = X[:, 0], X[:, 1].astype(np.int64)
+        self.classes_ = np.array([0, 1])
+        self.thresholds_ = np.full(int(code.max()) + 1 if len(code) else 0, NEVER)
+        for c in np.unique(code):
+            rows = np.flatnonzero(code == c)
+            order = rows[np.argsort(-s[rows], kind="stable")]
+            ss = s[order]
+            # selecting the top k rows costs the weight of the negatives among them plus that of
+            # the positives left out; cuts only between distinct scores (a threshold keeps ties)
+            gain = np.cumsum(w[order] * np.where(y[order] > 0, 1.0, -1.0))  # positives - negatives
+            cut = np.flatnonzero(np.r_[ss[1:] != ss[:-1], True])
+            best = int(np.argmax(gain[cut])) if len(cut) else -1
+            self.thresholds_[c] = ss[cut[best]] if best >= 0 and gain[cut[best]] > 0 else NEVER
+        return self
+
+    def predict(self, X):
+        import numpy as np
+
+        X = np.asarray(X, dtype=float)
+        code = X[:, 1].astype(np.int64)
+        return (X[:, 0] >= self.thresholds_[code]).astype(np.int64)
+
+
+def fit_reduction(
+    train_scores: np.ndarray,
+    y_train: np.ndarray,
+    train_sensitive: pd.DataFrame,
+    random_state: int,
+    constraints: str,
+    *,
+    cells: tuple[np.ndarray, list[str], str],
+    min_group_size: int = 30,
+    max_fit_rows: int = REDUCTION_FIT_ROWS,
+    quality_metric: str = "balanced_accuracy",
+) -> GroupRule:
+    """fairlearn's ``ExponentiatedGradient`` under ``constraints`` over the cells, with the
+    ``CellThresholds`` base learner on the plain score, made deterministic as one score threshold per
+    cell that selects the cell's expected share under the reduction's randomized mixture (as
+    ``fit_rule`` does for ThresholdOptimizer), so the served variant reproduces it.
+
+    Bounded: a seeded sample of at most ``max_fit_rows`` rows (capped per cell) and
+    ``REDUCTION_MAX_ITER`` steps. The objective is the error weighted as ``quality_metric`` weighs
+    it (balanced accuracy: a false negative costs 1/positives, a false positive 1/negatives; plain
+    error otherwise, as F1 is not a weighted error)."""
+    import numpy as np
+    import pandas as pd
+    from fairlearn.reductions import (
+        DemographicParity,
+        EqualizedOdds,
+        ErrorRate,
+        ExponentiatedGradient,
+        TruePositiveRateParity,
+    )
+
+    moments = {
+        "demographic_parity": DemographicParity,
+        "equalized_odds": EqualizedOdds,
+        "true_positive_rate_parity": TruePositiveRateParity,
+    }
+    if constraints not in moments:
+        raise ValueError(f"unknown reduction constraint {constraints!r}")
+    s = np.asarray(train_scores, dtype=float)
+    y = np.asarray(y_train, dtype=np.int64)
+    keys, known, fallback = cells
+    code = pd.Index(known).get_indexer(np.asarray(keys, dtype=object))
+    idx = _fit_sample(code, len(known), max_fit_rows, min_group_size, random_state)
+    if idx is not None:
+        s, y, code = s[idx], y[idx], code[idx]
+    X = np.column_stack([s, code.astype(float)])
+    pos, n = int(y.sum()), len(y)
+    objective = (
+        ErrorRate(costs={"fn": n / (2 * pos), "fp": n / (2 * (n - pos))})
+        if quality_metric == "balanced_accuracy" and 0 < pos < n
+        else ErrorRate()
+    )
+    red = ExponentiatedGradient(
+        CellThresholds(), constraints=moments[constraints](), objective=objective, max_iter=REDUCTION_MAX_ITER
+    )
+    red.fit(X, y, sensitive_features=code)
+    pmf = red._pmf_predict(X)[:, 1]  # P(select) of each row under the randomized mixture
+    thresholds, rates = {}, {}
+    for j, g in enumerate(known):
+        m = code == j
+        rates[g] = float(pmf[m].mean())
+        thresholds[g] = _threshold_for_rate(s[m], rates[g])
+    return GroupRule(
+        list(train_sensitive.columns),
+        thresholds,
+        fallback,
+        meta={
+            "method": f"fairlearn ExponentiatedGradient(constraints={constraints!r}) over per-group score "
+            "thresholds, made deterministic as one threshold per group at the mixture's expected selection share",
+            "fit_rows": int(len(s)),
+            "target_selection_rate": rates,
+        },
+    )
+
+
 def fit_rule(
     train_scores: np.ndarray,
     y_train: np.ndarray,
@@ -614,6 +777,7 @@ def fit_rule(
         cells = rule_cells(group_keys(train_sensitive.reset_index(drop=True)), tr_y, min_group_size)
     keys, known, fallback = cells
     keys = np.asarray(keys, dtype=object)
+    code = pd.Index(known).get_indexer(keys)  # integer comparisons below, not string ones per group
     if len(tr_s) > max_fit_rows:
         # The threshold search is per row in Python: fit on a seeded sample, capped per group so
         # that no group loses its rows.
@@ -623,11 +787,11 @@ def fit_rule(
             np.concatenate(
                 [
                     rng.choice(rows, size=min(len(rows), cap), replace=False)
-                    for rows in (np.flatnonzero(keys == grp) for grp in known)
+                    for rows in (np.flatnonzero(code == j) for j in range(len(known)))
                 ]
             )
         )
-        tr_s, tr_y, keys = tr_s[idx], tr_y[idx], keys[idx]
+        tr_s, tr_y, keys, code = tr_s[idx], tr_y[idx], keys[idx], code[idx]
     opt = ThresholdOptimizer(
         estimator=ScoreModel(),
         constraints=constraints,
@@ -639,8 +803,8 @@ def fit_rule(
     opt.fit(X, tr_y, sensitive_features=keys)
     pmf = opt._pmf_predict(X, sensitive_features=keys)[:, 1]  # P(select) of each training row
     thresholds, rates = {}, {}
-    for g in known:
-        m = keys == g
+    for j, g in enumerate(known):
+        m = code == j
         rates[g] = float(pmf[m].mean())
         thresholds[g] = _threshold_for_rate(tr_s[m], rates[g])
     rule = GroupRule(
@@ -681,7 +845,8 @@ def mitigate(
     from rtml.evaluate.fairsearch import search_rule
 
     rule, report = search_rule(
-        train_scores, y_train, train_sensitive, gate, threshold, random_state, holdout_rows=len(scores)
+        train_scores, y_train, train_sensitive, gate, threshold, random_state, holdout_rows=len(scores),
+        reductions=gate.reductions,
     )
     if rule is None:
         return None, None, report

@@ -99,6 +99,20 @@ def _scores(model, X: pd.DataFrame) -> np.ndarray:
         return model.predict_proba(X)[:, 1]
 
 
+def _rows_of(frame: pd.DataFrame, part: pd.DataFrame, key: str) -> np.ndarray | None:
+    """Positions in ``frame`` of the rows of ``part`` (by the unique ``key``), or None when some are
+    not there or the key is missing or repeated."""
+    import pandas as pd
+
+    if key not in frame.columns or key not in part.columns:
+        return None
+    index = pd.Index(frame[key])
+    if not index.is_unique:
+        return None
+    rows = index.get_indexer(part[key])
+    return None if (rows < 0).any() else rows
+
+
 def _decisions(model, X: pd.DataFrame, scores: np.ndarray) -> np.ndarray | None:
     """A model's own decisions when it has them (the mitigated variant), else None (= threshold)."""
     labels = getattr(model, "labels", None)
@@ -304,8 +318,14 @@ def evaluate_frames(
         train_scores = _scores(model, X_train)
     champ_scores = _scores(champion, X_hold) if champion is not None else None
     decisions = _decisions(model, X_hold, scores)
-    X_new = to_frame(newest, spec) if newest is not None and len(newest) else None
-    new_scores = _scores(model, X_new) if X_new is not None else None
+    X_new, new_scores = None, None
+    if newest is not None and len(newest):
+        rows = _rows_of(holdout, newest, spec.event_id)
+        if rows is not None:  # the newest batches are holdout rows: their scores are already known
+            X_new, new_scores = X_hold.iloc[rows].reset_index(drop=True), scores[rows]
+        else:
+            X_new = to_frame(newest, spec)
+            new_scores = _scores(model, X_new)
     lap("prepare_and_score")
     quality = run_quality(spec, y, scores, champ_scores, champion_version, decisions=decisions)
     lap("quality")

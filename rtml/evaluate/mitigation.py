@@ -172,6 +172,7 @@ def register_mitigated(
         spec.gates.quality.decision_threshold,
         spec.model.random_state,
         holdout_rows=len(hold),
+        reductions=gate.reductions,
     )
     if rule is None:
         raise NoMitigation(report)

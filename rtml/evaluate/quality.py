@@ -17,10 +17,7 @@ def quality_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[
     from sklearn.metrics import (
         average_precision_score,
         brier_score_loss,
-        f1_score,
         log_loss,
-        precision_score,
-        recall_score,
         roc_auc_score,
     )
 
@@ -33,9 +30,7 @@ def quality_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[
         "roc_auc": float(roc_auc_score(y, proba)) if both else nan,
         "pr_auc": float(average_precision_score(y, proba)) if both else nan,
         "log_loss": float(log_loss(y, proba, labels=[0, 1])),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
+        **_threshold_metrics(y, pred),
         "brier": float(brier_score_loss(y, proba)),
         "positive_rate": float(y.mean()) if len(y) else nan,
         "predicted_positive_rate": float(pred.mean()) if len(y) else nan,
@@ -43,17 +38,28 @@ def quality_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[
     }
 
 
+def _threshold_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """F1, precision, recall of 0/1 decisions from the confusion counts (sklearn's definitions with
+    ``zero_division=0``; one pass instead of three label-checking calls on 1M-row holdouts)."""
+    import numpy as np
+
+    tp = float(np.count_nonzero((y == 1) & (pred == 1)))
+    sel = float(np.count_nonzero(pred == 1))
+    pos = float(np.count_nonzero(y == 1))
+    precision = tp / sel if sel else 0.0
+    recall = tp / pos if pos else 0.0
+    f1 = 2 * tp / (sel + pos) if sel + pos else 0.0
+    return {"f1": f1, "precision": precision, "recall": recall}
+
+
 def decision_metrics(y: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
     """F1/precision/recall and predicted positive rate of given 0/1 decisions (a group rule)."""
     import numpy as np
-    from sklearn.metrics import f1_score, precision_score, recall_score
 
     y = np.asarray(y, dtype=np.int64)
     pred = np.asarray(decisions, dtype=np.int64)
     return {
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
+        **_threshold_metrics(y, pred),
         "predicted_positive_rate": float(pred.mean()) if len(y) else float("nan"),
     }
 

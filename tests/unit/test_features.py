@@ -186,6 +186,11 @@ def test_sensitive_bins_and_labels():
     marital = next(s for s in CREDIT.sensitive if s.name == "marital_status")
     m = sensitive_groups(pd.DataFrame({"Marital": ["single", None, "widow"]}), marital)
     assert m.tolist() == ["single", "missing", "widow"] and m.name == "marital_status"
+    # strings (fast path), numbers and NaN (per value) name the same groups
+    mixed = sensitive_groups(pd.DataFrame({"Marital": [1, 2.0, np.nan, "x"]}), marital)
+    assert mixed.tolist() == ["1", "2.0", "missing", "x"]
+    nan_str = sensitive_groups(pd.DataFrame({"Marital": ["a", np.nan, pd.NA]}, dtype=object), marital)
+    assert nan_str.tolist() == ["a", "missing", "missing"]
 
 
 def test_sensitive_default_labels_and_frame(spec):
@@ -203,3 +208,9 @@ def test_target_vector(spec):
     assert target_vector(
         [1, 0, "1"], parse_spec({**TOY_SPEC, "target": {"name": "default", "positive": 1}})
     ).tolist() == [1, 0, 1]
+    # 1, 1.0 and True are different strings: each decided on its own (1.0 is "1.0", not "1")
+    assert target_vector(
+        [1, 1.0, True, "1", None], parse_spec({**TOY_SPEC, "target": {"name": "default", "positive": 1}})
+    ).tolist() == [1, 0, 0, 1, 0]
+    many = pd.Series(np.random.default_rng(0).choice(["yes", "no", "Yes", None], 5000))
+    assert target_vector(many, spec).tolist() == [int(str(v).lower() == "yes") for v in many]

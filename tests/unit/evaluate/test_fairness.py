@@ -244,7 +244,12 @@ def test_mitigated_variant_passes_the_shipped_gate_on_the_replay_seeds(outcomes)
     print("credit_data mitigated variant per seed (passed, DI, EO diff, EOdds):", summary)
     passed = [s for s, attrs in summary.items() if all(v[0] for v in attrs.values())]
     # Replay seed 0 is the demo's (tests/e2e): it must pass. Over the 8 seeds at least 7 pass on the
-    # point estimate: seed 1's holdout has a 34-row 'separated' group (base rate 0.53 vs 0.22) whose
-    # selection rate is noise at that size (95% interval of its DI [0.50, 0.78]).
+    # point estimate. Seed 1 fails on its holdout's 34-row 'separated' group (base rate 0.53 vs 0.22):
+    # the kept rule selects 0.52 of its 96 training rows but 0.71 of the 34 holdout rows (married:
+    # 0.45 / 0.43), DI 0.61, 95% interval [0.50, 0.78], so reading the lenient bound fails too. Not a
+    # search that misses a feasible rule: 21 of the 23 candidates (every ThresholdOptimizer, every
+    # margin, simulated pass rates up to 0.89) fail that holdout, and the best candidate's simulated
+    # pass rate is 0.6-0.85 on every seed: the 20-34-row groups' selection rates range 0.31-0.71 over
+    # the 8 holdouts under rules that equalise them in training.
     assert 0 in passed
     assert len(passed) >= 7, summary

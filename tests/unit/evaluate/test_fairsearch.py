@@ -18,10 +18,13 @@ from fairlearn.metrics import (
 from support.synthetic import synthetic_frame, toy_spec
 
 from rtml.evaluate.fairsearch import (
+    REDUCTIONS,
+    CellThresholds,
     CountModel,
     Targets,
     _threshold_for_rate,
     decision_quality,
+    fit_reduction,
     fit_rule,
     group_disparities,
     mitigate,
@@ -250,3 +253,69 @@ def test_mitigate_returns_the_kept_rules_decisions_on_new_rows(biased):
     assert rule is not None and report["simulated_holdout_rows"] == len(biased["scores"])
     np.testing.assert_array_equal(decisions, rule.decide(biased["scores"], rule.keys(sens_hold)))
     assert list(group_keys(sens_hold.head(1)))[0] in rule.thresholds
+
+
+# --- fairlearn's reductions as candidates ------------------------------------------------------------------
+def test_cell_thresholds_is_the_least_weighted_error_threshold_of_each_cell():
+    rng = np.random.default_rng(3)
+    n = 400
+    s = np.round(rng.random(n), 2)  # ties: a threshold keeps every row of a tied score
+    code = rng.integers(0, 3, n)
+    y = (rng.random(n) < s).astype(int)
+    w = rng.random(n) * 2
+    est = CellThresholds().fit(np.column_stack([s, code]), y, sample_weight=w)
+    for c in range(3):
+        m = code == c
+        cost = {t: w[m & (s >= t) & (y == 0)].sum() + w[m & (s < t) & (y == 1)].sum() for t in np.unique(s[m])}
+        cost[NEVER] = w[m & (y == 1)].sum()
+        assert cost[est.thresholds_[c]] == pytest.approx(min(cost.values()), abs=1e-9)
+    pred = est.predict(np.column_stack([s, code]))
+    assert pred.tolist() == (s >= est.thresholds_[code]).astype(int).tolist()
+
+
+def test_reduction_is_a_servable_rule_at_the_mixtures_selection_shares(biased):
+    spec = biased["spec"]
+    sens = sensitive_frame(biased["train"], spec).reset_index(drop=True)
+    cells = rule_cells(group_keys(sens), biased["y_train"], spec.gates.fairness.min_group_size)
+    rule = fit_reduction(biased["oof"], biased["y_train"], sens, 7, "demographic_parity", cells=cells)
+    again = fit_reduction(biased["oof"], biased["y_train"], sens, 7, "demographic_parity", cells=cells)
+    assert rule.to_dict() == again.to_dict()  # deterministic
+    assert set(rule.thresholds) == set(cells[1])
+    # a GroupRule: the served variant (plain score + one threshold per cell) decides the same
+    restored = GroupRule.from_dict(rule.to_dict())
+    decided = restored.decide(biased["oof"], restored.keys(sens))
+    keys = cells[0]
+    for g, rate in rule.meta["target_selection_rate"].items():
+        m = keys == g
+        assert abs(decided[m].mean() - rate) <= 1.0 / m.sum() + 1e-9, g  # the share, up to one row
+    # demographic parity moved the cells' selection rates towards each other
+    plain = (biased["oof"] >= spec.gates.quality.decision_threshold).astype(int)
+    g = sens["region_group"]
+    assert demographic_parity_ratio(biased["y_train"], decided, sensitive_features=g) > demographic_parity_ratio(
+        biased["y_train"], plain, sensitive_features=g
+    )
+    with pytest.raises(ValueError, match="unknown reduction"):
+        fit_reduction(biased["oof"], biased["y_train"], sens, 7, "bounded_group_loss", cells=cells)
+
+
+def test_search_with_reductions_lists_them_beside_the_other_candidates(biased):
+    spec, gate = biased["spec"], biased["spec"].gates.fairness
+    sens = sensitive_frame(biased["train"], spec)
+    args = (biased["oof"], biased["y_train"], sens, gate, spec.gates.quality.decision_threshold, 7)
+    rule, report = search_rule(*args, holdout_rows=len(biased["hold"]), reductions=True)
+    plain_rule, plain_report = search_rule(*args, holdout_rows=len(biased["hold"]))
+    names = [c["candidate"] for c in report["candidates"]] + [a for c in report["candidates"] for a in c["also"]]
+    for method, c in REDUCTIONS:
+        assert f"fairlearn {method}({c})" in names
+        assert f"fairlearn {method}({c})" not in [c["candidate"] for c in plain_report["candidates"]]
+    assert rule is not None and report["chosen"] is not None
+    # the kept one is still the best qualifying candidate: reductions only add choices
+    ok = [c for c in report["candidates"] if c["meets_limits"] and c["within_quality_loss"]]
+    top = max(c["pass_rate"] for c in ok)
+    chosen = next(c for c in report["candidates"] if c["candidate"] == report["chosen"])
+    assert chosen["quality"] == max(c["quality"] for c in ok if c["pass_rate"] >= top - 0.05)
+    # the spec's gates.fairness.reductions turns them on for the gate's mitigation too
+    hold_sens = sensitive_frame(biased["hold"], spec)
+    _, _, via_gate = mitigate(biased["oof"], biased["y_train"], sens, biased["scores"], hold_sens, 7,
+                              gate.model_copy(update={"reductions": True}), spec.gates.quality.decision_threshold)
+    assert [c["candidate"] for c in via_gate["candidates"]] == [c["candidate"] for c in report["candidates"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from fairlearn.metrics import (
     MetricFrame,
@@ -312,3 +313,32 @@ def test_intersections_get_the_mitigated_variant_too_and_show_in_the_card(biased
     assert all(" & " in g["group"] for g in crossed["groups"])
     card = model_card_html({"model": "toy_risk", "version": "2", "fairness": res})
     assert "region_group x age_group (intersection)" in card and "north &amp; 18-39" in card
+
+
+def test_newest_rows_of_the_holdout_reuse_its_scores(spec, biased):
+    """The newest batches are usually the holdout's last rows: their scores are not computed twice,
+    and the drift check sees the same frame and scores as when they are."""
+    from rtml.evaluate.gates import _rows_of
+
+    hold = biased["hold"].reset_index(drop=True)
+    tail = hold.iloc[[5, 2, 9]]
+    assert _rows_of(hold, tail, spec.event_id).tolist() == [5, 2, 9]
+    assert _rows_of(hold, synthetic_frame(spec, 5, seed=9, id_offset=10**9), spec.event_id) is None
+    assert _rows_of(pd.concat([hold, hold.head(1)]), tail, spec.event_id) is None  # repeated key
+    assert _rows_of(hold, tail.drop(columns=[spec.event_id]), spec.event_id) is None
+
+    class Counting:
+        def __init__(self, model):
+            self.model, self.rows = model, []
+
+        def predict_proba(self, X):
+            self.rows.append(len(X))
+            return self.model.predict_proba(X)
+
+    newest = hold.tail(50)
+    counted = Counting(biased["model"])
+    a = evaluate_frames(spec, counted, biased["train"].assign(_oof_score=biased["oof"]), hold, newest=newest)
+    b = evaluate_frames(spec, biased["model"], biased["train"].assign(_oof_score=biased["oof"]), hold,
+                        newest=newest.assign(**{spec.event_id: newest[spec.event_id].astype(str) + "-x"}))
+    assert counted.rows == [len(hold)]  # the holdout once; the newest rows reused
+    assert a["drift"]["checks"]["newest"] == b["drift"]["checks"]["newest"]

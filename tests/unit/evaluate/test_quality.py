@@ -87,3 +87,20 @@ def test_expected_calibration_error_weights_bins_by_rows():
 
 def test_lower_is_better_names_metrics_that_quality_metrics_returns():
     assert LOWER_IS_BETTER <= set(quality_metrics(Y, P, 0.5))
+
+
+def test_threshold_metrics_are_sklearns_including_the_zero_division_cases():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    rng = np.random.default_rng(5)
+    for trial in range(30):
+        y = rng.integers(0, 2, 200)
+        pred = rng.integers(0, 2, 200)
+        if trial % 3 == 0:
+            pred[:] = 0  # nothing selected: precision 0/0
+        if trial % 4 == 0:
+            y[:] = 0  # no positive: recall 0/0
+        got = decision_metrics(y, pred)
+        for name, fn in (("f1", f1_score), ("precision", precision_score), ("recall", recall_score)):
+            assert got[name] == pytest.approx(fn(y, pred, zero_division=0), abs=1e-15), (trial, name)
+        assert quality_metrics(y, pred * 0.9, 0.5)["f1"] == got["f1"]
