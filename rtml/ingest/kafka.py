@@ -29,6 +29,14 @@ Kafka keeps no delivery count, so the source keeps its own small *attempt record
   offset, the count lost (read-but-uncommitted vs never read) is reported through ``on_gap``
   before the group moves past it.
 
+**Event-driven starts**: with ``RTML_SOURCE=kafka`` the ``rtml_ingest`` DAG is also scheduled on
+an Asset whose ``AssetWatcher`` runs the Kafka provider's message-queue trigger in the triggerer
+(``AwaitMessageTrigger``, which ``KafkaMessageQueueTrigger`` resolves to; its arguments:
+:func:`watch_trigger_kwargs`). The trigger consumes the topics with a group of its own
+(:data:`rtml.platform.kafka.WATCH_GROUP`, from the Airflow connection ``rtml_kafka``) and fires when
+:func:`arrival_signal` says a record is worth a run; it never touches the ingest group, so the run it
+starts still reads, commits and acknowledges exactly as a scheduled one does.
+
 Only the standard library is imported at module level; confluent-kafka inside the functions.
 """
 
@@ -43,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rtml.platform.kafka import KafkaError
+from rtml.platform.kafka import WATCH_CONN_ID, KafkaError
 from rtml.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -464,3 +472,62 @@ def parse_values(msgs: list[_Msg], topic: str, partition: int, contract: Contrac
     parts = [parse_jsonl(v.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n", topic, contract, names=[n])
              for n, v in zip(names, values, strict=True)]
     return RawBatch.concat(parts)
+
+
+# --- event-driven starts (the AssetWatcher of rtml_ingest) ----------------------------------------
+ARRIVAL_SIGNAL = "rtml.ingest.kafka.arrival_signal"  # imported by the triggerer by this path
+
+
+def arrival_signal(message: Any, max_age_seconds: float = 300.0, now: float | None = None) -> dict[str, Any] | None:
+    """The ``apply_function`` of the watcher: the payload of an Asset event for a record worth a run,
+    else None (the trigger then reads on). Never raises: it runs inside the triggerer, where an
+    exception would fail the watcher, and the value is never parsed (any value, garbage or a
+    tombstone included, is a record the ingest run must take, if only into quarantine).
+
+    A record is worth a run when it is *fresh*: sent less than ``max_age_seconds`` ago (or with no
+    usable timestamp, or one ahead of this clock). An older record was already there when an earlier
+    run, scheduled or signalled, started, so it only costs the watcher a read; this also lets a
+    watcher that fell behind skim its backlog without starting a run per record. The payload names the
+    record's position only, never its content (Asset events are kept in Airflow's database).
+    """
+    try:
+        if message is None or message.error() is not None:
+            return None
+        ts_type, ts_ms = message.timestamp()
+        ts = int(ts_ms) if ts_type and isinstance(ts_ms, int) and ts_ms >= 0 else None
+        clock = time.time() if now is None else float(now)
+        if ts is not None and clock * 1000 - ts > float(max_age_seconds) * 1000:
+            return None
+        value = message.value()
+        return {
+            "topic": str(message.topic()),
+            "partition": int(message.partition()),
+            "offset": int(message.offset()),
+            "timestamp_ms": ts,
+            "bytes": len(value) if isinstance(value, bytes | bytearray) else 0,
+        }
+    except Exception:  # noqa: BLE001 - not a Kafka message we can read: no signal, the watcher goes on
+        return None
+
+
+def watch_trigger_kwargs(dataset: str, settings: Settings | None = None,
+                         kinds: tuple[str, ...] = ("events", "labels")) -> dict[str, Any]:
+    """Arguments of the ``AwaitMessageTrigger`` that watches the topics of ``dataset``.
+
+    Fresh means younger than one schedule interval (``ingest_interval_minutes``): an older record
+    was there when the last scheduled run started. ``commit_offset=False`` with the connection's
+    ``enable.auto.commit``: the watcher group's offsets move in the background and on close, not
+    with a synchronous commit per record skimmed; a lost commit only repeats a signal.
+    ``poll_interval=0``: after a record not worth a run the next is read at once (the poll itself
+    waits up to ``poll_timeout`` when the topics are idle).
+    """
+    s = settings or get_settings()
+    return {
+        "topics": [topic_name(dataset, k) for k in kinds],
+        "kafka_config_id": WATCH_CONN_ID,
+        "apply_function": ARRIVAL_SIGNAL,
+        "apply_function_kwargs": {"max_age_seconds": float(s.ingest_interval_minutes * 60)},
+        "poll_timeout": 1.0,
+        "poll_interval": 0.0,
+        "commit_offset": False,
+    }

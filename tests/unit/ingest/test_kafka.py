@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from rtml.ingest.contract import Contract
 from rtml.ingest.kafka import (
     _Msg,
     add_delivery,
+    arrival_signal,
     batch_id_for_offsets,
     batch_limit,
     count_in,
@@ -17,8 +19,9 @@ from rtml.ingest.kafka import (
     drop_below,
     parse_values,
     topic_name,
+    watch_trigger_kwargs,
 )
-from rtml.platform.kafka import jars_dir, pom_xml, server_properties
+from rtml.platform.kafka import WATCH_CONN_ID, jars_dir, pom_xml, server_properties
 from rtml.platform.stack import Stack, all_ports
 from rtml.settings import Settings
 from rtml.spec import load_spec
@@ -109,3 +112,89 @@ def test_values_with_line_breaks_are_parsed_one_by_one():
     result = contract.validate(raw, {})
     assert result.records_in == 3 and result.table.num_rows == 1
     assert sorted(r["source"] for r in result.rejects) == ["t[2]@6", "t[2]@7"]
+
+
+# --- the AssetWatcher's signal ---------------------------------------------------------------------
+class FakeMessage:
+    """What confluent-kafka's ``Message`` answers; ``broken`` names a method that raises."""
+
+    def __init__(self, value=b'{"a": 1}', ts=(1, 1_000_000), offset=7, partition=0, topic="rtml.ds.events",
+                 error=None, broken=None):
+        self._v, self._ts, self._o, self._p, self._t, self._e, self._broken = \
+            value, ts, offset, partition, topic, error, broken
+
+    def _get(self, name, value):
+        if self._broken == name:
+            raise RuntimeError(f"{name} exploded")
+        return value
+
+    def value(self):
+        return self._get("value", self._v)
+
+    def timestamp(self):
+        return self._get("timestamp", self._ts)
+
+    def offset(self):
+        return self._get("offset", self._o)
+
+    def partition(self):
+        return self._get("partition", self._p)
+
+    def topic(self):
+        return self._get("topic", self._t)
+
+    def error(self):
+        return self._get("error", self._e)
+
+
+def test_a_fresh_record_is_signalled_by_its_position_only():
+    now = 1_000_000 / 1000 + 30  # 30 s after the record was sent
+    out = arrival_signal(FakeMessage(value=b'{"secret": "x"}'), max_age_seconds=60, now=now)
+    assert out == {"topic": "rtml.ds.events", "partition": 0, "offset": 7, "timestamp_ms": 1_000_000, "bytes": 15}
+    assert "secret" not in json.dumps(out)  # Asset events live in Airflow's database: no record content
+    assert arrival_signal(FakeMessage(), max_age_seconds=20, now=now) is None  # older than the window
+
+
+@pytest.mark.parametrize("ts", [(0, 0), (0, -1), (1, -5), (1, None), (1, "soon"), None, (2, 10**20)],
+                         ids=["not-available", "none-type", "negative", "null", "text", "missing", "far-future"])
+def test_a_record_without_a_usable_timestamp_is_fresh(ts):
+    # An unknown age cannot prove the record was already there for an earlier run: signal it.
+    out = arrival_signal(FakeMessage(ts=ts), max_age_seconds=1, now=10**9)
+    if ts is None:  # not even a pair: not a message we can read
+        assert out is None
+    else:
+        assert out is not None and out["offset"] == 7
+
+
+@pytest.mark.parametrize("value", [b"", None, b"\xff\xfe\x00garbage", b"\n" * 3, b"{" * 100_000, bytearray(b"x")])
+def test_hostile_values_are_signalled_not_parsed(value):
+    # Garbage and tombstones are records the ingest run must take (into quarantine): they signal too.
+    out = arrival_signal(FakeMessage(value=value), max_age_seconds=60, now=1_000_000 / 1000)
+    assert out is not None
+    assert out["bytes"] == (len(value) if value is not None else 0)
+    json.dumps(out)
+
+
+@pytest.mark.parametrize("broken", ["value", "timestamp", "offset", "partition", "topic", "error"])
+def test_a_message_that_cannot_be_read_gives_no_signal_and_never_raises(broken):
+    assert arrival_signal(FakeMessage(broken=broken), max_age_seconds=60, now=1_000_000 / 1000) is None
+
+
+def test_errors_and_non_messages_give_no_signal():
+    assert arrival_signal(FakeMessage(error="broker down"), now=1_000) is None
+    assert arrival_signal(None) is None
+    assert arrival_signal(b"raw bytes, not a message") is None
+    assert arrival_signal(FakeMessage(offset="seven"), now=1_000) is None
+
+
+def test_watch_trigger_reads_the_spec_topics_with_its_own_connection(tmp_path):
+    s = Settings(home=tmp_path, storage="local", ingest_interval_minutes=7)
+    kw = watch_trigger_kwargs("credit apps", s)
+    assert kw["topics"] == [topic_name("credit apps", "events"), topic_name("credit apps", "labels")]
+    assert kw["kafka_config_id"] == WATCH_CONN_ID
+    assert kw["apply_function_kwargs"] == {"max_age_seconds": 420.0}
+    # The path the triggerer imports resolves to the function tested above.
+    from airflow.providers.common.compat.module_loading import import_string
+
+    assert import_string(kw["apply_function"]) is arrival_signal
+    assert kw["commit_offset"] is False  # the connection's background commits, not one per record
