@@ -9,12 +9,12 @@ import pytest
 
 from rtml.ingest.contract import Contract
 from rtml.ingest.kafka import (
-    _Msg,
     add_delivery,
     arrival_signal,
     batch_id_for_offsets,
     batch_limit,
     count_in,
+    dead_offsets,
     deliveries_at,
     drop_below,
     parse_values,
@@ -107,11 +107,33 @@ def test_values_with_line_breaks_are_parsed_one_by_one():
     good = (b'{"event_id":"e1","application_id":"a1","event_time":"2026-11-25T12:00:00Z","Seniority":1,"Home":"owner",'
             b'"Time":60,"Age":34,"Marital":"married","Records":"no","Job":"fixed","Expenses":35,"Income":187.0,'
             b'"Assets":0.0,"Debt":0.0,"Amount":500,"Price":1457}')
-    msgs = [_Msg(5, 0, good.replace(b",", b",\n", 2)), _Msg(6, 0, b"{\n"), _Msg(7, 0, b"")]
-    raw = parse_values(msgs, "t", 2, contract)
+    raw = parse_values([5, 6, 7], [good.replace(b",", b",\n", 2), b"{\n", b""], "t", 2, contract)
     result = contract.validate(raw, {})
     assert result.records_in == 3 and result.table.num_rows == 1
     assert sorted(r["source"] for r in result.rejects) == ["t[2]@6", "t[2]@7"]
+
+
+@pytest.mark.parametrize("bad", [b"\r", b"x\ry", b"\n", b""], ids=["cr", "inner-cr", "lf", "empty"])
+def test_the_fast_path_is_taken_only_without_line_breaks(bad):
+    contract = Contract(load_spec())
+    good = (b'{"event_id":"e%d","application_id":"a1","event_time":"2026-11-25T12:00:00Z","Seniority":1,"Home":"owner",'
+            b'"Time":60,"Age":34,"Marital":"married","Records":"no","Job":"fixed","Expenses":35,"Income":187.0,'
+            b'"Assets":0.0,"Debt":0.0,"Amount":500,"Price":1457}')
+    values = [good % 1, bad, good % 2]
+    result = contract.validate(parse_values([10, 11, 12], values, "t", 0, contract), {})
+    # Whatever the odd value, the records on either side are kept and it is refused alone, by name.
+    assert result.records_in == 3 and result.table.num_rows == 2
+    assert [r["source"] for r in result.rejects] == ["t[0]@11"]
+    assert result.table.column("event_id").to_pylist() == ["e1", "e2"]
+
+
+def test_dead_offsets_are_found_per_segment():
+    seg = [[0, 9, 1], [10, 14, 3], [15, 15, 4], [20, 30, 2]]
+    offsets = [8, 9, 10, 12, 14, 15, 16, 21]
+    assert dead_offsets(seg, offsets, 3) == [[10, 3], [12, 3], [14, 3], [15, 4]]
+    assert dead_offsets(seg, offsets, 5) == []
+    # The same as asking each offset on its own.
+    assert dead_offsets(seg, offsets, 2) == [[o, deliveries_at(seg, o)] for o in offsets if deliveries_at(seg, o) >= 2]
 
 
 # --- the AssetWatcher's signal ---------------------------------------------------------------------
