@@ -159,7 +159,7 @@ def dead_offsets(segments: Segments, offsets: list[int], max_deliveries: int) ->
     looked up per segment, not per record (a batch has ~1e5 records, the bookkeeping a few segments)."""
     import bisect
 
-    out = []
+    out: list[list[int]] = []
     for a, b, n in segments:
         if n >= max_deliveries:
             lo, hi = bisect.bisect_left(offsets, a), bisect.bisect_right(offsets, b)
