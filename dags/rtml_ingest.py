@@ -34,7 +34,8 @@ parsing needs neither the common-messaging provider nor its providers scan) runs
 reads the dataset's events and labels topics with
 a consumer group of its own (`rtml-watch`, Airflow connection `rtml_kafka`, which `rtml stack up`
 defines as `AIRFLOW_CONN_RTML_KAFKA`; define it yourself on another Airflow), and fires when a
-record sent within the last interval arrives (`rtml.ingest.kafka.arrival_signal`). The trigger only
+record arrives that no run is sure to take: sent within the last interval, and after the watcher's
+last signal (`rtml.ingest.kafka.arrival_signal`), so a burst starts one run. The trigger only
 signals: the run it starts reads and commits with the ingest group like any other, so exactly-once
 holds, and as it is this same DAG, `max_active_runs=1` keeps signalled and scheduled runs from
 reading the topic at once. Signals that arrive while a run is going on start at most one more run.

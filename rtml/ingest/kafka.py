@@ -515,19 +515,30 @@ def parse_values(offsets: list[int], values: list[bytes], topic: str, partition:
 
 # --- event-driven starts (the AssetWatcher of rtml_ingest) ----------------------------------------
 ARRIVAL_SIGNAL = "rtml.ingest.kafka.arrival_signal"  # imported by the triggerer by this path
+# Topic -> clock time of the last signal this process gave for it (the triggerer's trigger runner
+# is long-lived and restarts the trigger after each event; a new process starts empty, which
+# only costs one more signal).
+_SIGNALLED: dict[str, float] = {}
 
 
-def arrival_signal(message: Any, max_age_seconds: float = 300.0, now: float | None = None) -> dict[str, Any] | None:
+def arrival_signal(message: Any, max_age_seconds: float = 300.0, now: float | None = None,
+                   signalled: dict[str, float] | None = None) -> dict[str, Any] | None:
     """The ``apply_function`` of the watcher: the payload of an Asset event for a record worth a run,
     else None (the trigger then reads on). Never raises: it runs inside the triggerer, where an
     exception would fail the watcher, and the value is never parsed (any value, garbage or a
     tombstone included, is a record the ingest run must take, if only into quarantine).
 
-    A record is worth a run when it is *fresh*: sent less than ``max_age_seconds`` ago (or with no
-    usable timestamp, or one ahead of this clock). An older record was already there when an earlier
-    run, scheduled or signalled, started, so it only costs the watcher a read; this also lets a
-    watcher that fell behind skim its backlog without starting a run per record. The payload names the
-    record's position only, never its content (Asset events are kept in Airflow's database).
+    A record is worth a run unless its Kafka timestamp shows a run will take it anyway:
+
+    * sent more than ``max_age_seconds`` ago: it was there when an earlier run, scheduled or
+      signalled, started (this also lets a watcher that fell behind skim its backlog);
+    * sent before this process's last signal on the topic: the run that signal starts reads the
+      topic to its end, this record included (so a burst of records starts one run, not one per
+      record). This assumes the producers' clocks agree with the triggerer's; one running behind
+      only delays its records to the next signal or scheduled run.
+
+    A record with no usable timestamp is always signalled. The payload names the record's position,
+    never its content (Asset events are kept in Airflow's database).
     """
     try:
         if message is None or message.error() is not None:
@@ -535,16 +546,24 @@ def arrival_signal(message: Any, max_age_seconds: float = 300.0, now: float | No
         ts_type, ts_ms = message.timestamp()
         ts = int(ts_ms) if ts_type and isinstance(ts_ms, int) and ts_ms >= 0 else None
         clock = time.time() if now is None else float(now)
-        if ts is not None and clock * 1000 - ts > float(max_age_seconds) * 1000:
-            return None
+        topic = str(message.topic())
+        memo = _SIGNALLED if signalled is None else signalled
+        if ts is not None:
+            if clock * 1000 - ts > float(max_age_seconds) * 1000:
+                return None
+            last = memo.get(topic)
+            if last is not None and ts < last * 1000:
+                return None
         value = message.value()
-        return {
-            "topic": str(message.topic()),
+        payload = {
+            "topic": topic,
             "partition": int(message.partition()),
             "offset": int(message.offset()),
             "timestamp_ms": ts,
             "bytes": len(value) if isinstance(value, bytes | bytearray) else 0,
         }
+        memo[topic] = clock
+        return payload
     except Exception:  # noqa: BLE001 - not a Kafka message we can read: no signal, the watcher goes on
         return None
 

@@ -129,11 +129,12 @@ def test_the_watcher_signals_fresh_records_with_its_own_group_and_the_run_ingest
     assert _committed(env, f"rtml-ingest.{events}", events) == 7
     assert _committed(env, WATCH_GROUP, events) == 3  # and the ingest did not move the watcher's
 
-    # The triggerer restarts the trigger after each event: it resumes from its own offsets (never
-    # the records up to 2 again) on both topics, and the stale label is skimmed, not signalled.
+    # The triggerer restarts the trigger after each event (here in the same process, as there): it
+    # resumes from its own offsets, takes the rest of the burst (sent before its signal, so the run
+    # it started read them) without signalling, skims the stale label, and signals the new one.
     _send_old(env, labels, [b"{}"], age_seconds=2 * max_age)
     write_kafka(rows.head(1), labels, spec.event_time, settings=env)
     nxt = _first_event(kw)
-    assert (nxt["topic"], nxt["offset"]) in {(events, 3), (labels, 1)}
+    assert (nxt["topic"], nxt["offset"]) == (labels, 1)
     again = ingest_for_run("events", None, None, settings=env)
     assert again["records_in"] == 0  # nothing new: each record was ingested once

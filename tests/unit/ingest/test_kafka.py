@@ -169,19 +169,25 @@ class FakeMessage:
         return self._get("error", self._e)
 
 
+
+def signal(message, **kw):
+    """arrival_signal with a memory of its own (the module's belongs to the triggerer process)."""
+    kw.setdefault("signalled", {})
+    return arrival_signal(message, **kw)
+
 def test_a_fresh_record_is_signalled_by_its_position_only():
     now = 1_000_000 / 1000 + 30  # 30 s after the record was sent
-    out = arrival_signal(FakeMessage(value=b'{"secret": "x"}'), max_age_seconds=60, now=now)
+    out = signal(FakeMessage(value=b'{"secret": "x"}'), max_age_seconds=60, now=now)
     assert out == {"topic": "rtml.ds.events", "partition": 0, "offset": 7, "timestamp_ms": 1_000_000, "bytes": 15}
     assert "secret" not in json.dumps(out)  # Asset events live in Airflow's database: no record content
-    assert arrival_signal(FakeMessage(), max_age_seconds=20, now=now) is None  # older than the window
+    assert signal(FakeMessage(), max_age_seconds=20, now=now) is None  # older than the window
 
 
 @pytest.mark.parametrize("ts", [(0, 0), (0, -1), (1, -5), (1, None), (1, "soon"), None, (2, 10**20)],
                          ids=["not-available", "none-type", "negative", "null", "text", "missing", "far-future"])
 def test_a_record_without_a_usable_timestamp_is_fresh(ts):
     # An unknown age cannot prove the record was already there for an earlier run: signal it.
-    out = arrival_signal(FakeMessage(ts=ts), max_age_seconds=1, now=10**9)
+    out = signal(FakeMessage(ts=ts), max_age_seconds=1, now=10**9)
     if ts is None:  # not even a pair: not a message we can read
         assert out is None
     else:
@@ -191,7 +197,7 @@ def test_a_record_without_a_usable_timestamp_is_fresh(ts):
 @pytest.mark.parametrize("value", [b"", None, b"\xff\xfe\x00garbage", b"\n" * 3, b"{" * 100_000, bytearray(b"x")])
 def test_hostile_values_are_signalled_not_parsed(value):
     # Garbage and tombstones are records the ingest run must take (into quarantine): they signal too.
-    out = arrival_signal(FakeMessage(value=value), max_age_seconds=60, now=1_000_000 / 1000)
+    out = signal(FakeMessage(value=value), max_age_seconds=60, now=1_000_000 / 1000)
     assert out is not None
     assert out["bytes"] == (len(value) if value is not None else 0)
     json.dumps(out)
@@ -199,14 +205,14 @@ def test_hostile_values_are_signalled_not_parsed(value):
 
 @pytest.mark.parametrize("broken", ["value", "timestamp", "offset", "partition", "topic", "error"])
 def test_a_message_that_cannot_be_read_gives_no_signal_and_never_raises(broken):
-    assert arrival_signal(FakeMessage(broken=broken), max_age_seconds=60, now=1_000_000 / 1000) is None
+    assert signal(FakeMessage(broken=broken), max_age_seconds=60, now=1_000_000 / 1000) is None
 
 
 def test_errors_and_non_messages_give_no_signal():
-    assert arrival_signal(FakeMessage(error="broker down"), now=1_000) is None
-    assert arrival_signal(None) is None
-    assert arrival_signal(b"raw bytes, not a message") is None
-    assert arrival_signal(FakeMessage(offset="seven"), now=1_000) is None
+    assert signal(FakeMessage(error="broker down"), now=1_000) is None
+    assert signal(None) is None
+    assert signal(b"raw bytes, not a message") is None
+    assert signal(FakeMessage(offset="seven"), now=1_000) is None
 
 
 def test_watch_trigger_reads_the_spec_topics_with_its_own_connection(tmp_path):
@@ -220,3 +226,19 @@ def test_watch_trigger_reads_the_spec_topics_with_its_own_connection(tmp_path):
 
     assert import_string(kw["apply_function"]) is arrival_signal
     assert kw["commit_offset"] is False  # the connection's background commits, not one per record
+
+
+def test_a_burst_starts_one_run_and_a_later_record_another():
+    memo: dict[str, float] = {}
+    sent = 1_000_000  # ms: the burst's records were all sent then
+    first = signal(FakeMessage(ts=(1, sent), offset=0), max_age_seconds=60, now=1_001.0, signalled=memo)
+    assert first is not None and memo == {"rtml.ds.events": 1_001.0}
+    # The rest of the burst was in the topic when that signal fired: its run reads them.
+    assert signal(FakeMessage(ts=(1, sent), offset=1), max_age_seconds=60, now=1_004.0, signalled=memo) is None
+    assert signal(FakeMessage(ts=(1, 1_000_999), offset=2), max_age_seconds=60, now=1_006.0, signalled=memo) is None
+    # Sent after the signal: a run may have read the topic before it arrived, so it signals.
+    later = signal(FakeMessage(ts=(1, 1_001_000), offset=3), max_age_seconds=60, now=1_007.0, signalled=memo)
+    assert later is not None and later["offset"] == 3 and memo["rtml.ds.events"] == 1_007.0
+    # Another topic (the labels) has its own memory; a record with no timestamp always signals.
+    assert signal(FakeMessage(ts=(1, sent), topic="rtml.ds.labels"), max_age_seconds=60, now=1_008.0, signalled=memo)
+    assert signal(FakeMessage(ts=(0, -1), offset=9), max_age_seconds=60, now=1_009.0, signalled=memo)["offset"] == 9
