@@ -138,3 +138,90 @@ def test_the_watcher_signals_fresh_records_with_its_own_group_and_the_run_ingest
     assert (nxt["topic"], nxt["offset"]) == (labels, 1)
     again = ingest_for_run("events", None, None, settings=env)
     assert again["records_in"] == 0  # nothing new: each record was ingested once
+
+
+# --- the whole path in a real Airflow ----------------------------------------------------------------
+@pytest.fixture
+def kafka_airflow(stack, tmp_path_factory: pytest.TempPathFactory):
+    """Airflow (and its MLflow) in a home of its own, parsed with RTML_SOURCE=kafka and a dataset of
+    its own, on the session's broker (the session's Airflow is parsed for the landing zone)."""
+    from rtml.platform.stack import Stack, free_port_block
+
+    broker = stack.ensure("kafka")
+    home = tmp_path_factory.mktemp("kafka-airflow")
+    data = yaml.safe_load(EXAMPLE_SPEC.read_text())
+    data["dataset"]["name"] = f"watch_{uuid.uuid4().hex[:10]}"
+    spec_path = home / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    base = free_port_block(15)
+    settings = Settings(home=home, storage="local", source="kafka", spec=spec_path, mlflow_port=base + 10,
+                        airflow_port=base + 11, serve_port=base + 14, kafka_port=broker.kafka_port,
+                        kafka_bootstrap=broker.kafka_bootstrap, mlflow_workers=1,
+                        # One scheduled run (at unpause) and the next a day later: none races the signalled one.
+                        ingest_interval_minutes=1440)
+    st = Stack(settings)
+    try:
+        st.up(["airflow"], timeout=400)
+        yield settings
+    finally:
+        st.down()
+
+
+def test_a_record_on_the_topic_starts_an_ingest_run_in_airflow(kafka_airflow: Settings):
+    from confluent_kafka.admin import AdminClient
+
+    from rtml.platform.airflow import AirflowClient
+
+    s = kafka_airflow
+    spec = load_spec(s.spec)
+    ds = spec.dataset.name
+    for kind in ("events", "labels"):
+        ensure_topic(topic_name(ds, kind), partitions=1, settings=s)
+    with AirflowClient(s) as api:
+        api.wait_dag("rtml_ingest", timeout=180)
+        api.unpause("rtml_ingest")  # a paused DAG's watchers do not run
+        deadline = time.monotonic() + 180
+        while True:  # the scheduled run of the latest interval, created at unpause, is over
+            runs = api.get("/api/v2/dags/rtml_ingest/dagRuns").json()["dag_runs"]
+            if any(r["run_type"] == "scheduled" for r in runs) and all(
+                    r["state"] in ("success", "failed") for r in runs):
+                break
+            assert time.monotonic() < deadline, f"the scheduled run did not finish: {runs}"
+            time.sleep(1)
+        # The DAG processor registers the watcher, the triggerer starts it and it joins its group.
+        admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                g = admin.describe_consumer_groups([WATCH_GROUP])[WATCH_GROUP].result(timeout=10)
+                if any(tp.topic == topic_name(ds, "events") for m in g.members for tp in m.assignment.topic_partitions):
+                    break
+            except Exception:  # noqa: BLE001 - the group coordinator is still loading
+                pass
+            assert time.monotonic() < deadline, "the watcher never joined its consumer group"
+            time.sleep(1)
+        before = {r["dag_run_id"] for r in api.get("/api/v2/dags/rtml_ingest/dagRuns").json()["dag_runs"]}
+
+        rows, _ = prod.build(spec, rows=40, seed=9)
+        assert write_kafka(rows, topic_name(ds, "events"), spec.event_time, settings=s, key_column=spec.event_id) == 40
+        deadline = time.monotonic() + 180
+        while True:
+            runs = api.get("/api/v2/dags/rtml_ingest/dagRuns").json()["dag_runs"]
+            done = [r for r in runs if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"
+                    and r["state"] in ("success", "failed")]
+            if done:
+                break
+            assert time.monotonic() < deadline, f"no asset-triggered run finished: {runs}"
+            time.sleep(1)
+        run = done[0]
+        assert run["state"] == "success", api.explain("rtml_ingest", run["dag_run_id"])
+        states = {t["task_id"]: t["state"] for t in api.task_instances("rtml_ingest", run["dag_run_id"])}
+        assert states == {"ingest_events": "success", "ingest_labels": "skipped"}
+        events = api.get("/api/v2/assets/events", params={"limit": 50}).json()["asset_events"]
+        signals = [e for e in events if e["uri"] == f"rtml://{ds}/kafka-arrivals"]
+        assert signals and signals[0]["extra"]["from_trigger"] is True
+        assert signals[0]["extra"]["payload"]["topic"] == topic_name(ds, "events")
+    # Exactly once: one batch with every record, the ingest group's offset at the end of the topic.
+    [manifest] = Lake(s).manifests(ds, "events")
+    assert (manifest["records_in"], manifest["accepted"]) == (40, 40)
+    assert _committed(s, f"rtml-ingest.{topic_name(ds, 'events')}", topic_name(ds, "events")) == 40
