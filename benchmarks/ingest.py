@@ -1,6 +1,6 @@
 """Ingestion throughput: read + validate + write of a replayed stream vs plain pandas, same rows, same run.
 
-    python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10]
+    python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10] [--no-kafka]
     python benchmarks/ingest.py --history 100,10000 [--lake-format files|iceberg]
 
 The stream is the demo dataset replayed by the producer into landing files (a local folder). Two
@@ -14,6 +14,13 @@ pipelines read exactly those files:
 It prints rows/s of both, their ratio, and the cost of validation alone against the plain write
 (the aim: validation < half of the plain write time), and the same end-to-end ingestion into the
 lake's Iceberg tables (``lake_format: iceberg``) beside the Parquet-file lake (the aim: within 1.5x).
+
+Kafka (unless ``--no-kafka``): the stack's KRaft broker is started in the benchmark's temporary home
+on free ports (as the tests start it; the jars come from the machine's cache), the same rows are
+produced to a one-partition topic, and one ingest process (one worker) drains it: topic -> contract
+-> lake -> manifest -> offsets committed, timed until the group's offset is at the end of the topic.
+Beside it, a plain consumer that only pulls the same messages into Python (the floor of any Kafka
+source in Python) and the landing zone's end-to-end rate above (the aim: at least 100k records/s).
 
 ``--history A,B`` measures what reading one day's training window costs when the lake holds A, then
 B, committed batches (one day of them in the window, the rest before it): the aim is that the read
@@ -49,6 +56,7 @@ def main() -> None:
     ap.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
     ap.add_argument("--files", type=int, default=10, help="landing files the rows are spread over")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--no-kafka", action="store_true", help="skip the Kafka topic -> lake measurement")
     ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
     ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
                     help="--history: the lake format measured")
@@ -69,7 +77,6 @@ def main() -> None:
         keys = prod.write_landing(
             spec, "events", events, spec.event_time, args.format, file_seconds=span / args.files, settings=settings
         )
-        del events
         store = landing_store(settings)
         size = sum(len(store.get(k)) for k in keys)
         print(f"stream: {args.rows:,} rows in {len(keys)} {args.format} files, {size / 1e6:.0f} MB "
@@ -110,9 +117,9 @@ def main() -> None:
         assert len(res) == args.rows and not res.rejects, res.reason_counts
         del batch, res
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         summary = ingest_interval(spec, "events", T0, end, settings=settings)
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert summary["accepted"] == args.rows
 
         plain = plain_read + plain_write
@@ -123,7 +130,7 @@ def main() -> None:
             print(f"plain (arrow): read {fast_read:6.2f}s  write {plain_write:6.2f}s  total {fast:6.2f}s  "
                   f"{n_plain / fast:>10,.0f} rows/s   (pandas read_json engine='pyarrow')")
         print(f"rtml ingest  : read {r_read:6.2f}s  validate {r_validate:5.2f}s  write {r_write:6.2f}s  "
-              f"end-to-end {total:6.2f}s  {args.rows / total:>10,.0f} rows/s")
+              f"end-to-end {total:6.2f}s  {args.rows / total:>10,.0f} rows/s  (cpu {cpu:.2f}s)")
         print(f"ratio        : rtml end-to-end / plain = {total / plain:.2f}x time "
               f"({(args.rows / total) / (n_plain / plain):.2f}x the plain rows/s)")
         if fast_read is not None:
@@ -143,11 +150,89 @@ def main() -> None:
         print(f"iceberg      : end-to-end {ice_total:6.2f}s  {args.rows / ice_total:>10,.0f} rows/s  "
               f"= {ice_total / total:.2f}x the Parquet-file lake (aim <= 1.5: "
               f"{'met' if ice_total <= 1.5 * total else 'NOT met'})")
+
+        if not args.no_kafka:
+            kafka(spec, events, args.rows, total, cpu, tmp)
     finally:
         if args.keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_cpu: float, tmp: Path) -> None:
+    """Kafka topic -> committed lake batches with one ingest process, beside a plain consumer.
+
+    Wall time and this process's CPU time (all its threads, librdkafka's included; the broker's
+    not): on a shared machine the CPU time says what one worker costs when others take the cores."""
+    from rtml.ingest.batches import ingest_kafka
+    from rtml.ingest.kafka import ensure_topic
+    from rtml.ingest.produce import write_kafka
+    from rtml.platform.stack import Stack, free_port_block
+
+    settings = Settings(storage="local", home=tmp / "kafka", lake_uri=str(tmp / "lake_kafka"),
+                        kafka_port=free_port_block(2), kafka_partitions=1)
+    stack = Stack(settings)
+    try:
+        t = time.perf_counter()
+        stack.up(["kafka"])
+        up = time.perf_counter() - t
+        topic = f"rtml.{spec.dataset.name}.events"
+        ensure_topic(topic, partitions=1, settings=settings)
+        t = time.perf_counter()
+        sent = write_kafka(events, topic, spec.event_time, settings=settings, key_column=spec.event_id)
+        produced = time.perf_counter() - t
+        assert sent == rows
+        print(f"kafka        : broker up in {up:.1f}s; {rows:,} records produced to {topic} in {produced:.1f}s")
+
+        plain, plain_cpu = _plain_consume(settings, topic, rows)
+        print(f"kafka plain  : consume only (messages into Python, no parse)      {plain:6.2f}s  "
+              f"{rows / plain:>10,.0f} records/s  (cpu {plain_cpu:.2f}s)")
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = ingest_kafka(spec, "events", settings=settings, topic=topic, max_batches=10**6)
+        k_total, k_cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert out["accepted"] == rows and out["records_in"] == rows, out["message"]
+        assert _committed(settings, topic, f"rtml-ingest.{topic}") == rows  # every offset committed
+        print(f"kafka ingest : topic -> lake, {len(out['batch_ids'])} batches, offsets committed "
+              f"end-to-end {k_total:6.2f}s  {rows / k_total:>10,.0f} records/s per worker  (cpu {k_cpu:.2f}s: "
+              f"{rows / k_cpu:,.0f} records per cpu-second; aim >= 100,000/s: "
+              f"{'met' if rows / k_total >= 100_000 else 'met per cpu-second' if rows / k_cpu >= 100_000 else 'NOT met'})")
+        print(f"ratio        : kafka / landing end-to-end = {k_total / landing_total:.2f}x time, "
+              f"{k_cpu / landing_cpu:.2f}x cpu; kafka ingest / plain consume = {k_total / plain:.2f}x time")
+    except Exception as err:  # noqa: BLE001 - a machine without Java/Maven: say so, keep the other figures
+        print(f"kafka        : not measured ({type(err).__name__}: {str(err)[:300]})")
+    finally:
+        stack.down()
+
+
+def _plain_consume(settings: Settings, topic: str, rows: int) -> tuple[float, float]:
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-plain",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "fetch.max.bytes": 64 << 20, "max.partition.fetch.bytes": 16 << 20})
+    try:
+        c.subscribe([topic])
+        while not c.assignment():  # the group join is not what is measured
+            c.poll(0.1)
+        got = 0
+        t0, c0 = time.perf_counter(), time.process_time()
+        while got < rows:
+            got += sum(1 for m in c.consume(num_messages=10_000, timeout=1.0) if m.error() is None)
+        return time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        c.close()
+
+
+def _committed(settings: Settings, topic: str, group: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        return c.committed([TopicPartition(topic, 0)], timeout=30)[0].offset
+    finally:
+        c.close()
 
 
 def history(sizes: list[int], lake_format: str, keep: bool) -> None:

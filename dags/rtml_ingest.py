@@ -26,27 +26,55 @@ Runs are one at a time (`max_active_runs=1`), and each task runs once at a time 
 triggered and backfill runs alike (`max_active_tis_per_dag=1`: a backfill has its own run limit),
 so a stream or the landing zone is never read by two batches at once.
 
-Event-driven starts (Airflow AssetWatcher) are not used: a watcher needs a `BaseEventTrigger` that
-the triggerer polls, which would be a second reader of the stream; the short schedule plus
-`rtml ingest` on demand cover the demo.
+**Event-driven starts (Kafka)**: with `RTML_SOURCE=kafka` (and `RTML_KAFKA_WATCH` not `false`) the
+DAG is scheduled on its interval *or* on the Asset `rtml_kafka_arrivals`, whichever comes first
+(`AssetOrTimeSchedule`). That Asset has an `AssetWatcher`: the Kafka provider's message-queue
+trigger (`AwaitMessageTrigger`, what its `KafkaMessageQueueTrigger` resolves to; built directly, so
+parsing needs neither the common-messaging provider nor its providers scan) runs in the triggerer,
+reads the dataset's events and labels topics with
+a consumer group of its own (`rtml-watch`, Airflow connection `rtml_kafka`, which `rtml stack up`
+defines as `AIRFLOW_CONN_RTML_KAFKA`; define it yourself on another Airflow), and fires when a
+record arrives that no run is sure to take: sent within the last interval, and after the watcher's
+last signal (`rtml.ingest.kafka.arrival_signal`), so a burst starts one run. The trigger only
+signals: the run it starts reads and commits with the ingest group like any other, so exactly-once
+holds, and as it is this same DAG, `max_active_runs=1` keeps signalled and scheduled runs from
+reading the topic at once. Signals that arrive while a run is going on start at most one more run.
+With any other source the file builds no watcher and nothing reads Kafka.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, DeltaDataIntervalTimetable, dag, task
 
-from rtml.assets import EVENTS, LABELS
+from rtml.assets import EVENTS, LABELS, SPEC
 from rtml.settings import get_settings
 
-_minutes = get_settings().ingest_interval_minutes
+_settings = get_settings()
+_minutes = _settings.ingest_interval_minutes
 
 if 60 % _minutes == 0:
     # Wall-clock aligned intervals (12:00-12:05, ...), matching how landing files are keyed.
     _timetable = CronDataIntervalTimetable(f"*/{_minutes} * * * *", timezone="UTC")
 else:
     _timetable = DeltaDataIntervalTimetable(timedelta(minutes=_minutes))
+
+_schedule: Any = _timetable
+if _settings.source == "kafka" and _settings.kafka_watch:
+    from airflow.providers.apache.kafka.triggers.await_message import AwaitMessageTrigger
+    from airflow.sdk import AssetOrTimeSchedule, AssetWatcher
+
+    from rtml.ingest.kafka import watch_trigger_kwargs
+
+    KAFKA_ARRIVALS = Asset(
+        name="rtml_kafka_arrivals",
+        uri=f"rtml://{SPEC.dataset.name}/kafka-arrivals",
+        watchers=[AssetWatcher(name="rtml_kafka_arrivals",
+                               trigger=AwaitMessageTrigger(**watch_trigger_kwargs(SPEC.dataset.name, _settings)))],
+    )
+    _schedule = AssetOrTimeSchedule(timetable=_timetable, assets=KAFKA_ARRIVALS)
 
 
 def _ingest(kind: str, asset: Asset, **context) -> dict:
@@ -92,7 +120,7 @@ def ingest_labels(**context) -> dict:
 
 @dag(
     dag_id="rtml_ingest",
-    schedule=_timetable,
+    schedule=_schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     kafka_jars_dir: str = ""  # jar cache; default ~/.cache/rtml/kafka-<version> (kept between runs)
     kafka_partitions: int = Field(default=1, ge=1)  # partitions of topics rtml creates
     kafka_heap_mb: int = Field(default=512, ge=128)
+    # With source "kafka": rtml_ingest also starts on new records (an AssetWatcher in the triggerer).
+    kafka_watch: bool = True
     ingest_interval_minutes: int = Field(default=5, ge=1)
 
     # Serving endpoint.

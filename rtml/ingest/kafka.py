@@ -29,6 +29,14 @@ Kafka keeps no delivery count, so the source keeps its own small *attempt record
   offset, the count lost (read-but-uncommitted vs never read) is reported through ``on_gap``
   before the group moves past it.
 
+**Event-driven starts**: with ``RTML_SOURCE=kafka`` the ``rtml_ingest`` DAG is also scheduled on
+an Asset whose ``AssetWatcher`` runs the Kafka provider's message-queue trigger in the triggerer
+(``AwaitMessageTrigger``, which ``KafkaMessageQueueTrigger`` resolves to; its arguments:
+:func:`watch_trigger_kwargs`). The trigger consumes the topics with a group of its own
+(:data:`rtml.platform.kafka.WATCH_GROUP`, from the Airflow connection ``rtml_kafka``) and fires when
+:func:`arrival_signal` says a record is worth a run; it never touches the ingest group, so the run it
+starts still reads, commits and acknowledges exactly as a scheduled one does.
+
 Only the standard library is imported at module level; confluent-kafka inside the functions.
 """
 
@@ -43,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from rtml.platform.kafka import KafkaError
+from rtml.platform.kafka import WATCH_CONN_ID, KafkaError
 from rtml.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -146,6 +154,19 @@ def count_in(segments: Segments, first: int, last: int) -> int:
     return sum(max(0, min(b, last) - max(a, first) + 1) for a, b, _ in segments)
 
 
+def dead_offsets(segments: Segments, offsets: list[int], max_deliveries: int) -> list[list[int]]:
+    """``[offset, deliveries]`` of the (sorted) ``offsets`` delivered ``max_deliveries`` times or more:
+    looked up per segment, not per record (a batch has ~1e5 records, the bookkeeping a few segments)."""
+    import bisect
+
+    out: list[list[int]] = []
+    for a, b, n in segments:
+        if n >= max_deliveries:
+            lo, hi = bisect.bisect_left(offsets, a), bisect.bisect_right(offsets, b)
+            out.extend([o, n] for o in offsets[lo:hi])
+    return sorted(out)
+
+
 def batch_limit(failures: int, max_records: int, max_deliveries: int) -> int:
     """Records to take when the oldest uncommitted record already failed ``failures`` times: the
     first retry takes the batch whole, later ones half as many per failure (a poison record takes
@@ -169,10 +190,13 @@ def state_key(dataset: str, kind: str, group: str, topic: str) -> str:
 
 # --- the source ----------------------------------------------------------------------------------
 @dataclass
-class _Msg:
-    offset: int
-    timestamp_ms: int
-    value: bytes
+class _Fetched:
+    """Messages of one partition, column-wise (a Python object per message costs as much as the
+    parsing): their offsets, values (a null value as ``b""``) and the first one's timestamp."""
+
+    offsets: list[int] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    first_ms: int = 0
 
 
 @dataclass
@@ -293,7 +317,11 @@ class KafkaSource:
             self.store.delete(self.state_key)
 
     # --- reading ---------------------------------------------------------------------------------
-    def _fetch(self, partition: int, first: int, last: int, deadline: float) -> list[_Msg]:
+    # Messages taken per consume() call: large enough that the call overhead vanishes, small
+    # enough that a batch never holds much more than it needs in librdkafka's queue and here.
+    consume_batch = 50_000
+
+    def _fetch(self, partition: int, first: int, last: int, deadline: float) -> _Fetched:
         """Messages of ``partition`` with offsets in ``[first, last]``, until ``last``, the end of
         the partition or the deadline."""
         from confluent_kafka import KafkaError as CKError
@@ -304,32 +332,45 @@ class KafkaSource:
         c.pause([tp for tp in tps if tp.partition != partition])
         target = TopicPartition(self.topic, partition, first)
         c.resume([target])
-        while True:
-            try:
-                c.seek(target)
-                break
-            except Exception:  # noqa: BLE001 - not fetchable yet right after the assignment
-                if time.monotonic() > deadline:
-                    raise
-                c.poll(0.05)
-        out: list[_Msg] = []
+        # Where the previous batch of this partition stopped is where this one starts: then the
+        # consumer is already there, and a seek would throw away what librdkafka has prefetched.
+        if c.position([TopicPartition(self.topic, partition)])[0].offset != first:
+            while True:
+                try:
+                    c.seek(target)
+                    break
+                except Exception:  # noqa: BLE001 - not fetchable yet right after the assignment
+                    if time.monotonic() > deadline:
+                        raise
+                    c.poll(0.05)
+        out = _Fetched()
+        offsets, values = out.offsets, out.values
+        nxt = first  # the next offset wanted
+        eof = CKError._PARTITION_EOF
         while time.monotonic() < deadline:
-            msgs = c.consume(num_messages=min(10_000, last - first + 1), timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            # Never more than the batch still needs: the consumer's position stays at its end.
+            msgs = c.consume(num_messages=max(1, min(self.consume_batch, last - nxt + 1)),
+                             timeout=min(0.5, max(0.01, deadline - time.monotonic())))
             end = False
             for m in msgs:
-                if m.partition() != partition:
-                    continue
                 err = m.error()
                 if err is not None:
-                    if err.code() == CKError._PARTITION_EOF:
-                        end = m.offset() > (out[-1].offset if out else first - 1)
-                        continue
-                    raise KafkaError(f"reading {self.topic}[{partition}]: {err}")
-                off = m.offset()
-                if off < first or off > last or (out and off <= out[-1].offset):
+                    if m.partition() == partition:
+                        if err.code() == eof:
+                            end = m.offset() >= nxt  # nothing past what was read so far
+                            continue
+                        raise KafkaError(f"reading {self.topic}[{partition}]: {err}")
                     continue
-                out.append(_Msg(off, m.timestamp()[1], m.value() if m.value() is not None else b""))
-            if end or (out and out[-1].offset >= last):
+                off = m.offset()
+                if off < nxt or off > last or m.partition() != partition:
+                    continue
+                if not offsets:
+                    out.first_ms = m.timestamp()[1]
+                v = m.value()
+                offsets.append(off)
+                values.append(b"" if v is None else v)
+                nxt = off + 1
+            if end or nxt > last:
                 break
         return out
 
@@ -372,20 +413,20 @@ class KafkaSource:
         reuse = plan is not None and (failures <= 1 or self.is_committed(plan.batch_id))
         deadline = time.monotonic() + self.max_wait
         if reuse and plan is not None:
-            msgs = self._fetch(p, plan.first, plan.last, deadline)
-            if not msgs or msgs[-1].offset < plan.last and plan.last < hi:
+            got = self._fetch(p, plan.first, plan.last, deadline)
+            if not got.offsets or got.offsets[-1] < plan.last and plan.last < hi:
                 # The same records must come back whole, or the batch would differ from the first try.
                 raise KafkaError(f"re-reading batch {plan.batch_id} of {self.topic}[{p}] timed out "
-                                 f"after {self.max_wait:.0f}s (got up to offset {msgs[-1].offset if msgs else None})")
+                                 f"after {self.max_wait:.0f}s (got up to offset "
+                                 f"{got.offsets[-1] if got.offsets else None})")
         else:
             limit = batch_limit(failures, self.max_records, self.max_deliveries)
-            msgs = self._fetch(p, start, min(start + limit, hi) - 1, deadline)
-            if not msgs:
+            got = self._fetch(p, start, min(start + limit, hi) - 1, deadline)
+            if not got.offsets:
                 return None
-            dead_now = [[m.offset, n] for m in msgs if (n := deliveries_at(st["segments"], m.offset)) >= self.max_deliveries]
-            plan = _Plan(p, msgs[0].offset, msgs[-1].offset,
-                         batch_id_for_offsets(self.topic, p, msgs[0].offset, msgs[-1].offset, msgs[0].timestamp_ms),
-                         dead_now)
+            first, last = got.offsets[0], got.offsets[-1]
+            plan = _Plan(p, first, last, batch_id_for_offsets(self.topic, p, first, last, got.first_ms),
+                         dead_offsets(st["segments"], got.offsets, self.max_deliveries))
         prior = {o: n for o, n in plan.dead}
         dead = set(prior)
         # Counted (and planned) in the lake before the records are handed out: an unreachable lake
@@ -393,25 +434,30 @@ class KafkaSource:
         st["segments"] = add_delivery(st["segments"], plan.first, plan.last)
         st["plan"] = plan.as_json()
         self._save_state()
-        return self._batch(plan, msgs, dead, prior, contract, redelivered=failures > 0, gap=gap)
+        return self._batch(plan, got, dead, prior, contract, redelivered=failures > 0, gap=gap)
 
-    def _batch(self, plan: _Plan, msgs: list[_Msg], dead: set[int], prior: dict[int, int], contract: Contract,
+    def _batch(self, plan: _Plan, got: _Fetched, dead: set[int], prior: dict[int, int], contract: Contract,
                redelivered: bool, gap: dict[str, Any] | None) -> SourceBatch:
         from rtml.ingest.contract import RawBatch, refused
         from rtml.ingest.sources import SourceBatch
 
-        live = [m for m in msgs if m.offset not in dead]
-        parts = [parse_values(live, self.topic, plan.partition, contract)] if live else []
+        offsets, values = got.offsets, got.values
+        if dead:
+            keep = [i for i, o in enumerate(offsets) if o not in dead]
+            live_offsets, live_values = [offsets[i] for i in keep], [values[i] for i in keep]
+        else:
+            live_offsets, live_values = offsets, values
+        parts = [parse_values(live_offsets, live_values, self.topic, plan.partition, contract)] if live_offsets else []
         if dead:
             import numpy as np
             import pandas as pd
 
             from rtml.ingest.contract import Positions
 
-            rejects = [refused(_where(self.topic, plan.partition, m.offset),
-                               f"dead letter: delivered {prior[m.offset]} times without "
-                               f"being committed (ingestion.max_deliveries={self.max_deliveries})", m.value)
-                       for m in msgs if m.offset in dead]
+            rejects = [refused(_where(self.topic, plan.partition, o),
+                               f"dead letter: delivered {prior[o]} times without "
+                               f"being committed (ingestion.max_deliveries={self.max_deliveries})", v)
+                       for o, v in zip(offsets, values, strict=True) if o in dead]
             parts.append(RawBatch(pd.DataFrame(), Positions(), np.zeros(0, dtype=np.int64), rejects))
         raw = RawBatch.concat(parts) if len(parts) > 1 else parts[0]
         position = {
@@ -421,7 +467,7 @@ class KafkaSource:
             "partition": plan.partition,
             "first_offset": plan.first,
             "last_offset": plan.last,
-            "count": len(msgs),
+            "count": len(offsets),
             "dead_offsets": sorted(dead),
         }
         info = {"redelivered": redelivered, "dead_letters": len(dead), "gap": gap}
@@ -450,17 +496,96 @@ def _where(topic: str, partition: int, offset: int) -> str:
     return f"{topic}[{partition}]@{offset}"
 
 
-def parse_values(msgs: list[_Msg], topic: str, partition: int, contract: Contract) -> RawBatch:
+def parse_values(offsets: list[int], values: list[bytes], topic: str, partition: int, contract: Contract) -> RawBatch:
     """Message values -> RawBatch, one record each, named ``topic[partition]@offset``. Values are
     joined as JSON lines when none contains a line break (the fast path); otherwise each is parsed
     on its own, its line breaks turned into spaces (JSON allows them only between tokens)."""
     from rtml.ingest.contract import RawBatch
     from rtml.ingest.sources import parse_jsonl
 
-    names = [_where(topic, partition, m.offset) for m in msgs]
-    values = [m.value for m in msgs]
-    if not any(b"\n" in v or b"\r" in v for v in values):
-        return parse_jsonl(b"\n".join(values) + b"\n", topic, contract, names=names)
+    prefix = f"{topic}[{partition}]@"  # what _where() writes, built without a Python call per record
+    names = list(map(prefix.__add__, map(str, offsets)))
+    data = b"\n".join([*values, b""])
+    if data.count(b"\n") == len(values) and b"\r" not in data:  # no value holds a line break
+        return parse_jsonl(data, topic, contract, names=names)
     parts = [parse_jsonl(v.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n", topic, contract, names=[n])
              for n, v in zip(names, values, strict=True)]
     return RawBatch.concat(parts)
+
+
+# --- event-driven starts (the AssetWatcher of rtml_ingest) ----------------------------------------
+ARRIVAL_SIGNAL = "rtml.ingest.kafka.arrival_signal"  # imported by the triggerer by this path
+# Topic -> clock time of the last signal this process gave for it (the triggerer's trigger runner
+# is long-lived and restarts the trigger after each event; a new process starts empty, which
+# only costs one more signal).
+_SIGNALLED: dict[str, float] = {}
+
+
+def arrival_signal(message: Any, max_age_seconds: float = 300.0, now: float | None = None,
+                   signalled: dict[str, float] | None = None) -> dict[str, Any] | None:
+    """The ``apply_function`` of the watcher: the payload of an Asset event for a record worth a run,
+    else None (the trigger then reads on). Never raises: it runs inside the triggerer, where an
+    exception would fail the watcher, and the value is never parsed (any value, garbage or a
+    tombstone included, is a record the ingest run must take, if only into quarantine).
+
+    A record is worth a run unless its Kafka timestamp shows a run will take it anyway:
+
+    * sent more than ``max_age_seconds`` ago: it was there when an earlier run, scheduled or
+      signalled, started (this also lets a watcher that fell behind skim its backlog);
+    * sent before this process's last signal on the topic: the run that signal starts reads the
+      topic to its end, this record included (so a burst of records starts one run, not one per
+      record). This assumes the producers' clocks agree with the triggerer's; one running behind
+      only delays its records to the next signal or scheduled run.
+
+    A record with no usable timestamp is always signalled. The payload names the record's position,
+    never its content (Asset events are kept in Airflow's database).
+    """
+    try:
+        if message is None or message.error() is not None:
+            return None
+        ts_type, ts_ms = message.timestamp()
+        ts = int(ts_ms) if ts_type and isinstance(ts_ms, int) and ts_ms >= 0 else None
+        clock = time.time() if now is None else float(now)
+        topic = str(message.topic())
+        memo = _SIGNALLED if signalled is None else signalled
+        if ts is not None:
+            if clock * 1000 - ts > float(max_age_seconds) * 1000:
+                return None
+            last = memo.get(topic)
+            if last is not None and ts < last * 1000:
+                return None
+        value = message.value()
+        payload = {
+            "topic": topic,
+            "partition": int(message.partition()),
+            "offset": int(message.offset()),
+            "timestamp_ms": ts,
+            "bytes": len(value) if isinstance(value, bytes | bytearray) else 0,
+        }
+        memo[topic] = clock
+        return payload
+    except Exception:  # noqa: BLE001 - not a Kafka message we can read: no signal, the watcher goes on
+        return None
+
+
+def watch_trigger_kwargs(dataset: str, settings: Settings | None = None,
+                         kinds: tuple[str, ...] = ("events", "labels")) -> dict[str, Any]:
+    """Arguments of the ``AwaitMessageTrigger`` that watches the topics of ``dataset``.
+
+    Fresh means younger than one schedule interval (``ingest_interval_minutes``): an older record
+    was there when the last scheduled run started. ``commit_offset=False`` with the connection's
+    ``enable.auto.commit``: the watcher group's offsets move in the background and on close, not
+    with a synchronous commit per record skimmed; a lost commit only repeats a signal.
+    ``poll_interval=0``: after a record not worth a run the next is read at once (the poll itself
+    waits up to ``poll_timeout`` when the topics are idle).
+    """
+    s = settings or get_settings()
+    return {
+        "topics": [topic_name(dataset, k) for k in kinds],
+        "kafka_config_id": WATCH_CONN_ID,
+        "apply_function": ARRIVAL_SIGNAL,
+        "apply_function_kwargs": {"max_age_seconds": float(s.ingest_interval_minutes * 60)},
+        "poll_timeout": 1.0,
+        "poll_interval": 0.0,
+        "commit_offset": False,
+    }

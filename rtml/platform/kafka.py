@@ -14,6 +14,7 @@ with a cluster id kept in ``<home>/kafka/cluster.id``; data stays in ``<home>/ka
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
@@ -195,3 +196,23 @@ def prepare_broker(settings: Settings, timeout: float = 600, log: Path | None = 
             fh.write(out.stdout + out.stderr)
     if out.returncode != 0:
         raise KafkaError(f"formatting the Kafka storage failed:\n{(out.stdout + out.stderr)[-2000:]}")
+
+
+# --- the Airflow connection of the ingest DAG's AssetWatcher ---------------------------------------
+WATCH_CONN_ID = "rtml_kafka"  # AIRFLOW_CONN_RTML_KAFKA
+WATCH_GROUP = "rtml-watch"  # never an ingest group (rtml-ingest.<topic>): the watcher only signals
+
+
+def airflow_connection(settings: Settings) -> str:
+    """``AIRFLOW_CONN_RTML_KAFKA``: the broker, and a consumer group of the watcher's own, so the
+    triggerer never reads, moves or commits the offsets of the ingest group. Offsets are committed
+    in the background (and on close): a signal costs no synchronous commit per record skimmed."""
+    extra = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": WATCH_GROUP,
+        # A first start signals only records sent from then on; the schedule covers older ones.
+        "auto.offset.reset": "latest",
+        "enable.auto.commit": "true",
+        "auto.commit.interval.ms": "1000",
+    }
+    return json.dumps({"conn_type": "kafka", "extra": extra})

@@ -299,6 +299,10 @@ class Stack:
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             }
         )
+        # The Kafka connection of rtml_ingest's AssetWatcher (used only with RTML_SOURCE=kafka).
+        from rtml.platform.kafka import WATCH_CONN_ID, airflow_connection
+
+        env.setdefault(f"AIRFLOW_CONN_{WATCH_CONN_ID.upper()}", airflow_connection(s))
         return env
 
     def mlflow_webhook_env(self, env: dict[str, str]) -> dict[str, str]:

@@ -5,6 +5,7 @@ ports, the jar cache's path and pom, ``java`` lookup, the Maven and storage-form
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -237,3 +238,18 @@ def test_a_failed_format_quotes_the_tool(settings, resolved, java, fake_run):
     fake_run(returncode=1, stderr="Invalid cluster.id")
     with pytest.raises(KafkaError, match="formatting the Kafka storage failed:\nInvalid cluster.id"):
         kafka.prepare_broker(settings)
+
+
+def test_the_watchers_airflow_connection_has_its_own_group(settings, tmp_path):
+    from rtml.ingest.kafka import DEFAULT_GROUP
+    from rtml.platform.stack import Stack
+
+    env = Stack(Settings(home=tmp_path / "h2", kafka_bootstrap="b1:9092,b2:9092")).airflow_env()
+    conn = json.loads(env[f"AIRFLOW_CONN_{kafka.WATCH_CONN_ID.upper()}"])
+    assert conn["conn_type"] == "kafka"
+    extra = conn["extra"]
+    assert extra["bootstrap.servers"] == "b1:9092,b2:9092"
+    # Never an ingest group (rtml-ingest.<topic>): the watcher must not move the ingest offsets.
+    assert extra["group.id"] == kafka.WATCH_GROUP and not extra["group.id"].startswith(DEFAULT_GROUP)
+    assert extra["enable.auto.commit"] == "true"
+    assert json.loads(kafka.airflow_connection(settings))["extra"]["bootstrap.servers"] == settings.kafka_bootstrap
