@@ -71,8 +71,8 @@ def request_reload(url: str | None = None, token: str | None = None, timeout: fl
 def _wait_one(
     version: str, url: str | None, token: str | None, deadline: float, timeout: float, gone: Any
 ) -> dict[str, Any]:
-    """Poll one address until it serves ``version``; ``gone()`` tells a vanished replica (an
-    unreachable address of a process that has exited is skipped, not waited for)."""
+    """Poll one address until it serves ``version``. For a replica, ``gone()`` tells whether its
+    process has exited: then its unreachable address is skipped, else waited for."""
     import httpx
 
     info: dict[str, Any] = {}
@@ -81,6 +81,8 @@ def _wait_one(
             try:
                 info = c.get("/v1/model").json()
             except httpx.TransportError:
+                if gone is None:  # a single endpoint: unreachable is an error at once
+                    raise
                 if gone():
                     return {"version": None, "gone": True}
                 time.sleep(0.25)
@@ -106,7 +108,7 @@ def wait_for_version(
     deadline = time.monotonic() + timeout
     replicas = replicas_behind(url)
     if not replicas:
-        return _wait_one(str(version), url, token, deadline, timeout, lambda: False)
+        return _wait_one(str(version), url, token, deadline, timeout, None)
     from rtml.serve.replicas import live_replicas, replica_dir
     from rtml.settings import get_settings
 

@@ -275,3 +275,14 @@ def test_a_replica_refusing_the_version_fails_the_wait(endpoint, two_replicas, m
                                       if r.url.host == "r2.test" else {"version": "4"}))
     with pytest.raises(RuntimeError, match="refused version 4: corrupt"):
         sc.wait_for_version("4", "http://serve.test:8000", TOKEN)
+
+
+def test_an_unreachable_single_endpoint_fails_the_wait_at_once(endpoint, monkeypatch):
+    monkeypatch.setattr(sc.time, "sleep", lambda s: pytest.fail("a single endpoint that refuses is not retried"))
+
+    def refuse(r):
+        raise httpx.ConnectError("refused", request=r)
+
+    endpoint(refuse)
+    with pytest.raises(httpx.ConnectError):
+        sc.wait_for_version("4", "http://serve.test", TOKEN)
