@@ -256,4 +256,13 @@ def run(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((uv.host, uv.port))
     sock.set_inheritable(True)
-    uvicorn.Server(uv).run(sockets=[sock])
+    # A request to the shared port reaches one replica: a private loopback port per replica, listed
+    # in the replica registry, lets a reload reach each of them (rtml.serve.replicas).
+    from rtml.serve.replicas import bind_admin_socket, register, replica_dir, unregister
+
+    admin = bind_admin_socket()
+    entry = register(replica_dir(settings.home), uv.port, f"http://127.0.0.1:{admin.getsockname()[1]}")
+    try:
+        uvicorn.Server(uv).run(sockets=[sock, admin])
+    finally:
+        unregister(entry)

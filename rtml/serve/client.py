@@ -32,30 +32,98 @@ def endpoint_client(url: str | None = None, token: str | None = None, timeout: f
     )
 
 
-def request_reload(url: str | None = None, token: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask the endpoint to follow the champion alias now; returns its status after the attempt."""
+def replicas_behind(url: str | None = None) -> list[Any]:
+    """The replicas registered on this machine for ``url``'s port (``rtml.serve.replicas``); empty
+    for a single endpoint, which is then reached at ``url`` itself."""
+    from rtml.serve.replicas import live_replicas, replica_dir, url_port
+    from rtml.settings import get_settings
+
+    s = get_settings()
+    return live_replicas(replica_dir(s.home), url_port(url or s.serve_url))
+
+
+def _reload_one(url: str | None, token: str | None, timeout: float) -> dict[str, Any]:
     with endpoint_client(url, token, timeout) as c:
         r = c.post("/admin/reload")
         r.raise_for_status()
         return r.json()
 
 
-def wait_for_version(
-    version: str, url: str | None = None, token: str | None = None, timeout: float = 60.0
+def request_reload(url: str | None = None, token: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Ask the endpoint to follow the champion alias now; returns its status after the attempt.
+
+    Behind one address with several replicas, the request goes to EACH replica's private address (in
+    parallel; an error of any is raised): ``version`` is then the version all of them serve (None
+    while they differ) and ``replicas`` maps each pid to its status.
+    """
+    replicas = replicas_behind(url)
+    if not replicas:
+        return _reload_one(url, token, timeout)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        statuses = list(pool.map(lambda r: _reload_one(r.admin_url, token, timeout), replicas))
+    versions = {str(st.get("version")) for st in statuses}
+    return {**statuses[0], "version": statuses[0].get("version") if len(versions) == 1 else None,
+            "replicas": {r.pid: st for r, st in zip(replicas, statuses, strict=True)}}
+
+
+def _wait_one(
+    version: str, url: str | None, token: str | None, deadline: float, timeout: float, gone: Any
 ) -> dict[str, Any]:
-    """Poll ``/v1/model`` until the endpoint serves ``version``; raise if it reports that version failed."""
-    deadline = time.monotonic() + timeout
+    """Poll one address until it serves ``version``. For a replica, ``gone()`` tells whether its
+    process has exited: then its unreachable address is skipped, else waited for."""
+    import httpx
+
     info: dict[str, Any] = {}
     with endpoint_client(url, token) as c:
         while time.monotonic() < deadline:
-            info = c.get("/v1/model").json()
+            try:
+                info = c.get("/v1/model").json()
+            except httpx.TransportError:
+                if gone is None:  # a single endpoint: unreachable is an error at once
+                    raise
+                if gone():
+                    return {"version": None, "gone": True}
+                time.sleep(0.25)
+                continue
             if str(info.get("version")) == str(version):
                 return info
             err = info.get("last_error") or {}
             if str(err.get("version")) == str(version):
                 raise RuntimeError(f"the endpoint refused version {version}: {err.get('error')}")
             time.sleep(0.25)
-    raise TimeoutError(f"the endpoint still serves version {info.get('version')} after {timeout:.0f}s, not {version}")
+    where = f" at {url}" if url else ""
+    raise TimeoutError(f"the endpoint{where} still serves version {info.get('version')} after {timeout:.0f}s, not {version}")
+
+
+def wait_for_version(
+    version: str, url: str | None = None, token: str | None = None, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Poll ``/v1/model`` until the endpoint serves ``version``; raise if it reports that version failed.
+
+    Behind one address with several replicas, waits until EVERY replica serves it (each polled at
+    its private address); ``replicas`` lists their pids.
+    """
+    deadline = time.monotonic() + timeout
+    replicas = replicas_behind(url)
+    if not replicas:
+        return _wait_one(str(version), url, token, deadline, timeout, None)
+    from rtml.serve.replicas import live_replicas, replica_dir
+    from rtml.settings import get_settings
+
+    directory = replica_dir(get_settings().home)
+    info: dict[str, Any] = {}
+    serving = []
+    for rep in replicas:
+        got = _wait_one(str(version), rep.admin_url, token, deadline, timeout,
+                        lambda rep=rep: rep not in live_replicas(directory, rep.port))
+        if not got.get("gone"):
+            info = got
+            serving.append(rep.pid)
+    if not serving:
+        raise RuntimeError(f"every replica of the endpoint exited while waiting for version {version}")
+    return {**info, "replicas": serving}
 
 
 def live_smoke_check(

@@ -37,13 +37,14 @@ def decision_target(params: Mapping[str, Any], event_extras: Iterable[Mapping[st
 
 
 def reload_and_wait(version: str, timeout: float = 120.0) -> dict[str, Any]:
-    """Ask the endpoint to load the champion now and wait until it answers with ``version``."""
+    """Ask the endpoint to load the champion now and wait until it answers with ``version``: every
+    replica of it, when several share one address (``rtml.serve.replicas``), so that the smoke check
+    that follows cannot meet a replica still on the old version."""
     from rtml.serve.client import request_reload, wait_for_version
 
-    status = request_reload()
-    if str(status.get("version")) != str(version):
-        wait_for_version(str(version), timeout=timeout)
-    return {"version": str(version)}
+    request_reload()
+    info = wait_for_version(str(version), timeout=timeout)
+    return {"version": str(version), **({"replicas": info["replicas"]} if "replicas" in info else {})}
 
 
 def smoke_check(spec: ProjectSpec, name: str, version: str, n: int = 50) -> dict[str, Any]:

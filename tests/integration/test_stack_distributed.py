@@ -3,7 +3,9 @@ runs) on free ports, each property it promises checked against the running servi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import stat
 import uuid
 from collections.abc import Iterator
@@ -131,6 +133,61 @@ def test_both_serving_replicas_answer_behind_one_address(dist):
     listening = {c.pid for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == dist.settings.serve_port}
     assert listening == replicas  # one port, bound by both
+
+
+@contextlib.contextmanager
+def _as_client_of(stack: DistributedStack) -> Iterator[None]:
+    """This process talks to ``stack`` like a promotion task on it does (its RTML_* settings, the
+    MLflow admin login); the environment and the cached settings are restored after."""
+    from rtml.settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
+                       "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_admin
+    get_settings(refresh=True)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings(refresh=True)
+
+
+def test_a_promotion_waits_until_every_replica_serves_the_new_version(dist):
+    """A reload sent to the shared address reaches one replica; ``reload_and_wait`` must not return
+    before the other serves the version too (rtml.serve.replicas), or the smoke check after it could
+    meet the old version and roll a good one back."""
+    from _serving import register
+
+    from rtml.registry.promotion import approve
+    from rtml.serve.deploy import reload_and_wait
+    from rtml.serve.replicas import live_replicas, replica_dir
+    from rtml.spec import load_spec
+
+    replicas = {dist.running_pid(n) for n in dist.replica_names()}
+    # Each replica registered its own private address for the shared port.
+    assert {r.pid for r in live_replicas(replica_dir(dist.home), dist.settings.serve_port)} == replicas
+    with _as_client_of(dist):
+        spec = load_spec(dist.settings.spec)
+        name = spec.model.registered_name
+        for seed in (1, 2):  # the first champion, then a new one replacing it on both replicas
+            version = register(dist.settings, spec, seed=seed)
+            approve(name, version, by="test_stack_distributed")
+            out = reload_and_wait(version, timeout=120)
+            assert set(out["replicas"]) == replicas
+            # Right after: whichever replica a new connection lands on answers with the new version
+            # (one connection per pair of requests, so /health's pid and the version are one replica's).
+            seen: dict[int, str] = {}
+            token = dist.settings.resolved_serve_token()
+            for _ in range(200):
+                with httpx.Client(base_url=dist.settings.serve_url, timeout=10,
+                                  headers={"Authorization": f"Bearer {token}"}) as c:
+                    pid = c.get("/health").json()["pid"]
+                    seen[pid] = str(c.get("/v1/model").json()["version"])
+                if set(seen) == replicas:
+                    break
+            assert seen == dict.fromkeys(replicas, version)
 
 
 def test_a_dag_task_runs_through_celery(dist):

@@ -192,3 +192,97 @@ def test_holdout_rows_sample_recent_lake_events(monkeypatch, spec, data):
     assert calls[0] == (spec.dataset.name, "events") and 0 < len(a) <= 30
     assert all(r["Age"] != 7.0 for r in a)
     RecordValidator(spec).validate(a, single=False)
+
+
+# --- several replicas behind one address (rtml.serve.replicas) -----------------------------------
+@pytest.fixture
+def two_replicas():
+    """Two live processes registered as replicas of http://serve.test:8000 (private addresses
+    http://r1.test and http://r2.test); yields (the processes, the registry folder)."""
+    import subprocess
+    import sys
+
+    from rtml.serve.replicas import register, replica_dir
+    from rtml.settings import get_settings
+
+    d = replica_dir(get_settings().home)
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]
+    paths = [register(d, 8000, f"http://r{i}.test", pid=p.pid) for i, p in enumerate(procs, start=1)]
+    yield procs, d
+    for p, path in zip(procs, paths, strict=True):
+        p.kill()
+        p.wait(10)
+        path.unlink(missing_ok=True)
+
+
+def test_a_reload_goes_to_every_replica_not_to_the_shared_address(endpoint, two_replicas):
+    procs, _ = two_replicas
+    versions = {"r1.test": "4", "r2.test": "4", "serve.test": "4"}
+    seen = endpoint(lambda r: httpx.Response(200, json={"version": versions[r.url.host]}))
+    out = sc.request_reload("http://serve.test:8000", TOKEN)
+    assert sorted((r.method, r.url.host, r.url.path) for r in seen) == [
+        ("POST", "r1.test", "/admin/reload"), ("POST", "r2.test", "/admin/reload")]
+    assert out["version"] == "4" and set(out["replicas"]) == {p.pid for p in procs}
+    versions["r2.test"] = "3"  # replicas that disagree: no common version
+    assert sc.request_reload("http://serve.test:8000", TOKEN)["version"] is None
+    # another address's port: no replicas registered there, the address itself is asked
+    seen.clear()
+    sc.request_reload("http://serve.test:9000", TOKEN)
+    assert [r.url.host for r in seen] == ["serve.test"]
+
+
+def test_waiting_for_a_version_waits_for_the_slowest_replica(endpoint, two_replicas, monkeypatch):
+    monkeypatch.setattr(sc.time, "sleep", lambda s: None)
+    procs, _ = two_replicas
+    r2 = iter(["3", "3", "4"])  # r2 catches up on its third poll
+    seen = endpoint(lambda r: httpx.Response(200, json={"version": "4" if r.url.host == "r1.test" else next(r2)}))
+    out = sc.wait_for_version("4", "http://serve.test:8000", TOKEN)
+    assert out["replicas"] == sorted(p.pid for p in procs)
+    assert [r.url.host for r in seen] == ["r1.test"] + ["r2.test"] * 3  # r2 was asked until it served 4
+
+
+def test_a_replica_stuck_on_the_old_version_times_the_wait_out(endpoint, two_replicas, monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(sc.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(sc.time, "sleep", lambda s: None)
+    endpoint(lambda r: httpx.Response(200, json={"version": "4" if r.url.host == "r1.test" else "3"}))
+    with pytest.raises(TimeoutError, match="still serves version 3"):
+        sc.wait_for_version("4", "http://serve.test:8000", TOKEN, timeout=30)
+
+
+def test_a_replica_that_exited_is_not_waited_for_but_a_live_unreachable_one_is(endpoint, two_replicas, monkeypatch):
+    monkeypatch.setattr(sc.time, "sleep", lambda s: None)
+    procs, _ = two_replicas
+
+    def handler(r):
+        if r.url.host == "r2.test":
+            raise httpx.ConnectError("refused", request=r)
+        return httpx.Response(200, json={"version": "4"})
+
+    endpoint(handler)
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(sc.time, "monotonic", lambda: next(clock))
+    with pytest.raises(TimeoutError):  # r2's process lives: it must serve 4 before the wait ends
+        sc.wait_for_version("4", "http://serve.test:8000", TOKEN, timeout=30)
+    procs[1].kill()
+    procs[1].wait(10)
+    assert sc.wait_for_version("4", "http://serve.test:8000", TOKEN)["replicas"] == [procs[0].pid]
+
+
+def test_a_replica_refusing_the_version_fails_the_wait(endpoint, two_replicas, monkeypatch):
+    monkeypatch.setattr(sc.time, "sleep", lambda s: None)
+    endpoint(lambda r: httpx.Response(200, json={"version": "3", "last_error": {"version": "4", "error": "corrupt"}}
+                                      if r.url.host == "r2.test" else {"version": "4"}))
+    with pytest.raises(RuntimeError, match="refused version 4: corrupt"):
+        sc.wait_for_version("4", "http://serve.test:8000", TOKEN)
+
+
+def test_an_unreachable_single_endpoint_fails_the_wait_at_once(endpoint, monkeypatch):
+    monkeypatch.setattr(sc.time, "sleep", lambda s: pytest.fail("a single endpoint that refuses is not retried"))
+
+    def refuse(r):
+        raise httpx.ConnectError("refused", request=r)
+
+    endpoint(refuse)
+    with pytest.raises(httpx.ConnectError):
+        sc.wait_for_version("4", "http://serve.test", TOKEN)

@@ -82,3 +82,24 @@ def test_an_unreachable_endpoint_does_not_stop_the_rollback(lake, monkeypatch):
     out = roll_back_failed("credit", "2", [], client=reg)
     assert out["rolled_back"] and out["endpoint_notified"] is False and reg.aliases[CHAMPION] == "1"
     assert "see the failed task's log" in out["reason"]
+
+
+def test_reload_and_wait_always_waits_for_every_replica(monkeypatch):
+    """The reload's own answer (one replica's, or a common version) is not enough: the wait, which
+    covers every registered replica, decides (rtml.serve.client.wait_for_version)."""
+    from rtml.serve import client as serve_client
+    from rtml.serve.deploy import reload_and_wait
+
+    calls = []
+    monkeypatch.setattr(serve_client, "request_reload", lambda *a, **k: calls.append("reload") or {"version": "4"})
+    monkeypatch.setattr(serve_client, "wait_for_version",
+                        lambda v, **k: calls.append(("wait", v)) or {"version": v, "replicas": [11, 12]})
+    assert reload_and_wait("4") == {"version": "4", "replicas": [11, 12]}
+    assert calls == ["reload", ("wait", "4")]
+
+    def stuck(v, **k):
+        raise TimeoutError("the endpoint at http://127.0.0.1:5 still serves version 3 after 120s, not 4")
+
+    monkeypatch.setattr(serve_client, "wait_for_version", stuck)
+    with pytest.raises(TimeoutError, match="still serves version 3"):
+        reload_and_wait("4")
