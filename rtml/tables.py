@@ -200,9 +200,11 @@ class Tables:
         end: Any = None,
         snapshot_id: int | None = None,
         columns: tuple[str, ...] | None = None,
+        keep_null_time: bool = False,
     ) -> pa.Table:
         """Rows of the table (at ``snapshot_id``, default the current one), of the given batches,
-        with ``time_column`` in [start, end) when given: a window prunes the days it does not cover."""
+        with ``time_column`` in [start, end) when given (and null, with ``keep_null_time``): a window
+        prunes the days it does not cover, reading neither their data files nor their manifests."""
         e = _expressions()
         table = self.table(dataset, kind)
         if snapshot_id is not None and table.metadata.snapshot_by_id(snapshot_id) is None:
@@ -216,10 +218,14 @@ class Tables:
             table = table.refresh()
             self._open[self.identifier(dataset, kind)] = table
         expr: Any = e.AlwaysTrue()
+        if time_column and time_column not in {f.name for f in table.schema().fields}:
+            time_column = None  # a table without that column: nothing to prune by
         if time_column and start is not None:
             expr = e.And(expr, e.GreaterThanOrEqual(time_column, _iso(start)))
         if time_column and end is not None:
             expr = e.And(expr, e.LessThan(time_column, _iso(end)))
+        if time_column and keep_null_time and (start is not None or end is not None):
+            expr = e.Or(expr, e.IsNull(time_column))
         if batch_ids is not None:
             if not batch_ids:
                 return table.schema().as_arrow().empty_table()
