@@ -157,6 +157,9 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
     spec = load_spec()
     events, labels = prod.build(spec, rows=2_000, start=T0, rate=1.0, seed=0)
     results = []
+    # The window holds the same batches at every size (at most a day of 5-minute batches), so only
+    # the history before it grows.
+    per_day = min(288, min(sizes))
     for n in sizes:
         tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-history-"))
         settings = Settings(storage="local", home=tmp, lake_uri=str(tmp / "lake"), lake_format=lake_format)
@@ -165,20 +168,27 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         day = timedelta(days=1)
         contract = {"events": Contract(spec, "events"), "labels": Contract(spec, "labels")}
         for i in range(n):
-            # batch i: 20 events (and labels) on its own 5 minutes, the last 288 batches on the window day
-            start = T0 - day * 365 + timedelta(minutes=5 * i) if i < n - 288 else T0 + timedelta(minutes=5 * (i - n + 288))
+            # batch i: 20 events (and labels) on its own 5 minutes, the last per_day batches on the window day
+            start = (T0 - day * 365 + timedelta(minutes=5 * i) if i < n - per_day
+                     else T0 + timedelta(minutes=5 * (i - n + per_day)))
             for kind, frame in (("events", events), ("labels", labels)):
                 part = frame.iloc[(i * 20) % 1980:(i * 20) % 1980 + 20].copy()
                 bid = f"{start:%Y%m%dT%H%M%S}-b{i:06d}"
                 part[spec.event_id] = [f"{bid}-{j}" for j in range(len(part))]
                 if kind == "events":
                     part[spec.event_time] = [start + timedelta(seconds=j) for j in range(len(part))]
+                else:  # each label 10 minutes after its event, like the producer's
+                    part["label_time"] = [start + timedelta(seconds=600 + j) for j in range(len(part))]
                 table = contract[kind].validate(_raw(part)).table
                 _commit(lake, spec, kind, bid, table)
         build = time.perf_counter() - t
-        t0 = time.perf_counter()
-        window, _ = lake.labelled(spec, T0, T0 + day)
-        read = time.perf_counter() - t0
+        window, _ = Lake(settings).labelled(spec, T0, T0 + day)  # warm-up: imports, caches of the OS
+        times = []
+        for _ in range(3):  # the best of 3, each by a fresh reader (no cached table metadata)
+            t0 = time.perf_counter()
+            window, _ = Lake(settings).labelled(spec, T0, T0 + day)
+            times.append(time.perf_counter() - t0)
+        read = min(times)
         results.append((n, read, len(window)))
         print(f"{lake_format} lake with {n:>6,} batches: built in {build:6.1f}s, one day's window "
               f"({len(window):,} rows) read in {read:6.3f}s")
@@ -203,7 +213,7 @@ def _commit(lake, spec, kind: str, bid: str, table) -> None:
     ds = spec.dataset.name
     manifest = {"batch_id": bid, "dataset": ds, "kind": kind, "records_in": table.num_rows,
                 "accepted": table.num_rows, "quarantined": 0, "schema_hash": spec.schema_hash(), "files": []}
-    tcol = spec.event_time if kind == "events" else None
+    tcol = spec.event_time if kind == "events" else "label_time"
     if tcol:
         span = pc.min_max(table.column(tcol)).as_py()
         manifest.update(min_time=span["min"].isoformat(), watermark=span["max"].isoformat())

@@ -5,7 +5,7 @@ Layout under the lake root (an S3 prefix or a folder), per dataset::
     <dataset>/<kind>/date=YYYY-MM-DD/batch=<batch_id>/part-00000.parquet     accepted records
     <dataset>/quarantine/<kind>/date=YYYY-MM-DD/batch=<batch_id>/rejected.jsonl   with reasons
     <dataset>/_manifests/<kind>/<batch_id>.json                              one per batch
-    <dataset>/_index/<kind>/<YYYY-MM-DD|wide|undated>/<batch_id>.json        the day index
+    _index/<dataset>/<kind>/<YYYY-MM-DD|wide|undated>/<batch_id>.json        the day index (beside the datasets)
 
 ``kind`` is ``events`` (features, no label), ``labels`` (delayed outcomes, joined by event id) or
 ``predictions`` (the serving log). A batch is identified by ``batch_id`` and always written to the
@@ -24,7 +24,7 @@ than :data:`INDEX_MAX_DAYS` days, and ``undated``: rows without a time range) in
 manifest ever written. A re-run batch rewrites its entries and drops those of days it left; an
 entry that disagrees with another of its batch, or names a file gone since, is settled by the
 batch's manifest. A lake written before the index gets it at its next batch (one full listing,
-then ``_index/<kind>/_complete``); until then readers list the manifests as before.
+then ``_index/<dataset>/<kind>/_complete``); until then readers list the manifests as before.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Lake:
         return from_parquet_bytes(self.store.get(key))
 
     def index_key(self, dataset: str, kind: str, day: str, batch_id: str) -> str:
-        return f"{dataset}/_index/{kind}/{day}/{batch_id}.json"
+        return f"_index/{dataset}/{kind}/{day}/{batch_id}.json"
 
     def write_manifest(self, dataset: str, kind: str, batch_id: str, manifest: dict[str, Any]) -> BatchRef:
         """Commit a batch: its day-index entries, then the manifest (the commit point), then drop
@@ -214,7 +214,7 @@ class Lake:
             old = json.loads(self.store.get(key))
         except KeyError:
             old = None
-        if not self.store.exists(f"{dataset}/_index/{kind}/{INDEX_COMPLETE}"):
+        if not self.store.exists(f"_index/{dataset}/{kind}/{INDEX_COMPLETE}"):
             self._build_index(dataset, kind)
         days = self._write_index(dataset, kind, manifest)
         body = json.dumps(manifest, sort_keys=True, indent=2, default=str).encode()
@@ -236,7 +236,7 @@ class Lake:
         found = self.manifests(dataset, kind)
         for m in found:
             self._write_index(dataset, kind, m)
-        self.store.put(f"{dataset}/_index/{kind}/{INDEX_COMPLETE}", b"")
+        self.store.put(f"_index/{dataset}/{kind}/{INDEX_COMPLETE}", b"")
         if found:
             log.info("%s/%s: day index built for %d batch(es)", dataset, kind, len(found))
 
@@ -257,7 +257,7 @@ class Lake:
             return None
         lo = _utc(start)
         hi = _utc(end) if end is not None else None
-        base = f"{dataset}/_index/{kind}"
+        base = f"_index/{dataset}/{kind}"
         if hi is not None and (hi - lo) > pd.Timedelta(days=INDEX_MAX_WINDOW_DAYS):
             return None
         if not self.store.exists(f"{base}/{INDEX_COMPLETE}"):

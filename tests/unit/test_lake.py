@@ -204,8 +204,8 @@ def test_a_window_reads_the_day_index_not_every_manifest_and_returns_the_same_ro
     labels_read = {k for k in counting.gets if "/labels/" in k and k.endswith(".parquet")}
     assert len(events_read) == 4 and len(labels_read) == 4 * 7  # the window day's 4 batches; labels 01-04..01-10
     # without the index (a lake written before it) every manifest is listed, and the rows are the same
-    store.delete(f"{ds}/_index/events/{INDEX_COMPLETE}")
-    store.delete(f"{ds}/_index/labels/{INDEX_COMPLETE}")
+    store.delete(f"_index/{ds}/events/{INDEX_COMPLETE}")
+    store.delete(f"_index/{ds}/labels/{INDEX_COMPLETE}")
     counting = CountingStore(store)
     want, want_lineage = Lake(store=counting).labelled(spec, start, end)
     assert any("/_manifests/" in k for k in counting.lists)
@@ -220,12 +220,12 @@ def test_a_lake_written_before_the_index_is_indexed_at_its_next_batch(spec, tmp_
     lake = Lake(store=store)
     ds = spec.dataset.name
     write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
-    for key in store.list(f"{ds}/_index"):  # as if written by an older rtml
+    for key in store.list(f"_index/{ds}"):  # as if written by an older rtml
         store.delete(key)
     assert lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02") is None  # not indexed: full listing
     m = lake.manifests(ds, "events")[0]
     lake.write_manifest(ds, "events", m["batch_id"], m)  # the next batch (a re-run) indexes the lake
-    assert store.exists(f"{ds}/_index/events/{INDEX_COMPLETE}")
+    assert store.exists(f"_index/{ds}/events/{INDEX_COMPLETE}")
     found = lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02")
     assert [e["batch_id"] for e in found] == [m["batch_id"] for m in lake.manifests(ds, "events")]
 
@@ -237,15 +237,15 @@ def test_a_rerun_batch_that_moves_days_leaves_no_entry_behind(spec, lake):
     lake.write_table(key, pd.DataFrame({"x": [1]}))
     base = {"batch_id": bid, "files": [key], "accepted": 1, "schema_hash": spec.schema_hash()}
     lake.write_manifest(ds, "events", bid, {**base, "min_time": "2026-01-01T10:00:00Z", "watermark": "2026-01-02T01:00:00Z"})
-    assert {k.split("/")[3] for k in lake.store.list(f"{ds}/_index/events") if k.endswith(".json")} == {
+    assert {k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")} == {
         "2026-01-01", "2026-01-02"}
     lake.write_manifest(ds, "events", bid, {**base, "min_time": "2026-01-03T10:00:00Z", "watermark": "2026-01-03T11:00:00Z"})
-    assert {k.split("/")[3] for k in lake.store.list(f"{ds}/_index/events") if k.endswith(".json")} == {"2026-01-03"}
+    assert {k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")} == {"2026-01-03"}
     assert lake.window_manifests(ds, "events", "2026-01-01", "2026-01-03") == []
     lake.write_manifest(ds, "events", bid, {**base, "min_time": "2025-01-01T00:00:00Z", "watermark": "2026-01-03T11:00:00Z"})
-    assert [k.split("/")[3] for k in lake.store.list(f"{ds}/_index/events") if k.endswith(".json")] == ["wide"]
+    assert [k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")] == ["wide"]
     lake.write_manifest(ds, "events", bid, {**base, "min_time": None, "watermark": None})
-    assert [k.split("/")[3] for k in lake.store.list(f"{ds}/_index/events") if k.endswith(".json")] == ["undated"]
+    assert [k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")] == ["undated"]
     assert [e["batch_id"] for e in lake.window_manifests(ds, "events", "2030-01-01", "2030-01-02")] == [bid]
 
 
