@@ -5,6 +5,7 @@ Layout under the lake root (an S3 prefix or a folder), per dataset::
     <dataset>/<kind>/date=YYYY-MM-DD/batch=<batch_id>/part-00000.parquet     accepted records
     <dataset>/quarantine/<kind>/date=YYYY-MM-DD/batch=<batch_id>/rejected.jsonl   with reasons
     <dataset>/_manifests/<kind>/<batch_id>.json                              one per batch
+    _index/<dataset>/<kind>/<YYYY-MM-DD|wide|undated>/<batch_id>.json        the day index (beside the datasets)
 
 ``kind`` is ``events`` (features, no label), ``labels`` (delayed outcomes, joined by event id) or
 ``predictions`` (the serving log). A batch is identified by ``batch_id`` and always written to the
@@ -14,12 +15,24 @@ Each manifest records the ``schema_hash`` of the contract its rows were checked 
 that build training data (:meth:`Lake.labelled`, :meth:`Lake.latest_labels`) refuse to mix batches
 of another schema (:class:`SchemaMismatch`, naming the batches) instead of silently mixing them.
 Stages hand each other these references (lake URI, manifest keys, batch ids), never DataFrames.
+
+The day index makes a window read cost what the window costs, not what the lake's history costs:
+beside each manifest (written just before it) a small entry per day of event time the batch covers
+(``min_time``..``watermark``, UTC days) carries what a reader needs (batch id, schema hash, time
+range, files or table). A window lists only its days' entries (plus ``wide``: batches spanning more
+than :data:`INDEX_MAX_DAYS` days, and ``undated``: rows without a time range) instead of every
+manifest ever written. A re-run batch rewrites its entries and drops those of days it left; an
+entry that disagrees with another of its batch, or names a file gone since, is settled by the
+batch's manifest. A lake written before the index gets it at its next batch (one full listing,
+then ``_index/<dataset>/<kind>/_complete``); until then readers list the manifests as before.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +48,14 @@ if TYPE_CHECKING:
     from rtml.tables import Tables
 
 KINDS = ("events", "labels", "predictions", "shadow")
+LABEL_TIME = "label_time"  # the labels' time column (rtml.ingest.contract.LABEL_TIME)
+INDEX_MAX_DAYS = 31  # a batch spanning more days of event time is indexed once, under "wide"
+INDEX_MAX_WINDOW_DAYS = 400  # a longer window lists every manifest instead of its days
+INDEX_COMPLETE = "_complete"
+INDEX_FIELDS = ("batch_id", "schema_hash", "min_time", "watermark", "accepted", "files", "table", "snapshot_id")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+log = logging.getLogger("rtml.lake")
 
 
 def _date_of(batch_id: str) -> str:
@@ -49,6 +70,39 @@ def _utc(value: Any) -> pd.Timestamp:
 
     t = pd.Timestamp(value)
     return t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")
+
+
+def _has_rows(m: dict[str, Any]) -> bool:
+    return bool(m.get("files") or (m.get("table") and m.get("accepted")))
+
+
+def index_days(m: dict[str, Any]) -> list[str]:
+    """The day-index folders of a manifest: the UTC days of its time range, ``wide`` past
+    :data:`INDEX_MAX_DAYS`, ``undated`` without a (readable) range; none for a batch without rows."""
+    import pandas as pd
+
+    if not _has_rows(m):
+        return []
+    first, last = m.get("min_time"), m.get("watermark")
+    if first is None or last is None:
+        return ["undated"]
+    try:
+        lo, hi = _utc(first).normalize(), _utc(last).normalize()
+    except (TypeError, ValueError):
+        return ["undated"]
+    n = (hi - lo).days + 1
+    if n < 1 or n > INDEX_MAX_DAYS:
+        return ["wide"]
+    return [f"{d:%Y-%m-%d}" for d in pd.date_range(lo, hi, freq="D")]
+
+
+def _children(store: ObjectStore, prefix: str) -> list[str]:
+    """The names directly below ``prefix`` (stores without ``children`` list every key below it)."""
+    children = getattr(store, "children", None)
+    if children is not None:
+        return list(children(prefix))
+    cut = len(prefix.strip("/")) + 1
+    return sorted({key[cut:].split("/", 1)[0] for key in store.list(prefix)})
 
 
 def to_parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -81,8 +135,7 @@ def check_schema(manifests: list[dict[str, Any]], expected: str, what: str) -> N
     """Raise :class:`SchemaMismatch` if a batch with rows was written under another schema hash."""
     other: dict[str, list[str]] = {}
     for m in manifests:
-        has_rows = m.get("files") or (m.get("table") and m.get("accepted"))
-        if has_rows and m.get("schema_hash") != expected:
+        if _has_rows(m) and m.get("schema_hash") != expected:
             other.setdefault(str(m.get("schema_hash")), []).append(m["batch_id"])
     if other:
         detail = "; ".join(
@@ -150,11 +203,87 @@ class Lake:
     def read_table(self, key: str) -> pd.DataFrame:
         return from_parquet_bytes(self.store.get(key))
 
+    def index_key(self, dataset: str, kind: str, day: str, batch_id: str) -> str:
+        return f"_index/{dataset}/{kind}/{day}/{batch_id}.json"
+
     def write_manifest(self, dataset: str, kind: str, batch_id: str, manifest: dict[str, Any]) -> BatchRef:
+        """Commit a batch: its day-index entries, then the manifest (the commit point), then drop
+        the entries of days an earlier attempt of the batch covered and this one does not."""
         key = self.manifest_key(dataset, kind, batch_id)
+        try:
+            old = json.loads(self.store.get(key))
+        except KeyError:
+            old = None
+        if not self.store.exists(f"_index/{dataset}/{kind}/{INDEX_COMPLETE}"):
+            self._build_index(dataset, kind)
+        days = self._write_index(dataset, kind, manifest)
         body = json.dumps(manifest, sort_keys=True, indent=2, default=str).encode()
         self.store.put(key, body)
+        for day in sorted(set(index_days(old or {})) - set(days)):
+            self.store.delete(self.index_key(dataset, kind, day, batch_id))
         return BatchRef(dataset, kind, batch_id, key)
+
+    def _write_index(self, dataset: str, kind: str, manifest: dict[str, Any]) -> list[str]:
+        days = index_days(manifest)
+        entry = {k: manifest[k] for k in INDEX_FIELDS if k in manifest}
+        body = json.dumps(entry, sort_keys=True, default=str).encode()
+        for day in days:
+            self.store.put(self.index_key(dataset, kind, day, manifest["batch_id"]), body)
+        return days
+
+    def _build_index(self, dataset: str, kind: str) -> None:
+        """Index a lake written before the day index (once: one full listing of the manifests)."""
+        found = self.manifests(dataset, kind)
+        for m in found:
+            self._write_index(dataset, kind, m)
+        self.store.put(f"_index/{dataset}/{kind}/{INDEX_COMPLETE}", b"")
+        if found:
+            log.info("%s/%s: day index built for %d batch(es)", dataset, kind, len(found))
+
+    def _manifest(self, dataset: str, kind: str, batch_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self.store.get(self.manifest_key(dataset, kind, batch_id))))
+        except KeyError:
+            return None
+
+    def window_manifests(self, dataset: str, kind: str, start: Any = None, end: Any = None) -> list[dict[str, Any]] | None:
+        """The committed batches with rows whose time range may meet [start, end) (``end`` None: up to
+        now), from the day index: what a window read lists instead of every manifest. Entries carry
+        :data:`INDEX_FIELDS` only. None when the index cannot answer (no start, a window longer than
+        :data:`INDEX_MAX_WINDOW_DAYS`, or a lake not indexed yet): then read :meth:`manifests`."""
+        import pandas as pd
+
+        if start is None:
+            return None
+        lo = _utc(start)
+        hi = _utc(end) if end is not None else None
+        base = f"_index/{dataset}/{kind}"
+        if hi is not None and (hi - lo) > pd.Timedelta(days=INDEX_MAX_WINDOW_DAYS):
+            return None
+        if not self.store.exists(f"{base}/{INDEX_COMPLETE}"):
+            return None
+        if hi is not None:
+            last = (hi - pd.Timedelta(microseconds=1)).normalize()
+            days = [f"{d:%Y-%m-%d}" for d in pd.date_range(lo.normalize(), last, freq="D")] if hi > lo else []
+        else:  # open-ended: the days from the start on (one delimited listing of the day folders)
+            days = [d for d in _children(self.store, base) if _DAY.fullmatch(d) and d >= f"{lo:%Y-%m-%d}"]
+        entries: dict[str, list[dict[str, Any]]] = {}
+        for day in [*days, "wide", "undated"]:
+            for key in self.store.list(f"{base}/{day}"):
+                if key.endswith(".json"):
+                    try:
+                        e = json.loads(self.store.get(key))
+                    except KeyError:  # dropped meanwhile by a re-run of its batch
+                        continue
+                    entries.setdefault(e["batch_id"], []).append(e)
+        out = []
+        for bid, found in entries.items():
+            m: dict[str, Any] | None = found[0]
+            if any(e != found[0] for e in found[1:]):  # a re-run changed the batch meanwhile
+                m = self._manifest(dataset, kind, bid)
+            if m is not None:
+                out.append({**m, "_indexed": True})
+        return sorted(out, key=lambda m: m["batch_id"])
 
     # --- reading --------------------------------------------------------------------------------
     def manifests(self, dataset: str, kind: str) -> list[dict[str, Any]]:
@@ -175,14 +304,18 @@ class Lake:
         start: Any = None,
         end: Any = None,
         snapshot_id: int | None = None,
+        candidates: list[dict[str, Any]] | None = None,
+        keep_null_time: bool = False,
     ) -> pd.DataFrame:
         """Rows of the committed batches that ``keep`` accepts, in batch order, with ``_batch``;
         with ``schema_hash``, all of them must have been written under it (:func:`check_schema`).
-        ``time_column`` in [start, end) lets a table skip the days outside (callers filter rows too);
-        ``snapshot_id`` reads a table as it was at that snapshot (lineage)."""
+        ``time_column`` in [start, end) lets a table skip the days outside (callers filter rows too;
+        ``keep_null_time`` keeps rows without a time); ``snapshot_id`` reads a table as it was at
+        that snapshot (lineage); ``candidates`` (from :meth:`window_manifests`) instead of every manifest."""
         import pandas as pd
 
-        chosen = [m for m in self.manifests(dataset, kind) if keep is None or keep(m)]
+        found = self.manifests(dataset, kind) if candidates is None else candidates
+        chosen = [m for m in found if keep is None or keep(m)]
         if schema_hash is not None:
             check_schema(chosen, schema_hash, f"{dataset}/{kind}")
         frames = []
@@ -190,19 +323,33 @@ class Lake:
         if in_table:
             # One scan for every chosen batch of the table (a window prunes by day), then batch order.
             rows = self.tables.read(dataset, kind, set(in_table), time_column=time_column, start=start, end=end,
-                                    snapshot_id=snapshot_id)
+                                    snapshot_id=snapshot_id, keep_null_time=keep_null_time)
             if rows.num_rows:
                 df = rows.to_pandas()
                 df["_order"] = df["_batch"].map(in_table)
                 frames.append(df.sort_values("_order", kind="stable").drop(columns="_order"))
         for m in chosen:
-            for key in m.get("files", []):
-                frames.append(self.read_table(key).assign(_batch=m["batch_id"]))
+            for part in self._read_files(dataset, kind, m):
+                frames.append(part.assign(_batch=m["batch_id"]))
         if len(frames) > 1 and in_table:
             order = {m["batch_id"]: i for i, m in enumerate(chosen)}
             df = pd.concat(frames, ignore_index=True)
             return df.iloc[df["_batch"].map(order).argsort(kind="stable")].reset_index(drop=True)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def _read_files(self, dataset: str, kind: str, m: dict[str, Any]) -> list[pd.DataFrame]:
+        try:
+            return [self.read_table(key) for key in m.get("files", [])]
+        except KeyError:
+            if not m.get("_indexed"):
+                raise
+        # A stale index entry (its batch re-run with fewer parts, a crash between the two writes):
+        # the manifest says which files the batch has now.
+        fresh = self._manifest(dataset, kind, m["batch_id"]) or {}
+        if fresh.get("table"):
+            log.warning("%s/%s batch %s moved to a table since its index entry: not read by this window",
+                        dataset, kind, m["batch_id"])
+        return [self.read_table(key) for key in fresh.get("files", [])]
 
     def read_batches(
         self,
@@ -233,10 +380,19 @@ class Lake:
     def latest_labels(self, spec: ProjectSpec, snapshot_id: int | None = None,
                       batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
-        wanted = None if batch_ids is None else set(batch_ids)
-        labels = self._read(spec.dataset.name, "labels", None if wanted is None else (lambda m: m["batch_id"] in wanted),
-                            schema_hash=spec.schema_hash(), snapshot_id=snapshot_id)
+        labels = self._labels(spec, snapshot_id, batch_ids)
         return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
+
+    def _labels(self, spec: ProjectSpec, snapshot_id: int | None = None, batch_ids: Iterable[str] | None = None,
+                since: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Every label row in batch order; with ``since``, at least those with label time from
+        ``since`` on, or none (the day index lists only the label days from ``since`` on)."""
+        wanted = None if batch_ids is None else set(batch_ids)
+        candidates = self.window_manifests(spec.dataset.name, "labels", since) if since is not None else None
+        return self._read(spec.dataset.name, "labels", None if wanted is None else (lambda m: m["batch_id"] in wanted),
+                          schema_hash=spec.schema_hash(), snapshot_id=snapshot_id, candidates=candidates,
+                          time_column=LABEL_TIME if candidates is not None else None, start=since,
+                          keep_null_time=True)
 
     def labelled(
         self,
@@ -252,9 +408,15 @@ class Lake:
         (a lineage's ``events``/``labels`` batch ids) reads only those: together they read back a
         training window exactly, whatever landed or was re-run since.
 
+        A label whose ``label_time`` is before its event's time cannot be an outcome of it (a
+        producer's clock is off) and is not joined; so a window from ``start`` reads only the labels
+        from ``start`` on (and those without a label time), and both reads, the day index's and the
+        full listing's, return the same rows.
+
         Returns the frame, sorted by event time then event id, and the lineage: the batch ids of
         the events and labels that contributed at least one joined row. Event batches whose
-        manifest time range (``min_time``..``watermark``) lies outside [start, end) are not read.
+        manifest time range (``min_time``..``watermark``) lies outside [start, end) are not read;
+        with both ``start`` and ``end`` only the window's days are listed (the day index).
         """
         import pandas as pd
 
@@ -264,7 +426,7 @@ class Lake:
 
         def overlaps(m: dict[str, Any]) -> bool:
             first, last = m.get("min_time"), m.get("watermark")
-            if not m.get("files") and not (m.get("table") and m.get("accepted")):
+            if not _has_rows(m):
                 return False
             if first is None or last is None:  # a manifest without a time range: read it
                 return True
@@ -279,9 +441,11 @@ class Lake:
         def chosen(m: dict[str, Any]) -> bool:
             return (only is None or m["batch_id"] in only) and overlaps(m)
 
+        candidates = self.window_manifests(ds, "events", lo, hi) if lo is not None and hi is not None else None
         events = self._read(ds, "events", chosen, schema_hash=spec.schema_hash(), time_column=ts, start=lo, end=hi,
-                            snapshot_id=snaps.get("events"))
-        labels = self.latest_labels(spec, snaps.get("labels"), None if batches is None else batches.get("labels", []))
+                            snapshot_id=snaps.get("events"), candidates=candidates)
+        labels = self._labels(spec, snaps.get("labels"), None if batches is None else batches.get("labels", []),
+                              since=lo)
         empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:
             return empty, {"events": [], "labels": []}
@@ -290,6 +454,11 @@ class Lake:
             events = events[events[ts] >= lo]
         if hi is not None:
             events = events[events[ts] < hi]
+        if LABEL_TIME in labels.columns:  # a label stamped before its event is not an outcome of it
+            when = labels[eid].map(events.drop_duplicates(subset=[eid], keep="last").set_index(eid)[ts])
+            stamped = pd.to_datetime(labels[LABEL_TIME], utc=True)
+            labels = labels[stamped.isna() | when.isna() | (stamped >= when)]
+        labels = labels.drop_duplicates(subset=[eid], keep="last")
         label_cols = [eid, spec.target.name, "_batch"]
         joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one", suffixes=("", "_label"))
         joined = joined.drop_duplicates(subset=[eid], keep="last").sort_values([ts, eid], kind="stable")

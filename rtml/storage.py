@@ -7,6 +7,7 @@ rewrite the same files instead of leaving half-written ones behind.
 
 from __future__ import annotations
 
+import builtins
 import os
 import tempfile
 from collections.abc import Iterator
@@ -87,6 +88,13 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def children(self, prefix: str) -> builtins.list[str]:
+        """The names directly below ``prefix`` (files and "folders"), without listing deeper."""
+        base = self.root / _clean(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+
     def url(self, key: str) -> str:
         return str(self._path(key))
 
@@ -142,6 +150,16 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def children(self, prefix: str) -> builtins.list[str]:
+        """The names directly below ``prefix``: one delimited listing, not every key below it."""
+        full = self._key(prefix) + "/"
+        out: set[str] = set()
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            out.update(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
+            out.update(obj["Key"][len(full):] for obj in page.get("Contents", []))
+        return sorted(out)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -200,32 +200,49 @@ class Tables:
         end: Any = None,
         snapshot_id: int | None = None,
         columns: tuple[str, ...] | None = None,
+        keep_null_time: bool = False,
     ) -> pa.Table:
         """Rows of the table (at ``snapshot_id``, default the current one), of the given batches,
-        with ``time_column`` in [start, end) when given: a window prunes the days it does not cover."""
+        with ``time_column`` in [start, end) when given (and null, with ``keep_null_time``): a window
+        prunes the days it does not cover, reading neither their data files nor their manifests."""
         e = _expressions()
+        cached = self.identifier(dataset, kind) in self._open
         table = self.table(dataset, kind)
         if snapshot_id is not None and table.metadata.snapshot_by_id(snapshot_id) is None:
-            table = table.refresh()
+            table = table.refresh() if cached else table
+            cached = False
             if table.metadata.snapshot_by_id(snapshot_id) is None:
                 # Expired by maintenance (older than the retention, see maintain): the batches are read
                 # from the current table instead (a re-run batch then reads its new rows).
                 log.warning("table %s: snapshot %s was expired; reading the current table", table.name(), snapshot_id)
                 snapshot_id = None
-        if snapshot_id is None:
+        if snapshot_id is None and cached:  # a table loaded just now is current already
             table = table.refresh()
             self._open[self.identifier(dataset, kind)] = table
         expr: Any = e.AlwaysTrue()
+        if time_column and time_column not in {f.name for f in table.schema().fields}:
+            time_column = None  # a table without that column: nothing to prune by
         if time_column and start is not None:
             expr = e.And(expr, e.GreaterThanOrEqual(time_column, _iso(start)))
         if time_column and end is not None:
             expr = e.And(expr, e.LessThan(time_column, _iso(end)))
-        if batch_ids is not None:
-            if not batch_ids:
-                return table.schema().as_arrow().empty_table()
+        if time_column and keep_null_time and (start is not None or end is not None):
+            expr = e.Or(expr, e.IsNull(time_column))
+        if batch_ids is not None and not batch_ids:
+            return table.schema().as_arrow().empty_table()
+        # A window's days prune the files; then the batches are picked from its rows (an In filter
+        # over a window's many batch ids costs more, bound to every file planned, than it prunes).
+        by_rows = batch_ids is not None and time_column is not None and (start is not None or end is not None)
+        if batch_ids is not None and not by_rows:
             expr = e.And(expr, e.In(BATCH_COLUMN, set(batch_ids)))
         fields = ("*",) if columns is None else (*columns, BATCH_COLUMN)
-        return table.scan(row_filter=expr, snapshot_id=snapshot_id, selected_fields=fields).to_arrow()
+        rows = table.scan(row_filter=expr, snapshot_id=snapshot_id, selected_fields=fields).to_arrow()
+        if by_rows and batch_ids is not None:
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            rows = rows.filter(pc.is_in(rows.column(BATCH_COLUMN), value_set=pa.array(sorted(batch_ids), pa.string())))
+        return rows
 
     def snapshot(self, dataset: str, kind: str) -> int | None:
         """The current snapshot id of the table (None before its first commit): what lineage records."""

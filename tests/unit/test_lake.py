@@ -165,3 +165,123 @@ def test_check_schema_ignores_batches_without_rows_and_groups_by_hash():
     assert "2 batch(es) under schema old (e.g. b1)" in msg and "1 batch(es) under schema None (e.g. b3)" in msg
     assert "b4" not in msg and "b5" not in msg
     check_schema(ms[3:], "new", "ds/events")  # no error
+
+
+# --- the day index: a window lists its days, not the lake's history --------------------------------
+class CountingStore:
+    """A store that records the keys read and the prefixes listed."""
+
+    def __init__(self, store) -> None:
+        self._store, self.gets, self.lists = store, [], []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return self._store.get(key)
+
+    def list(self, prefix: str = "") -> list[str]:
+        self.lists.append(prefix)
+        return self._store.list(prefix)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def test_a_window_reads_the_day_index_not_every_manifest_and_returns_the_same_rows(spec, tmp_path):
+    from rtml.lake import INDEX_COMPLETE
+
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    df = synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0)  # 10 days, one event per 15 minutes
+    write_to_lake(lake, spec, df, batches=40)  # 6 hours a batch
+    start, end = pd.Timestamp("2026-01-04T00:00:00Z"), pd.Timestamp("2026-01-05T00:00:00Z")
+    counting = CountingStore(store)
+    got, lineage = Lake(store=counting).labelled(spec, start, end)
+    assert len(got) == 96 and len(lineage["events"]) == 4
+    assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
+    # labels: those of the days from the window's start on (labels cannot precede their events)
+    events_read = {k for k in counting.gets if "/events/" in k and k.endswith(".parquet")}
+    labels_read = {k for k in counting.gets if "/labels/" in k and k.endswith(".parquet")}
+    assert len(events_read) == 4 and len(labels_read) == 4 * 7  # the window day's 4 batches; labels 01-04..01-10
+    # without the index (a lake written before it) every manifest is listed, and the rows are the same
+    store.delete(f"_index/{ds}/events/{INDEX_COMPLETE}")
+    store.delete(f"_index/{ds}/labels/{INDEX_COMPLETE}")
+    counting = CountingStore(store)
+    want, want_lineage = Lake(store=counting).labelled(spec, start, end)
+    assert any("/_manifests/" in k for k in counting.lists)
+    pd.testing.assert_frame_equal(got, want)
+    assert lineage == want_lineage
+
+
+def test_a_lake_written_before_the_index_is_indexed_at_its_next_batch(spec, tmp_path):
+    from rtml.lake import INDEX_COMPLETE
+
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
+    for key in store.list(f"_index/{ds}"):  # as if written by an older rtml
+        store.delete(key)
+    assert lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02") is None  # not indexed: full listing
+    m = lake.manifests(ds, "events")[0]
+    lake.write_manifest(ds, "events", m["batch_id"], m)  # the next batch (a re-run) indexes the lake
+    assert store.exists(f"_index/{ds}/events/{INDEX_COMPLETE}")
+    found = lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02")
+    assert [e["batch_id"] for e in found] == [m["batch_id"] for m in lake.manifests(ds, "events")]
+
+
+def test_a_rerun_batch_that_moves_days_leaves_no_entry_behind(spec, lake):
+    ds = spec.dataset.name
+    bid = "20260101T000000-0000"
+    key = lake.data_key(ds, "events", bid)
+    lake.write_table(key, pd.DataFrame({"x": [1]}))
+    base = {"batch_id": bid, "files": [key], "accepted": 1, "schema_hash": spec.schema_hash()}
+    lake.write_manifest(ds, "events", bid, {**base, "min_time": "2026-01-01T10:00:00Z", "watermark": "2026-01-02T01:00:00Z"})
+    assert {k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")} == {
+        "2026-01-01", "2026-01-02"}
+    lake.write_manifest(ds, "events", bid, {**base, "min_time": "2026-01-03T10:00:00Z", "watermark": "2026-01-03T11:00:00Z"})
+    assert {k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")} == {"2026-01-03"}
+    assert lake.window_manifests(ds, "events", "2026-01-01", "2026-01-03") == []
+    lake.write_manifest(ds, "events", bid, {**base, "min_time": "2025-01-01T00:00:00Z", "watermark": "2026-01-03T11:00:00Z"})
+    assert [k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")] == ["wide"]
+    lake.write_manifest(ds, "events", bid, {**base, "min_time": None, "watermark": None})
+    assert [k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")] == ["undated"]
+    assert [e["batch_id"] for e in lake.window_manifests(ds, "events", "2030-01-01", "2030-01-02")] == [bid]
+
+
+def test_a_stale_index_entry_is_settled_by_the_manifest(spec, lake):
+    ds = spec.dataset.name
+    bid = "20260101T000000-0000"
+    keys = [lake.data_key(ds, "events", bid, part) for part in (0, 1)]
+    for i, key in enumerate(keys):
+        lake.write_table(key, pd.DataFrame({"x": [i]}))
+    span = {"min_time": "2026-01-01T10:00:00Z", "watermark": "2026-01-01T11:00:00Z"}
+    lake.write_manifest(ds, "events", bid, {"batch_id": bid, "files": keys, "accepted": 2, **span})
+    # a re-run with one part, its manifest written but its index entry lost (a crash between the two)
+    entry = lake.store.get(lake.index_key(ds, "events", "2026-01-01", bid))
+    lake.write_manifest(ds, "events", bid, {"batch_id": bid, "files": keys[:1], "accepted": 1, **span})
+    lake.store.delete(keys[1])
+    lake.store.put(lake.index_key(ds, "events", "2026-01-01", bid), entry)
+    found = lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02")
+    assert found[0]["files"] == keys  # the stale entry
+    assert list(lake._read(ds, "events", candidates=found)["x"]) == [0]  # the part gone: the manifest's files
+
+
+def test_a_label_stamped_before_its_event_is_not_joined(spec, lake):
+    df = synthetic_frame(spec, 20, seed=2)
+    write_to_lake(lake, spec, df, batches=1)
+    ds, eid, target, ts = spec.dataset.name, spec.event_id, spec.target.name, spec.event_time
+    flipped = "no" if df[target].iloc[0] == "yes" else "yes"
+    # a later batch relabels the first event, stamped an hour before the event happened (a skewed clock)
+    fix = pd.DataFrame({eid: [df[eid].iloc[0], df[eid].iloc[1]], target: [flipped, df[target].iloc[1]],
+                        "label_time": [df[ts].iloc[0] - pd.Timedelta(hours=1), df[ts].iloc[1]]})
+    bid = "29990101T000000-fix"
+    key = lake.data_key(ds, "labels", bid)
+    lake.write_table(key, fix)
+    lake.write_manifest(ds, "labels", bid, {"batch_id": bid, "files": [key], "accepted": 2, "schema_hash": spec.schema_hash(),
+                                            "min_time": fix["label_time"].min(), "watermark": fix["label_time"].max()})
+    joined, lineage = lake.labelled(spec)
+    assert joined.set_index(eid).loc[df[eid].iloc[0], target] == df[target].iloc[0]  # the skewed one ignored
+    assert lineage["labels"] == sorted(["20260101T000000-0000", bid])  # the one stamped at its event counts
+    window, _ = lake.labelled(spec, df[ts].min(), df[ts].max() + pd.Timedelta(seconds=1))
+    pd.testing.assert_frame_equal(window, joined)

@@ -125,8 +125,9 @@ def _ingest_all(settings: Settings) -> Lake:
     return lake
 
 
-def test_ingestion_into_tables_reads_exactly_like_the_file_lake(settings, tmp_path):
-    """Same landing files, both formats: every reader gets the same frames and lineage."""
+def test_ingestion_into_tables_reads_exactly_like_the_file_lake(settings, tmp_path, monkeypatch):
+    """Same landing files, both formats: every reader gets the same frames and lineage; a window
+    of the tables reads the day index and the table, no manifest."""
     files = _ingest_all(Settings(storage="local", home=tmp_path / "fh", lake_uri=str(tmp_path / "flake")))
     lake = _ingest_all(settings)
     manifests = lake.manifests(DS, "events")
@@ -140,6 +141,13 @@ def test_ingestion_into_tables_reads_exactly_like_the_file_lake(settings, tmp_pa
         got, lineage = lake.labelled(SPEC, *window)
         want, want_lineage = files.labelled(SPEC, *window)
         assert got.equals(want) and lineage == want_lineage and len(got)
+    seen: list[str] = []
+    real_list, real_get = lake.store.list, lake.store.get
+    monkeypatch.setattr(lake.store, "list", lambda prefix="": seen.append(prefix) or real_list(prefix))
+    monkeypatch.setattr(lake.store, "get", lambda key: seen.append(key) or real_get(key))
+    got, _ = lake.labelled(SPEC, T0 + FIVE, T0 + 3 * FIVE)
+    assert len(got) and seen and not any("_manifests" in k for k in seen)
+    monkeypatch.undo()
     # A re-run of a batch changes nothing a reader sees.
     before = lake.read_batches(DS, "events")
     ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake)
