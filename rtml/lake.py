@@ -35,7 +35,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.settings import Settings, get_settings
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 KINDS = ("events", "labels", "predictions", "shadow")
 LABEL_TIME = "label_time"  # the labels' time column (rtml.ingest.contract.LABEL_TIME)
+# How far a label's time may precede its event's and still be joined: producers' clocks disagree.
+LABEL_CLOCK_SKEW = timedelta(days=1)
 INDEX_MAX_DAYS = 31  # a batch spanning more days of event time is indexed once, under "wide"
 INDEX_MAX_WINDOW_DAYS = 400  # a longer window lists every manifest instead of its days
 INDEX_COMPLETE = "_complete"
@@ -408,10 +410,11 @@ class Lake:
         (a lineage's ``events``/``labels`` batch ids) reads only those: together they read back a
         training window exactly, whatever landed or was re-run since.
 
-        A label whose ``label_time`` is before its event's time cannot be an outcome of it (a
-        producer's clock is off) and is not joined; so a window from ``start`` reads only the labels
-        from ``start`` on (and those without a label time), and both reads, the day index's and the
-        full listing's, return the same rows.
+        A label whose ``label_time`` is more than ``LABEL_CLOCK_SKEW`` before its event's time cannot
+        be an outcome of it and is not joined (a smaller lead is taken for clock skew between
+        producers); so a window from ``start`` reads only the labels from ``start - LABEL_CLOCK_SKEW``
+        on (and those without a label time), and both reads, the day index's and the full listing's,
+        return the same rows.
 
         Returns the frame, sorted by event time then event id, and the lineage: the batch ids of
         the events and labels that contributed at least one joined row. Event batches whose
@@ -445,7 +448,7 @@ class Lake:
         events = self._read(ds, "events", chosen, schema_hash=spec.schema_hash(), time_column=ts, start=lo, end=hi,
                             snapshot_id=snaps.get("events"), candidates=candidates)
         labels = self._labels(spec, snaps.get("labels"), None if batches is None else batches.get("labels", []),
-                              since=lo)
+                              since=None if lo is None else lo - LABEL_CLOCK_SKEW)
         empty = pd.DataFrame(columns=[eid, ts, *spec.feature_names, spec.target.name])
         if events.empty or labels.empty:
             return empty, {"events": [], "labels": []}
@@ -454,10 +457,10 @@ class Lake:
             events = events[events[ts] >= lo]
         if hi is not None:
             events = events[events[ts] < hi]
-        if LABEL_TIME in labels.columns:  # a label stamped before its event is not an outcome of it
+        if LABEL_TIME in labels.columns:  # a label stamped well before its event is not an outcome of it
             when = labels[eid].map(events.drop_duplicates(subset=[eid], keep="last").set_index(eid)[ts])
             stamped = pd.to_datetime(labels[LABEL_TIME], utc=True)
-            labels = labels[stamped.isna() | when.isna() | (stamped >= when)]
+            labels = labels[stamped.isna() | when.isna() | (stamped >= when - LABEL_CLOCK_SKEW)]
         labels = labels.drop_duplicates(subset=[eid], keep="last")
         label_cols = [eid, spec.target.name, "_batch"]
         joined = events.merge(labels[label_cols], on=eid, how="inner", validate="many_to_one", suffixes=("", "_label"))

@@ -10,6 +10,7 @@ import pytest
 from support.synthetic import synthetic_frame, toy_spec, write_to_lake
 
 from rtml.lake import (
+    LABEL_CLOCK_SKEW,
     BatchRef,
     Lake,
     SchemaMismatch,
@@ -199,10 +200,11 @@ def test_a_window_reads_the_day_index_not_every_manifest_and_returns_the_same_ro
     got, lineage = Lake(store=counting).labelled(spec, start, end)
     assert len(got) == 96 and len(lineage["events"]) == 4
     assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
-    # labels: those of the days from the window's start on (labels cannot precede their events)
+    # labels: those of the days from a day before the window's start on (LABEL_CLOCK_SKEW)
     events_read = {k for k in counting.gets if "/events/" in k and k.endswith(".parquet")}
     labels_read = {k for k in counting.gets if "/labels/" in k and k.endswith(".parquet")}
-    assert len(events_read) == 4 and len(labels_read) == 4 * 7  # the window day's 4 batches; labels 01-04..01-10
+    assert LABEL_CLOCK_SKEW == pd.Timedelta(days=1)
+    assert len(events_read) == 4 and len(labels_read) == 4 * 8  # the window day's 4 batches; labels 01-03..01-10
     # without the index (a lake written before it) every manifest is listed, and the rows are the same
     store.delete(f"_index/{ds}/events/{INDEX_COMPLETE}")
     store.delete(f"_index/{ds}/labels/{INDEX_COMPLETE}")
@@ -267,21 +269,26 @@ def test_a_stale_index_entry_is_settled_by_the_manifest(spec, lake):
     assert list(lake._read(ds, "events", candidates=found)["x"]) == [0]  # the part gone: the manifest's files
 
 
-def test_a_label_stamped_before_its_event_is_not_joined(spec, lake):
+def test_a_label_stamped_well_before_its_event_is_not_joined(spec, lake):
     df = synthetic_frame(spec, 20, seed=2)
     write_to_lake(lake, spec, df, batches=1)
     ds, eid, target, ts = spec.dataset.name, spec.event_id, spec.target.name, spec.event_time
-    flipped = "no" if df[target].iloc[0] == "yes" else "yes"
-    # a later batch relabels the first event, stamped an hour before the event happened (a skewed clock)
-    fix = pd.DataFrame({eid: [df[eid].iloc[0], df[eid].iloc[1]], target: [flipped, df[target].iloc[1]],
-                        "label_time": [df[ts].iloc[0] - pd.Timedelta(hours=1), df[ts].iloc[1]]})
+    flip = {"yes": "no", "no": "yes"}
+    # A later batch relabels events 0 and 2: event 0's label is stamped two days before the event
+    # (it cannot be its outcome), event 2's an hour before (clock skew between producers: joined).
+    fix = pd.DataFrame({eid: [df[eid].iloc[0], df[eid].iloc[1], df[eid].iloc[2]],
+                        target: [flip[df[target].iloc[0]], df[target].iloc[1], flip[df[target].iloc[2]]],
+                        "label_time": [df[ts].iloc[0] - pd.Timedelta(days=2), df[ts].iloc[1],
+                                       df[ts].iloc[2] - pd.Timedelta(hours=1)]})
     bid = "29990101T000000-fix"
     key = lake.data_key(ds, "labels", bid)
     lake.write_table(key, fix)
-    lake.write_manifest(ds, "labels", bid, {"batch_id": bid, "files": [key], "accepted": 2, "schema_hash": spec.schema_hash(),
+    lake.write_manifest(ds, "labels", bid, {"batch_id": bid, "files": [key], "accepted": 3, "schema_hash": spec.schema_hash(),
                                             "min_time": fix["label_time"].min(), "watermark": fix["label_time"].max()})
     joined, lineage = lake.labelled(spec)
-    assert joined.set_index(eid).loc[df[eid].iloc[0], target] == df[target].iloc[0]  # the skewed one ignored
-    assert lineage["labels"] == sorted(["20260101T000000-0000", bid])  # the one stamped at its event counts
+    assert LABEL_CLOCK_SKEW < pd.Timedelta(days=2)
+    assert joined.set_index(eid).loc[df[eid].iloc[0], target] == df[target].iloc[0]  # the early one ignored
+    assert joined.set_index(eid).loc[df[eid].iloc[2], target] == flip[df[target].iloc[2]]  # skew: joined
+    assert lineage["labels"] == sorted(["20260101T000000-0000", bid])
     window, _ = lake.labelled(spec, df[ts].min(), df[ts].max() + pd.Timedelta(seconds=1))
     pd.testing.assert_frame_equal(window, joined)
