@@ -64,6 +64,7 @@ def register(
     from rtml.train import log_model
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # an earlier test may have set another
     mlflow.set_experiment(settings.mlflow_experiment)
     pipe = pipe or train(spec, seed=seed)
     _, X = credit_rows()
@@ -80,6 +81,7 @@ def register_broken(settings: Settings, spec: ProjectSpec, gates: str = "passed"
 
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)  # an earlier test may have set another
     mlflow.set_experiment(settings.mlflow_experiment)
     pipe = train(spec, seed=1)
     _, X = credit_rows()
