@@ -4,8 +4,9 @@
 2. replays the demo dataset into the landing zone (events, and labels that arrive a minute later),
    from a fixed start (``REPLAY_START``, or ``--start``): the same arguments give the same events,
    files and batches whenever the demo runs, so the model and its gate decisions are the same too;
-3. backfills the ingestion DAG over those intervals through Airflow's REST API (as the UI's
-   *Backfill* does). A backfill only covers intervals the scheduler never schedules itself
+3. unpauses the ingestion DAG and lets the scheduler's own run (the latest complete interval,
+   which sweeps every landing file not ingested yet) finish, then backfills the ingestion DAG over
+   the replay's intervals through Airflow's REST API (as the UI's *Backfill* does). A backfill only covers intervals the scheduler never schedules itself
    (``rtml_ingest`` has ``catchup=False``: it only creates runs from the latest complete interval
    on), so the two never create the same run (:func:`backfill_range`);
 4. trains once all of it is in: ``rtml_train`` stays paused during the backfill (a paused DAG
@@ -130,6 +131,19 @@ def wait_idle(af: Any, dag_id: str, timeout: float = 600) -> None:
         time.sleep(2)
 
 
+def wait_scheduled(af: Any, dag_id: str, timeout: float = 600) -> None:
+    """Wait until ``dag_id`` has a run the scheduler created itself and no queued or running run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = af.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"run_type": ["scheduled"], "limit": 1})
+        r.raise_for_status()
+        if r.json()["total_entries"] > 0:
+            return wait_idle(af, dag_id, timeout=max(1.0, deadline - time.monotonic()))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the scheduler created no run of {dag_id} within {timeout:.0f}s (is it unpaused?)")
+        time.sleep(2)
+
+
 def _training_active(af: Any) -> bool:
     r = af.get("/api/v2/dags/rtml_train/dagRuns", params={"state": ["queued", "running"], "limit": 1})
     r.raise_for_status()
@@ -219,6 +233,11 @@ def run_demo(
         af.pause("rtml_train")
         for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
             af.unpause(dag_id)
+        # Unpaused, rtml_ingest gets the scheduler's own run of the latest complete interval, which
+        # sweeps every landing file not ingested yet, the replay included. It finishes before the
+        # backfill starts, so which run takes which file (and so the batches, the newest batch the
+        # drift gate reads, the model) never depends on which of them the scheduler started first.
+        wait_scheduled(af, "rtml_ingest")
         _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC "
              "(Airflow UI: Dags > rtml_ingest) ...")
         runs = backfill_ingest(af, first, end, settings.ingest_interval_minutes)

@@ -485,7 +485,10 @@ def evaluate_fairness(
 
 
 def newest_events(ctx: Context, max_rows: int = 50_000) -> tuple[pd.DataFrame, list[str]]:
-    """Events batches newer than the training window (unlabelled is fine); else the newest used one."""
+    """Events batches newer than the training window (unlabelled is fine); else the newest used one.
+
+    Only batches with rows count: an empty batch (an interval in which nothing arrived, committed
+    after training) says nothing, and taking it would skip the check depending on the clock."""
     import pandas as pd
 
     from rtml.lake import Lake
@@ -497,7 +500,8 @@ def newest_events(ctx: Context, max_rows: int = 50_000) -> tuple[pd.DataFrame, l
     used = ctx.lineage.get("events_batches", [])
     last = used[-1] if used else ""
     manifests = lake.manifests(ds, "events")
-    newer = [m for m in manifests if m["batch_id"] > last] or [m for m in manifests if m["batch_id"] == last]
+    newer = ([m for m in manifests if m["batch_id"] > last and m.get("files")]
+             or [m for m in manifests if m["batch_id"] == last])
     frames, ids, rows = [], [], 0
     for m in reversed(newer):  # newest first, until max_rows
         for key in m.get("files", []):

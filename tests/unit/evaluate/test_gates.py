@@ -342,3 +342,38 @@ def test_newest_rows_of_the_holdout_reuse_its_scores(spec, biased):
                         newest=newest.assign(**{spec.event_id: newest[spec.event_id].astype(str) + "-x"}))
     assert counted.rows == [len(hold)]  # the holdout once; the newest rows reused
     assert a["drift"]["checks"]["newest"] == b["drift"]["checks"]["newest"]
+
+
+def test_newest_events_ignore_empty_batches_committed_after_training(spec, tmp_path):
+    """The drift gate's newest data: events batches newer than the training window, else the newest
+    one it used. An empty batch (an interval in which nothing arrived) committed after training does
+    not count, so whether the clock passed an interval boundary before the gate ran changes nothing."""
+    from types import SimpleNamespace
+
+    from support.synthetic import write_to_lake
+
+    from rtml.evaluate.gates import newest_events
+    from rtml.lake import Lake
+    from rtml.settings import Settings
+    from rtml.storage import LocalStore
+
+    lake = Lake(store=LocalStore(tmp_path / "lake"))
+    refs = write_to_lake(lake, spec, synthetic_frame(spec, 90, seed=4), batches=3)
+    used = sorted({r.batch_id for r in refs})
+    ctx = SimpleNamespace(spec=spec, settings=Settings(home=tmp_path / "home"),
+                          lineage={"lake_uri": str(tmp_path / "lake"), "events_batches": used})
+    frame, ids = newest_events(ctx)
+    assert ids == [used[-1]] and len(frame) == 30  # nothing newer: the newest batch training used
+    ds = spec.dataset.name
+    lake.write_manifest(ds, "events", "29990101T000000-empty", {
+        "batch_id": "29990101T000000-empty", "kind": "events", "files": [], "records_in": 0, "accepted": 0,
+        "quarantined": 0, "schema_hash": spec.schema_hash()})
+    assert newest_events(ctx)[1] == [used[-1]]  # the empty batch changes nothing
+    newer = synthetic_frame(spec, 12, seed=5, id_offset=10**6)
+    key = lake.data_key(ds, "events", "29990102T000000-new")
+    lake.write_table(key, newer[[spec.entity_id, spec.event_id, spec.event_time, *spec.feature_names]])
+    lake.write_manifest(ds, "events", "29990102T000000-new", {
+        "batch_id": "29990102T000000-new", "kind": "events", "files": [key], "records_in": 12, "accepted": 12,
+        "quarantined": 0, "schema_hash": spec.schema_hash()})
+    frame, ids = newest_events(ctx)
+    assert ids == ["29990102T000000-new"] and len(frame) == 12  # real newer data wins
