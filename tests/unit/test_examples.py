@@ -20,16 +20,15 @@ from fairlearn.metrics import (
     selection_rate,
     true_positive_rate,
 )
+from support.fairness import train_and_judge
 from support.synthetic import write_to_lake
 
-from rtml.evaluate.fairness import evaluate_fairness
 from rtml.evaluate.grouprule import GroupRule
-from rtml.features import sensitive_frame, target_vector, to_frame
 from rtml.ingest.produce import build, load_base
 from rtml.lake import Lake
 from rtml.spec import load_spec
 from rtml.storage import LocalStore
-from rtml.train import fit_pipeline, load_window, oof_scores, split_holdout
+from rtml.train import load_window
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rtml" / "examples"
 # spec -> (rows replayed, groups of its sensitive attribute)
@@ -52,18 +51,8 @@ def _run(name: str, tmp_path: Path):
     lake = Lake(store=LocalStore(tmp_path / "lake"))
     write_to_lake(lake, spec, frame.sort_values(spec.event_time).reset_index(drop=True), batches=3)  # ingest
     window, _ = load_window(spec, lake)
-    train, hold = split_holdout(window, spec)
-    pipe = fit_pipeline(spec, train, spec.model.random_state)
-    oof = oof_scores(spec, train, spec.model.random_state)
-    scores = pipe.predict_proba(to_frame(hold, spec))[:, 1]
-    y = target_vector(hold[spec.target.name], spec)
-    sens = sensitive_frame(hold, spec)
-    res = evaluate_fairness(
-        y, scores, sens, spec.gates.fairness, spec.gates.quality.decision_threshold,
-        train=(oof, target_vector(train[spec.target.name], spec), sensitive_frame(train, spec)),
-        random_state=spec.model.random_state,
-    )
-    return spec, len(window), y, scores, sens, res
+    judged = train_and_judge(spec, window)  # train -> evaluate -> mitigate
+    return spec, len(window), judged["y"], judged["scores"], judged["sens"], judged["res"]
 
 
 def _check_against_fairlearn(r: dict, y: np.ndarray, pred: np.ndarray, groups) -> None:

@@ -18,6 +18,7 @@ from fairlearn.metrics import (
     equal_opportunity_difference,
     false_positive_rate,
 )
+from support.fairness import train_and_judge
 from support.synthetic import synthetic_frame, toy_spec
 
 from rtml.evaluate.fairness import attribute_fairness, evaluate_fairness
@@ -203,23 +204,11 @@ def test_model_card_shows_groups_with_intervals_plain_vs_mitigated(biased):
 @pytest.fixture(scope="module")
 def outcomes():
     spec = load_spec(CREDIT_SPEC)
-    gate, t = spec.gates.fairness, spec.gates.quality.decision_threshold
     out = {}
     for seed in SEEDS:
         events, labels = build(spec, seed=seed, start=datetime(2026, 1, 1, tzinfo=UTC))
         frame = events.merge(labels[[spec.event_id, spec.target.name]], on=spec.event_id)
-        train, hold = split_holdout(frame, spec)
-        pipe = fit_pipeline(spec, train, spec.model.random_state)
-        oof = oof_scores(spec, train, spec.model.random_state)
-        scores = pipe.predict_proba(to_frame(hold, spec))[:, 1]
-        y = target_vector(hold[spec.target.name], spec)
-        sens = sensitive_frame(hold, spec)
-        res = evaluate_fairness(
-            y, scores, sens, gate, t,
-            train=(oof, target_vector(train[spec.target.name], spec), sensitive_frame(train, spec)),
-            random_state=spec.model.random_state,
-        )
-        out[seed] = {"res": res, "y": y, "sens": sens, "scores": scores}
+        out[seed] = train_and_judge(spec, frame)
     return spec, out
 
 
