@@ -318,7 +318,8 @@ class DistributedStack(Stack):
             cmd[cmd.index("--backend-store-uri") + 1] = sqlalchemy_uri(cfg.database_url("mlflow"))
             cmd += ["--app-name", "basic-auth"]
             env = {**proc.env, **self.profile_env("mlflow")}
-            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI",
+                        "MLFLOW_REGISTRY_URI"):
                 env.pop(key, None)  # the server itself is no client
             return [Proc("mlflow", "mlflow", cmd, proc.port, env,
                          lambda: check_mlflow(s, auth=self.mlflow_admin)["ok"])]

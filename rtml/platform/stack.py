@@ -260,6 +260,9 @@ class Stack:
         env.update(self.settings.env())
         env.update(self.settings.s3_env())
         env["MLFLOW_TRACKING_URI"] = self.settings.mlflow_tracking_uri
+        # mlflow.set_registry_uri() exports MLFLOW_REGISTRY_URI for subprocesses: one inherited from
+        # the caller would send this stack's `models:/` lookups to another server.
+        env["MLFLOW_REGISTRY_URI"] = self.settings.mlflow_tracking_uri
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -139,9 +139,15 @@ def test_both_serving_replicas_answer_behind_one_address(dist):
 def _as_client_of(stack: DistributedStack) -> Iterator[None]:
     """This process talks to ``stack`` like a promotion task on it does (its RTML_* settings, the
     MLflow admin login); the environment and the cached settings are restored after."""
+    import mlflow.tracking._model_registry.utils as registry_uri
+    import mlflow.tracking._tracking_service.utils as tracking_uri
+
     from rtml.settings import get_settings
 
     saved = dict(os.environ)
+    # set_tracking_uri/set_registry_uri (register() calls them) are process-wide: the tests after
+    # this one must not keep talking to this stack once it is down.
+    saved_uris = tracking_uri._tracking_uri, registry_uri._registry_uri
     os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
                        "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_admin
@@ -151,6 +157,7 @@ def _as_client_of(stack: DistributedStack) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        tracking_uri._tracking_uri, registry_uri._registry_uri = saved_uris
         get_settings(refresh=True)
 
 

@@ -60,6 +60,14 @@ def test_services_pull_in_what_they_need(settings, tmp_path):
         stack.services(["zookeeper"])
 
 
+def test_children_use_this_stacks_registry_not_an_inherited_one(settings, monkeypatch):
+    """mlflow.set_registry_uri() in the calling process exports MLFLOW_REGISTRY_URI; a stack's
+    children (serving replicas load ``models:/`` through it) must not inherit another server's."""
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:1/another-stack")
+    env = Stack(settings).base_env()
+    assert env["MLFLOW_REGISTRY_URI"] == env["MLFLOW_TRACKING_URI"] == settings.mlflow_tracking_uri
+
+
 def test_airflow_environment(settings):
     stack = Stack(settings)
     env = stack.airflow_env()
