@@ -8,7 +8,9 @@ for S3, ``RTML_SERVE_TOKEN`` for the serving endpoint) and are never written to 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -217,3 +219,20 @@ def get_settings(refresh: bool = False) -> Settings:
     if refresh:
         _cached.cache_clear()
     return _cached()
+
+
+@contextlib.contextmanager
+def temporary_env(**values: str) -> Iterator[None]:
+    """Set environment variables for a block, then put back exactly what was there (unset stays unset).
+
+    For libraries that read credentials from the environment at call time (MLflow's client)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -403,18 +403,11 @@ class DistributedStack(Stack):
 
     def register_webhook(self) -> dict[str, Any]:
         # Webhooks are an admin's business in MLflow's auth; the client reads these at request time.
-        import os
+        from rtml.settings import temporary_env
 
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = self.mlflow_admin
-        try:
+        user, password = self.mlflow_admin
+        with temporary_env(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password):
             return super().register_webhook()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def _mlflow_auth(self) -> tuple[str, str] | None:
         return self.mlflow_admin if (self.keys / f"mlflow_{MLFLOW_ADMIN}_password").exists() else None

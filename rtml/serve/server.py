@@ -304,7 +304,7 @@ class ModelServer:
                 for metric, (value, passed) in metrics.items():
                     m.live_fairness.labels(version, attribute, metric).set(float(value))
                     m.live_fairness_passed.labels(version, attribute, metric).set(1 if passed else 0)
-        except (ValueError, TypeError, AttributeError):  # a hand-edited tag: show nothing rather than fail the poll
+        except (ValueError, TypeError, AttributeError, RecursionError):  # a hand-edited tag: show nothing rather than fail the poll
             log.warning("version %s: unreadable %s tag", version, LIVE_FAIRNESS_TAG)
             m.live_fairness.clear()
             m.live_fairness_passed.clear()

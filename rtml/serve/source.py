@@ -172,8 +172,10 @@ class RegistrySource:
         mv = self.client.get_model_version(self.name, version)
         tmp = tempfile.mkdtemp(prefix=f"rtml-serve-{self.name}-{version}-")
         try:
+            # Resolved through this source's own client: never through the process's registry-URI
+            # context (``MLFLOW_REGISTRY_URI`` inherited from a parent could name another server).
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{self.name}/{version}",
+                artifact_uri=self.client.get_model_version_download_uri(self.name, version),
                 dst_path=tmp,
                 tracking_uri=self.settings.mlflow_tracking_uri,
             )

@@ -42,7 +42,7 @@ from typing import Any
 from rtml.ingest import produce as prod
 from rtml.ingest.sources import landing_key, landing_store
 from rtml.lake import Lake
-from rtml.settings import Settings
+from rtml.settings import Settings, temporary_env
 from rtml.spec import ProjectSpec, load_spec
 
 SPEC = load_spec()
@@ -455,20 +455,6 @@ def fault_redis_restart(settings: Settings, redis: RedisServer, rows: int = 300)
 
 
 # --- 4. MLflow down during training ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def fault_mlflow_down(settings: Settings, rows: int = 600) -> FaultResult:
     """MLflow stops (the stack's supervisor stops it) after the training run was created and its
     metrics and data logged, just before the model is logged and registered. Training must fail
@@ -503,7 +489,7 @@ def fault_mlflow_down(settings: Settings, rows: int = 600) -> FaultResult:
         failure = ""
         try:
             # Fail fast while it is down instead of MLflow's default 7 retries with backoff.
-            with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20"):
+            with temporary_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="20"):
                 train_mod.train(spec, s, lake=lake)
         except Exception as err:  # noqa: BLE001 - the expected outcome
             failure = f"{type(err).__name__}"

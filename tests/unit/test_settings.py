@@ -137,3 +137,17 @@ def test_webhook_secret_generated_once_private_and_overridable(clean_env, tmp_pa
     clean_env.delenv("RTML_WEBHOOK_SECRET")
     with pytest.raises(RuntimeError, match="webhook_secret"):
         Settings().resolved_webhook_secret()
+
+
+def test_temporary_env_sets_for_the_block_and_restores_set_and_unset_values(monkeypatch):
+    import os
+
+    from rtml.settings import temporary_env
+
+    monkeypatch.setenv("RTML_T_SET", "before")
+    monkeypatch.delenv("RTML_T_UNSET", raising=False)
+    with pytest.raises(RuntimeError), temporary_env(RTML_T_SET="inside", RTML_T_UNSET="inside"):
+        assert os.environ["RTML_T_SET"] == os.environ["RTML_T_UNSET"] == "inside"
+        raise RuntimeError("the block failed")
+    assert os.environ["RTML_T_SET"] == "before"
+    assert "RTML_T_UNSET" not in os.environ

@@ -444,3 +444,8 @@ def test_the_champions_live_fairness_tag_is_exposed_in_metrics(spec, fitted):
         client.post("/admin/reload", headers=AUTH)
         assert "rtml_live_fairness{" not in client.get("/metrics").text
         assert client.post("/v1/predict", json=good_record(spec), headers=AUTH).status_code == 200
+        # Nested deeper than the parser's recursion limit (json.loads raises RecursionError).
+        source.version_tags["2"] = {"live_fairness": "[" * 200_000 + "]" * 200_000}
+        assert client.post("/admin/reload", headers=AUTH).status_code < 500
+        assert "rtml_live_fairness{" not in client.get("/metrics").text
+        assert client.post("/v1/predict", json=good_record(spec), headers=AUTH).status_code == 200

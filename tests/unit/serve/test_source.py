@@ -157,3 +157,31 @@ def test_record_never_raises_when_the_decision_log_is_down(spec, monkeypatch):
     _source(spec, FakeClient({})).record("reload", "3", from_version="2")
     assert seen[0][0] == ("reload", "credit_risk", "3") and seen[0][1]["from_version"] == "2"
 
+
+
+def test_load_fetches_the_version_through_its_own_client_not_the_process_registry(spec, fitted, tmp_path,
+                                                                                   monkeypatch):
+    """``MLFLOW_REGISTRY_URI`` inherited from a parent process may name another server: the files come
+    from where this source's client says the version lives."""
+    import mlflow
+
+    import rtml.registry.signing as signing
+    from rtml.train import _skops_trusted
+
+    model_dir = tmp_path / "model"
+    mlflow.sklearn.save_model(fitted, str(model_dir), serialization_format="skops",
+                              skops_trusted_types=_skops_trusted(fitted))
+    asked: list[tuple[str, str]] = []
+
+    class Client(FakeClient):
+        def get_model_version_download_uri(self, name, version):
+            asked.append((name, str(version)))
+            return str(model_dir)
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(signing, "verify_files", lambda *a, **k: None)
+    loaded = _source(spec, Client({"champion": "3"})).load("3")
+    assert asked == [("credit_risk", "3")]
+    assert loaded.version == "3" and loaded.flavor == "sklearn"
+    assert np.allclose(loaded.score(pd.DataFrame([good_record(spec)])),
+                       scorer_for_estimator(fitted, spec.target.positive)(pd.DataFrame([good_record(spec)])))
