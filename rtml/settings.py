@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     serve_token: str = ""  # bearer token; empty means "generate one into <home>/serve_token"
     # Bind with SO_REUSEPORT so several replicas share serve_port (the distributed stack profile).
     serve_reuse_port: bool = False
+    # MLflow's /invocations without the bearer token (as `mlflow models serve`, which has no auth), for
+    # clients that cannot send a header; only behind a network boundary you trust. Other routes keep it.
+    serve_open_invocations: bool = False
     # MLflow signs each registry webhook delivery (rtml.registry.webhooks) with this secret; empty means
     # "generate one into <home>/keys/webhook_secret" (the stack registers it, the Airflow plugin checks it).
     webhook_secret: str = ""

@@ -35,8 +35,12 @@ def error_body(err: RequestError, status: int, request_id: str, mlflow_protocol:
     return body
 
 
-def create_app(server: ModelServer, token: str):
-    """A Starlette app around ``server``; the token guards predict, model info and admin routes."""
+def create_app(server: ModelServer, token: str, open_invocations: bool = False):
+    """A Starlette app around ``server``; the token guards predict, model info and admin routes.
+
+    ``open_invocations`` (setting ``serve_open_invocations``) lets MLflow's ``/invocations`` answer
+    without the token, as ``mlflow models serve`` does, for clients that cannot send a header; the
+    other routes still require it."""
     import orjson
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
@@ -99,7 +103,7 @@ def create_app(server: ModelServer, token: str):
         t0 = time.perf_counter()
         cur = server.current
         version = cur.version if cur else "none"
-        if (refused := refuse(request, version)) is not None:
+        if not (mlflow_protocol and open_invocations) and (refused := refuse(request, version)) is not None:
             return refused
         request_id = request_id_of(request)
         try:
@@ -231,7 +235,7 @@ def run(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the log
     settings = get_settings()
     server = build_server(settings, spec_path, model_name, config)
-    app = create_app(server, settings.resolved_serve_token())
+    app = create_app(server, settings.resolved_serve_token(), settings.serve_open_invocations)
     uv = uvicorn.Config(
         app,
         host=host or settings.serve_host,

@@ -54,9 +54,10 @@ def make_client(spec, source, lake=None, **cfg):
     from rtml.serve.app import create_app
     from rtml.serve.server import ModelServer, ServeConfig
 
+    open_invocations = cfg.pop("open_invocations", False)
     config = ServeConfig(poll_seconds=cfg.pop("poll_seconds", 0.05), log_flush_seconds=0.2, **cfg)
     server = ModelServer(spec, source, config, lake=lake)
-    return server, TestClient(create_app(server, TOKEN))
+    return server, TestClient(create_app(server, TOKEN, open_invocations))
 
 
 def wait_until(cond, timeout=10.0):

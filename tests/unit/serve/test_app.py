@@ -154,6 +154,23 @@ def test_invocations_answers_like_mlflow_models_serve(spec, fitted, data):
         assert client.get("/ping").status_code == 200 and client.get("/version").text.startswith("3.")
 
 
+def test_open_invocations_answer_without_the_token_and_nothing_else_does(spec, fitted, data):
+    """``serve_open_invocations``: MLflow clients that send no header score as against ``mlflow models
+    serve``; rtml's own predict, model info and admin routes still need the token."""
+    from rtml.serve.source import frame_to_records
+
+    rows = frame_to_records(data[0][spec.feature_names].head(3))
+    server, client = make_client(spec, FakeSource(spec, {"1": fitted}, {"champion": "1"}), open_invocations=True)
+    with client:
+        assert wait_until(lambda: server.ready)
+        r = client.post("/invocations", json={"dataframe_records": rows})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+        assert client.post("/invocations", json={"dataframe_records": [{"Age": "x"}]}).status_code == 400
+        assert client.post("/v1/predict", json=good_record(spec)).status_code == 401
+        assert client.get("/v1/model").status_code == 401
+        assert client.post("/admin/reload").status_code == 401
+
+
 def test_mitigated_invocations_answer_score_and_label_records(spec, data, mitigated):
     from rtml.serve.source import frame_to_records
 
