@@ -165,24 +165,26 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
 
-def s3_client(settings: Settings | None = None):
-    """A boto3 S3 client for the configured endpoint (path-style, as SeaweedFS and MinIO want)."""
+def s3_client(settings: Settings | None = None, auth: tuple[str, str] | None = None):
+    """A boto3 S3 client for the configured endpoint (path-style, as SeaweedFS and MinIO want);
+    ``auth`` (access key, secret key) instead of the environment's credentials."""
     import boto3
     from botocore.config import Config
 
     s = settings or get_settings()
+    key, secret = auth or (s.s3_access_key, s.s3_secret_key)
     return boto3.client(
         "s3",
         endpoint_url=s.s3_endpoint_url or None,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
         region_name=s.s3_region,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
     )
 
 
-def ensure_bucket(bucket: str, settings: Settings | None = None) -> None:
-    client = s3_client(settings)
+def ensure_bucket(bucket: str, settings: Settings | None = None, auth: tuple[str, str] | None = None) -> None:
+    client = s3_client(settings, auth)
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         client.create_bucket(Bucket=bucket)

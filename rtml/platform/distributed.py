@@ -20,6 +20,14 @@ embedded profile (:mod:`rtml.platform.stack`):
   SO_REUSEPORT and the kernel spreads connections over them (no proxy hop, no extra process; a
   replica that dies stops getting connections, and the supervisor restarts it).
 
+Least privilege for storage and databases (:mod:`rtml.platform.access`): each service reaches the
+object store with its own S3 identity (``rtml-airflow``: the lake; ``rtml-mlflow``: its artifact
+prefix; ``rtml-serve``: only its prediction logs' keys in the lake), SeaweedFS runs with those
+identities (``-s3.config``) plus ``rtml-admin``, which only the stack itself uses (buckets, checks);
+and PostgreSQL with one login role per service (``<prefix>_airflow``, ``<prefix>_mlflow``) owning only
+its databases, none a superuser; the ``RTML_POSTGRES_URL`` user only creates them. A person's shell
+reaches the store as ``rtml-admin`` (its secret: ``<home>/keys/s3_rtml-admin_secret_key``).
+
 Every secret is generated once into ``<home>/keys`` (mode 0600) and handed to the processes that need
 it through their environment (the supervisor's program files are 0600 too). What the profile sets per
 service is :meth:`DistributedStack.profile_env`; tests/unit/test_compose.py proves docker-compose.yml
@@ -36,7 +44,18 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rtml.platform.health import check_mlflow
+from rtml.platform.access import (
+    PG_ROLES,
+    S3_ADMIN,
+    S3_IDENTITY_OF,
+    drop_roles,
+    ensure_roles,
+    role_url,
+    s3_grants,
+    seaweed_config,
+    spec_datasets,
+)
+from rtml.platform.health import check_mlflow, check_s3
 from rtml.platform.stack import (
     AIRFLOW_COMPONENTS,
     ON_DEMAND,
@@ -115,29 +134,26 @@ class DistributedConfig(BaseSettings):
     def databases(self) -> list[str]:
         return [f"{self.postgres_db_prefix}_{n}" for n in ("airflow", "mlflow", "mlflow_auth")]
 
+    def role(self, service: str) -> str:
+        """The PostgreSQL role of ``service`` (a key of :data:`rtml.platform.access.PG_ROLES`)."""
+        return f"{self.postgres_db_prefix}_{service}"
 
-def create_databases(cfg: DistributedConfig) -> list[str]:
-    """Create the profile's databases that do not exist yet; returns the ones created."""
+    def role_url(self, name: str, service: str, password: str | None = None) -> str:
+        """Database ``<prefix>_<name>`` as ``service``'s role (no password: PGPASSWORD)."""
+        return role_url(self.postgres_url, f"{self.postgres_db_prefix}_{name}", self.role(service), password)
+
+
+def create_databases(cfg: DistributedConfig, passwords: dict[str, str]) -> list[str]:
+    """Create the profile's roles (``passwords``: per :data:`PG_ROLES` key) and the databases each
+    owns that do not exist yet; returns the databases created."""
     import psycopg2
 
-    parts = urlsplit(cfg.postgres_url)
+    roles = {cfg.role(r): (passwords[r], tuple(f"{cfg.postgres_db_prefix}_{d}" for d in dbs))
+             for r, dbs in PG_ROLES.items()}
     try:
-        conn = psycopg2.connect(urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, "")),
-                                connect_timeout=5)
+        return ensure_roles(cfg.postgres_url, roles)
     except psycopg2.OperationalError as err:
         raise StackError(f"cannot reach PostgreSQL at RTML_POSTGRES_URL={cfg.postgres_url}: {err}") from None
-    conn.autocommit = True
-    created = []
-    try:
-        with conn.cursor() as cur:
-            for name in cfg.databases:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-                if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{name}"')  # name checked by the prefix pattern
-                    created.append(name)
-    finally:
-        conn.close()
-    return created
 
 
 def drop_databases(cfg: DistributedConfig) -> None:
@@ -153,6 +169,7 @@ def drop_databases(cfg: DistributedConfig) -> None:
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         conn.close()
+    drop_roles(cfg.postgres_url, [cfg.role(r) for r in PG_ROLES])
 
 
 def ensure_mlflow_users(base_url: str, admin: tuple[str, str], users: dict[str, str],
@@ -236,9 +253,10 @@ class DistributedStack(Stack):
                 "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_password(MLFLOW_ADMIN),
                 # CSRF tokens of the UI's forms: one key for every worker (and every restart).
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret("mlflow_flask_secret_key"),
+                **self.access_env("mlflow"),
             }
         if kind in ("airflow", "airflow-worker"):
-            backend = sqlalchemy_uri(cfg.database_url("airflow"))
+            backend = sqlalchemy_uri(cfg.role_url("airflow", "airflow", self.pg_password("airflow")))
             return {
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": backend,
@@ -249,12 +267,14 @@ class DistributedStack(Stack):
                 "AIRFLOW__CORE__FERNET_KEY": self.secret("airflow_fernet_key"),
                 "MLFLOW_TRACKING_USERNAME": MLFLOW_AIRFLOW_USER,
                 "MLFLOW_TRACKING_PASSWORD": self.mlflow_password(MLFLOW_AIRFLOW_USER),
+                **self.access_env("airflow"),
             }
         if kind == "serve":
             return {
                 "RTML_SERVE_REUSE_PORT": "True",
                 "MLFLOW_TRACKING_USERNAME": MLFLOW_SERVE_USER,
                 "MLFLOW_TRACKING_PASSWORD": self.mlflow_password(MLFLOW_SERVE_USER),
+                **self.access_env("serve"),
             }
         raise StackError(f"no profile environment for {kind!r}")
 
@@ -269,7 +289,7 @@ class DistributedStack(Stack):
 
     def _write_mlflow_auth_config(self) -> None:
         # 0600: the database URL may hold a password.
-        text = auth_config_text(sqlalchemy_uri(self.config.database_url("mlflow_auth")))
+        text = auth_config_text(sqlalchemy_uri(self.config.role_url("mlflow_auth", "mlflow")))
         path = self.mlflow_auth_config
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -309,13 +329,15 @@ class DistributedStack(Stack):
     # --- processes ---------------------------------------------------------------------------------
     def procs(self, service: str) -> list[Proc]:
         s, cfg = self.settings, self.config
+        if service == "s3":
+            return self._s3_procs()
         if service == "redis":
             return [Proc("redis", "redis", [_bin("redis-server"), str(self.redis_config)], cfg.celery_redis_port,
                          self.base_env(), self._redis_ready)]
         if service == "mlflow":
             (proc,) = super().procs("mlflow")
             cmd = list(proc.cmd)
-            cmd[cmd.index("--backend-store-uri") + 1] = sqlalchemy_uri(cfg.database_url("mlflow"))
+            cmd[cmd.index("--backend-store-uri") + 1] = sqlalchemy_uri(cfg.role_url("mlflow", "mlflow"))
             cmd += ["--app-name", "basic-auth"]
             env = {**proc.env, **self.profile_env("mlflow")}
             for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI",
@@ -378,15 +400,81 @@ class DistributedStack(Stack):
             raise StackError(f"port {proc.port} is taken: the profile's Redis needs its own (RTML_CELERY_REDIS_PORT)")
         return super()._start(proc)
 
+    # --- least privilege: one S3 identity and one PostgreSQL role per service (rtml.platform.access) ---
+    def s3_secret(self, identity: str) -> str:
+        return self.secret(f"s3_{identity}_secret_key")
+
+    @property
+    def s3_admin(self) -> tuple[str, str]:
+        return S3_ADMIN, self.s3_secret(S3_ADMIN)
+
+    def _s3_auth(self) -> tuple[str, str] | None:
+        return self.s3_admin
+
+    def pg_password(self, service: str) -> str:
+        return self.secret(f"pg_{service}_password")
+
+    def access_env(self, kind: str) -> dict[str, str]:
+        """``kind``'s own S3 keys (and, for MLflow, its database password: it is no part of the
+        command line, which every user of the machine can read)."""
+        identity = S3_IDENTITY_OF[kind]
+        env = {"AWS_ACCESS_KEY_ID": identity, "AWS_SECRET_ACCESS_KEY": self.s3_secret(identity)}
+        if kind == "mlflow":
+            env["PGPASSWORD"] = self.pg_password("mlflow")
+        return env
+
+    def base_env(self) -> dict[str, str]:
+        # No process gets the caller's S3 keys (access_env gives each its own) nor the PostgreSQL
+        # admin's URL or password (each service has its role).
+        env = super().base_env()
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RTML_POSTGRES_URL",
+                    "PGPASSWORD"):
+            env.pop(key, None)
+        return env
+
+    @property
+    def s3_config(self) -> Path:
+        return self.keys / "s3_identities.json"
+
+    def _write_s3_config(self) -> None:
+        """The store's identities (0600: it holds their secrets), for the spec's datasets; a changed
+        spec dataset needs the store restarted (``weed`` reads the file at start)."""
+        import json
+        import os
+
+        try:
+            datasets = spec_datasets(self.settings)
+        except Exception as err:  # noqa: BLE001 - reported with the setting to fix
+            raise StackError(f"cannot read the spec (RTML_SPEC={self.settings.spec}) to scope the endpoint's "
+                             f"S3 identity: {err}") from None
+        identities = [S3_ADMIN, *s3_grants(self.settings, datasets)]
+        secrets = {name: self.s3_secret(name) for name in identities}
+        doc = seaweed_config(secrets[S3_ADMIN], secrets, s3_grants(self.settings, datasets))
+        self.keys.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.s3_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2)
+
+    def _s3_procs(self) -> list[Proc]:
+        (proc,) = super().procs("s3")
+        s = self.settings
+        return [Proc(proc.name, proc.service, [*proc.cmd, f"-s3.config={self.s3_config}"], proc.port, proc.env,
+                     lambda: check_s3(s, [], auth=self.s3_admin)["ok"])]
+
+    def _create_databases(self) -> list[str]:
+        return create_databases(self.config, {r: self.pg_password(r) for r in PG_ROLES})
+
     # --- hooks around each service -----------------------------------------------------------------
     def _before_service(self, service: str, deadline: float) -> None:
-        if service == "redis":
+        if service == "s3":
+            self._write_s3_config()
+        elif service == "redis":
             self._write_redis_config()
         elif service == "mlflow":
-            create_databases(self.config)
+            self._create_databases()
             self._write_mlflow_auth_config()
         elif service == "airflow":
-            create_databases(self.config)
+            self._create_databases()
 
     def _after_service(self, service: str, deadline: float) -> None:
         if service != "mlflow":
@@ -439,6 +527,8 @@ class DistributedStack(Stack):
         serve["replicas"] = cfg.serve_replicas
         mlflow = services["mlflow"]
         mlflow["users"] = {u: str(self.keys / f"mlflow_{u}_password") for u in (MLFLOW_ADMIN, *MLFLOW_USERS)}
+        services["s3"]["identities"] = {i: str(self.keys / f"s3_{i}_secret_key")
+                                        for i in (S3_ADMIN, *S3_IDENTITY_OF.values())}
 
         def counts(k: str, v: dict[str, Any]) -> bool:
             pid = v["pid"]

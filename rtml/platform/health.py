@@ -10,8 +10,11 @@ from typing import Any
 from rtml.settings import Settings, get_settings
 
 
-def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = None) -> dict[str, Any]:
-    """List the buckets of the configured S3 endpoint; ``ok`` if it answers and ``buckets`` exist."""
+def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = None,
+             auth: tuple[str, str] | None = None) -> dict[str, Any]:
+    """List the buckets of the configured S3 endpoint; ``ok`` if it answers and ``buckets`` exist.
+    ``auth``: (access key, secret key) instead of the environment's. A bucket these keys may not
+    list (a least-privilege identity, rtml.platform.access) counts when it answers "forbidden"."""
     s = settings or get_settings()
     if s.storage != "s3":
         root = Path(s.lake_uri)
@@ -19,11 +22,12 @@ def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = N
     import boto3
     from botocore.config import Config
 
+    key, secret = auth or (s.s3_access_key, s.s3_secret_key)
     client = boto3.client(
         "s3",
         endpoint_url=s.s3_endpoint_url,
-        aws_access_key_id=s.s3_access_key,
-        aws_secret_access_key=s.s3_secret_key,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
         region_name=s.s3_region,
         config=Config(
             s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}
@@ -34,11 +38,25 @@ def check_s3(settings: Settings | None = None, buckets: Iterable[str] | None = N
     except Exception as err:  # any failure means "not healthy"; the message says why
         return {"ok": False, "endpoint": s.s3_endpoint_url, "error": f"{type(err).__name__}: {err}"}
     wanted = list(buckets) if buckets is not None else [s.lake_bucket, s.mlflow_bucket]
-    missing = [b for b in wanted if b not in names]
+    missing = [b for b in wanted if b not in names and not _unlisted_but_there(client, b)]
     out: dict[str, Any] = {"ok": not missing, "endpoint": s.s3_endpoint_url, "buckets": names}
     if missing:
         out["error"] = f"missing bucket(s): {', '.join(missing)}"
     return out
+
+
+def _unlisted_but_there(client: Any, bucket: str) -> bool:
+    """Whether ``bucket`` answers HEAD, or answers it "forbidden" (these keys may not touch it, so
+    they cannot tell it from a missing one: the check leaves that to a key that may)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+        return True
+    except ClientError as err:
+        return str(err.response.get("Error", {}).get("Code")) in ("403", "AccessDenied", "Forbidden")
+    except Exception:  # noqa: BLE001 - unreachable: not there as far as the check can tell
+        return False
 
 
 def check_mlflow(settings: Settings | None = None, auth: tuple[str, str] | None = None) -> dict[str, Any]:

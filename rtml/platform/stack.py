@@ -612,18 +612,23 @@ class Stack:
         """Credentials ``status`` checks MLflow with (the embedded MLflow has no auth)."""
         return None
 
+    def _s3_auth(self) -> tuple[str, str] | None:
+        """Keys the stack itself creates buckets and checks the store with (None: the environment's,
+        which the embedded store is started with)."""
+        return None
+
     def _ensure_buckets(self) -> None:
         from rtml.storage import ensure_bucket
 
         for bucket in (self.settings.lake_bucket, self.settings.mlflow_bucket):
-            ensure_bucket(bucket, self.settings)
+            ensure_bucket(bucket, self.settings, auth=self._s3_auth())
 
     def _wait_s3_rw(self, deadline: float) -> None:
         """Wait until an object can be written and read back: S3 answers listings before the volume
         server has registered with the master, and reads of existing data fail until it has."""
         from rtml.storage import s3_client
 
-        client = s3_client(self.settings)
+        client = s3_client(self.settings, auth=self._s3_auth())
         key = "_rtml/stack-probe"
         while True:
             try:
@@ -734,7 +739,7 @@ class Stack:
         }
         services = result["services"]
         if s.storage == "s3":
-            health = check_s3(s)
+            health = check_s3(s, auth=self._s3_auth())
             services["s3"] = {
                 "url": s.s3_endpoint_url,
                 "pid": self.running_pid("seaweedfs"),

@@ -7,8 +7,10 @@ import contextlib
 import json
 import os
 import stat
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import psutil
@@ -138,7 +140,8 @@ def test_both_serving_replicas_answer_behind_one_address(dist):
 @contextlib.contextmanager
 def _as_client_of(stack: DistributedStack) -> Iterator[None]:
     """This process talks to ``stack`` like a promotion task on it does (its RTML_* settings, the
-    MLflow admin login); the environment and the cached settings are restored after."""
+    Airflow S3 identity, the MLflow admin login); the environment and the cached settings are
+    restored after."""
     import mlflow.tracking._model_registry.utils as registry_uri
     import mlflow.tracking._tracking_service.utils as tracking_uri
 
@@ -150,6 +153,7 @@ def _as_client_of(stack: DistributedStack) -> Iterator[None]:
     saved_uris = tracking_uri._tracking_uri, registry_uri._registry_uri
     os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
                        "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
+    os.environ.update(stack.access_env("airflow"))
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_admin
     get_settings(refresh=True)
     try:
@@ -217,3 +221,154 @@ def test_a_dag_task_runs_through_celery(dist):
     finally:
         conn.close()
     assert done >= len(tasks) == 3
+
+
+# --- least privilege for storage and databases (rtml.platform.access) ---------------------------------
+def _s3(stack: DistributedStack, identity: str) -> Any:
+    from rtml.storage import s3_client
+
+    return s3_client(stack.settings, auth=(identity, stack.s3_secret(identity)))
+
+
+def _refused(call: Callable[[], Any]) -> str:
+    """The error code S3 answered ``call`` with (the test fails if it was allowed)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as err:
+        return str(err.response["Error"]["Code"])
+    raise AssertionError("allowed, but must be refused")
+
+
+def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
+    from rtml.platform.access import S3_ADMIN, S3_AIRFLOW, S3_MLFLOW, S3_SERVE, spec_datasets
+
+    s, tag = dist.settings, uuid.uuid4().hex[:8]
+    lake, models = s.lake_bucket, s.mlflow_bucket
+    (ds,) = spec_datasets(s)
+    admin, airflow, mlflow, serve = (_s3(dist, i) for i in (S3_ADMIN, S3_AIRFLOW, S3_MLFLOW, S3_SERVE))
+    event = f"{ds}/events/date=2026-11-26/batch={tag}/part-00000.parquet"
+    admin.put_object(Bucket=lake, Key=event, Body=b"event")
+    artifact = f"artifacts/0/{tag}/artifacts/model/MLmodel"
+    denied = "AccessDenied"
+
+    # Airflow: the whole lake (read, write, list, delete), nothing of MLflow's bucket, no new buckets.
+    key = f"{ds}/labels/date=2026-11-26/batch={tag}/part-00000.parquet"
+    airflow.put_object(Bucket=lake, Key=key, Body=b"label")
+    assert airflow.get_object(Bucket=lake, Key=event)["Body"].read() == b"event"
+    assert {o["Key"] for o in airflow.list_objects_v2(Bucket=lake, Prefix=f"{ds}/")["Contents"]} >= {event, key}
+    airflow.delete_object(Bucket=lake, Key=key)
+    assert _refused(lambda: airflow.put_object(Bucket=models, Key=artifact, Body=b"x")) == denied
+    assert _refused(lambda: airflow.list_objects_v2(Bucket=models, Prefix="artifacts/")) == denied
+    assert _refused(lambda: airflow.create_bucket(Bucket=f"rtml-{tag}")) == denied
+
+    # MLflow: its artifact prefix only.
+    mlflow.put_object(Bucket=models, Key=artifact, Body=b"model")
+    assert mlflow.get_object(Bucket=models, Key=artifact)["Body"].read() == b"model"
+    assert mlflow.list_objects_v2(Bucket=models, Prefix=f"artifacts/0/{tag}/")["KeyCount"] == 1
+    mlflow.delete_object(Bucket=models, Key=artifact)
+    assert _refused(lambda: mlflow.put_object(Bucket=models, Key=f"elsewhere/{tag}", Body=b"x")) == denied
+    assert _refused(lambda: mlflow.get_object(Bucket=lake, Key=event)) == denied
+    assert _refused(lambda: mlflow.list_objects_v2(Bucket=lake, Prefix=f"{ds}/")) == denied
+
+    # Serving: its prediction logs' keys; it can neither read, overwrite nor delete events, nor touch
+    # MLflow's artifacts or another dataset's log.
+    log = f"{ds}/predictions/date=2026-11-26/batch={tag}/part-00000.parquet"
+    serve.put_object(Bucket=lake, Key=log, Body=b"prediction")
+    serve.put_object(Bucket=lake, Key=f"_index/{ds}/shadow/2026-11-26/{tag}.json", Body=b"{}")
+    assert serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/predictions/")["KeyCount"] >= 1
+    for call in (lambda: serve.put_object(Bucket=lake, Key=event, Body=b"forged"),
+                 lambda: serve.delete_object(Bucket=lake, Key=event),
+                 lambda: serve.get_object(Bucket=lake, Key=event),
+                 lambda: serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/events/"),
+                 lambda: serve.put_object(Bucket=lake, Key=f"{ds}/_manifests/events/{tag}.json", Body=b"{}"),
+                 lambda: serve.put_object(Bucket=lake, Key=f"other_{tag}/predictions/x.parquet", Body=b"x"),
+                 lambda: serve.put_object(Bucket=models, Key=artifact, Body=b"x"),
+                 lambda: serve.get_object(Bucket=models, Key=artifact)):
+        assert _refused(call) == denied
+    deleted = serve.delete_objects(Bucket=lake, Delete={"Objects": [{"Key": event}, {"Key": log}]})
+    assert [e["Key"] for e in deleted.get("Errors", [])] == [event]  # a batch delete is checked per key
+    assert admin.get_object(Bucket=lake, Key=event)["Body"].read() == b"event"  # intact
+
+    # A wrong secret, or a key the store does not know (the caller's default one), is refused.
+    from rtml.storage import s3_client
+
+    assert _refused(lambda: s3_client(s, auth=(S3_SERVE, "wrong")).list_objects_v2(
+        Bucket=lake, Prefix=f"{ds}/predictions/")) == "SignatureDoesNotMatch"
+    assert _refused(lambda: s3_client(s, auth=("rtml-local", "rtml-local-secret")).list_buckets()) != ""
+    admin.delete_objects(Bucket=lake, Delete={"Objects": [{"Key": event}, {"Key": f"_index/{ds}/shadow/2026-11-26/{tag}.json"}]})
+
+
+def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist):
+    """Beyond the grants: a real answered prediction reaches the lake as a committed batch (data,
+    manifest, day index), written by a replica that holds only the serving identity."""
+    from _serving import credit_rows
+
+    from rtml.lake import Lake
+    from rtml.serve.source import frame_to_records
+    from rtml.spec import load_spec
+    from rtml.storage import S3Store
+
+    spec = load_spec(dist.settings.spec)
+    replica_env = json.loads((dist.home / "supervisor" / "programs" / "rtml-serve-1.json").read_text())["env"]
+    assert replica_env["AWS_ACCESS_KEY_ID"] == "rtml-serve"
+    raw, _ = credit_rows(1)
+    record = frame_to_records(raw[spec.feature_names])[0]
+    admin = S3Store(dist.settings.lake_bucket, settings=dist.settings, client=_s3(dist, "rtml-admin"))
+    lake = Lake(dist.settings, admin)
+    before = {m["batch_id"] for m in lake.manifests(spec.dataset.name, "predictions")}
+    token = dist.settings.resolved_serve_token()
+    with httpx.Client(base_url=dist.settings.serve_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        r = c.post("/v1/predict", json=record)
+        assert r.status_code == 200, r.text
+        request_id = r.json()["request_id"]
+    deadline = time.monotonic() + 60  # the log flushes every 2 s
+    new: list[dict[str, Any]] = []
+    while not new and time.monotonic() < deadline:
+        new = [m for m in lake.manifests(spec.dataset.name, "predictions") if m["batch_id"] not in before]
+        time.sleep(0.5)
+    assert new, "no prediction-log batch reached the lake"
+    frame = lake.read_batches(spec.dataset.name, "predictions", [m["batch_id"] for m in new])
+    assert request_id in set(frame["request_id"])
+    assert admin.exists(f"_index/{spec.dataset.name}/predictions/_complete")
+
+
+def test_each_service_has_its_own_database_role_and_cannot_reach_the_others(dist):
+    import psycopg2
+
+    from rtml.platform.access import PG_ROLES
+
+    cfg = dist.config
+    admin = psycopg2.connect(cfg.database_url("airflow"))
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT rolname, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = ANY(%s)",
+                        ([cfg.role(r) for r in PG_ROLES],))
+            assert sorted(cur.fetchall()) == sorted((cfg.role(r), False, False, False) for r in PG_ROLES)
+            cur.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE %s",
+                        (cfg.postgres_db_prefix + "%",))
+            owners = dict(cur.fetchall())
+            # The services' tables belong to their roles: Airflow migrated and the workers wrote as it.
+            cur.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+            assert {r for (r,) in cur.fetchall()} == {cfg.role("airflow")}
+    finally:
+        admin.close()
+    assert owners == {f"{cfg.postgres_db_prefix}_{d}": cfg.role(r) for r, dbs in PG_ROLES.items() for d in dbs}
+    # The running services connect as their roles, never as the server's admin.
+    specs = {p.stem: json.loads(p.read_text()) for p in (dist.home / "supervisor" / "programs").glob("*.json")}
+    assert f"//{cfg.role('airflow')}:" in specs["airflow-worker-1"]["env"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    mlflow_cmd = specs["mlflow"]["cmd"]
+    assert f"//{cfg.role('mlflow')}@" in mlflow_cmd[mlflow_cmd.index("--backend-store-uri") + 1]
+    for role, own in PG_ROLES.items():
+        password = dist.pg_password(role)
+        for db in own:  # its own databases: connects and reads
+            conn = psycopg2.connect(cfg.role_url(db, role, password), connect_timeout=5)
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                assert cur.fetchone()[0] > 0, db
+            conn.close()
+        # Another service's databases: not even a connection (CONNECT is revoked from PUBLIC).
+        for other in {d for r, dbs in PG_ROLES.items() if r != role for d in dbs}:
+            with pytest.raises(psycopg2.OperationalError, match="permission denied|not have CONNECT"):
+                psycopg2.connect(cfg.role_url(other, role, password), connect_timeout=5).close()

@@ -21,6 +21,7 @@ EXPECTED_SERVICES = {
     "redis",
     "minio",
     "minio-init",
+    "s3-policies",
     "mlflow",
     "mlflow-init",
     "airflow-init",
@@ -31,7 +32,7 @@ EXPECTED_SERVICES = {
     "airflow-worker",
     "rtml-serve",
 }
-ONE_SHOT = {"minio-init", "mlflow-init", "airflow-init"}
+ONE_SHOT = {"minio-init", "s3-policies", "mlflow-init", "airflow-init"}
 # ${VAR}, ${VAR:-default}, ${VAR:?error}; "$${...}" is an escaped shell variable, not compose's.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|JWT|_KEY\b|SECRET_KEY", re.I)
@@ -129,8 +130,8 @@ def test_topology(services):
     assert "MLFLOW_AUTH_ADMIN_PASSWORD" in _env(mlflow)
     assert "mc mb" in " ".join(services["minio-init"]["command"])
     assert services["rtml-serve"]["command"] == ["rtml", "serve"]
-    init = Path(ROOT / "docker/postgres/init-databases.sql").read_text()
-    assert "CREATE DATABASE airflow" in init and "CREATE DATABASE mlflow" in init
+    init = Path(ROOT / "docker/postgres/init-roles.sh").read_text()
+    assert 'CREATE DATABASE "airflow"' in init and 'CREATE DATABASE "mlflow"' in init
 
 
 def test_rtml_variables_are_settings_fields(text, services):
@@ -169,7 +170,8 @@ def test_env_example_covers_every_variable(text):
     required = {m.group(1) for m in matches if m.group(2) == ":?"}
     missing = sorted(referenced - set(example))
     assert not missing, f".env.example lacks {missing}"
-    assert {"POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "AWS_SECRET_ACCESS_KEY"} <= required
+    assert {"POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD", "S3_SERVE_SECRET_KEY",
+            "AIRFLOW_DB_PASSWORD"} <= required
     for key in required:  # a required secret: listed, but never with a value in the repository
         assert example[key] == "", f".env.example must not hold a value for secret {key}"
     assert not (ROOT / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text().split()
@@ -229,7 +231,7 @@ def profiles(tmp_path_factory):
     try:
         stacks, envs = [], []
         for n in (1, 2):
-            # S3 keys come from the environment (the embedded store's defaults would look constant).
+            # The caller's S3 keys: no service of the profile may get them (each has its own identity).
             mp.setenv("AWS_ACCESS_KEY_ID", f"key-{n}")
             mp.setenv("AWS_SECRET_ACCESS_KEY", f"secret-{n}")
             stacks.append(_profile_stack(tmp, n))
@@ -367,3 +369,125 @@ def test_redis_and_mlflow_auth_settings_match_the_profile(profiles, services):
 
     assert ini((ROOT / "docker/mlflow/basic_auth.ini").read_text()) == ini(auth_config_text("x"))
     assert services["airflow-worker"]["deploy"]["replicas"] == DistributedConfig().celery_workers
+
+
+# --- least privilege: each service its own S3 identity and PostgreSQL role, natively and in compose ---
+def _grants_of_policy(policy: dict) -> set[tuple[str, str, str]]:
+    """A MinIO policy read back as (action, bucket, prefix) triples (rtml.platform.access.Grant)."""
+    from rtml.platform.access import _OBJECT_ACTIONS
+
+    out = set()
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        if st["Action"] == ["s3:ListAllMyBuckets"]:
+            continue
+        (resource,) = st["Resource"]
+        path = resource.removeprefix("arn:aws:s3:::")
+        if "s3:ListBucket" in st["Action"]:
+            prefixes = st.get("Condition", {}).get("StringLike", {}).get("s3:prefix", ["*"])
+            out |= {("List", path, p.removesuffix("*")) for p in prefixes}
+        else:
+            action = next(a for a, acts in _OBJECT_ACTIONS.items() if acts == st["Action"])
+            bucket, _, prefix = path.partition("/")
+            out.add((action, bucket, prefix.removesuffix("*")))
+    return out
+
+
+def _grants_of_seaweed(actions: list[str]) -> set[tuple[str, str, str]]:
+    out = set()
+    for a in actions:
+        action, _, target = a.partition(":")
+        bucket, _, prefix = target.partition("/")
+        out.add((action, bucket, prefix.removesuffix("*")))
+    return out
+
+
+def test_each_service_reaches_the_store_as_its_own_identity(profiles, services, tmp_path, monkeypatch):
+    import json
+
+    from rtml.platform.access import S3_ADMIN, S3_IDENTITY_OF, S3_SECRET_ENV, main
+
+    (stack, _), (env, _) = profiles
+    for kind, names in PROFILE_TO_COMPOSE.items():
+        identity = S3_IDENTITY_OF[kind]
+        assert env[kind]["AWS_ACCESS_KEY_ID"] == identity  # natively: not the caller's key-1
+        for name in names:
+            got = _env(services[name])
+            assert got["AWS_ACCESS_KEY_ID"] == identity, name
+            assert got["AWS_SECRET_ACCESS_KEY"].startswith("${" + S3_SECRET_ENV[identity] + ":?"), name
+    # MinIO's root user: only MinIO and its init service know it; no rtml process gets the admin.
+    for name, svc in services.items():
+        uses_root = {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & set(_env(svc))
+        assert bool(uses_root) == (name in ("minio", "minio-init")), name
+    # minio-init makes exactly the profile's identities, each from its variable, with s3-policies' document.
+    init = services["minio-init"]
+    command = init["command"][0]
+    assert set(_env(init)) >= set(S3_SECRET_ENV.values())
+    for identity, var in S3_SECRET_ENV.items():
+        assert f'user {identity} "$${var}"' in command
+    for step in ('mc admin user add rtml "$$1" "$$2"', 'mc admin policy create rtml "$$1" "/policies/$$1.json"',
+                 'mc admin policy attach rtml "$$1" --user "$$1"'):
+        assert step in command
+    policies = services["s3-policies"]
+    assert policies["command"] == ["python", "-m", "rtml.platform.access", "minio-policies", "/policies"]
+    assert "minio-policies:/policies" in policies["volumes"] and "minio-policies:/policies:ro" in init["volumes"]
+    assert init["depends_on"]["s3-policies"]["condition"] == "service_completed_successfully"
+    # The policies s3-policies writes grant what the native identities get (same settings, same spec).
+    for key, value in _env(policies).items():
+        monkeypatch.setenv(key, _resolve(value))
+    monkeypatch.setenv("RTML_LAKE_BUCKET", stack.settings.lake_bucket)
+    monkeypatch.setenv("RTML_MLFLOW_BUCKET", stack.settings.mlflow_bucket)
+    assert main(["minio-policies", str(tmp_path)]) == 0
+    stack._write_s3_config()
+    native = {i["name"]: i["actions"] for i in json.loads(stack.s3_config.read_text())["identities"]}
+    assert set(native) == {S3_ADMIN, *S3_SECRET_ENV}
+    for identity in S3_SECRET_ENV:
+        written = json.loads((tmp_path / f"{identity}.json").read_text())
+        assert _grants_of_policy(written) == _grants_of_seaweed(native[identity]), identity
+
+
+def _url_user(url: str) -> tuple[str | None, str | None, str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.removeprefix("db+"))
+    return parts.username, parts.password, parts.path.lstrip("/")
+
+
+def test_each_service_uses_its_own_database_role(profiles, services):
+    from rtml.platform.access import PG_PASSWORD_ENV, PG_ROLES, compose_init_sql
+
+    (stack, _), (env, _) = profiles
+    cfg = stack.config
+    # Natively: Airflow as its role (password in its environment), MLflow as its (PGPASSWORD).
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND"):
+        assert _url_user(env["airflow"][key]) == (cfg.role("airflow"), stack.pg_password("airflow"), "p1_airflow")
+    (mlflow,) = stack.procs("mlflow")
+    backend = mlflow.cmd[mlflow.cmd.index("--backend-store-uri") + 1]
+    assert _url_user(backend) == (cfg.role("mlflow"), None, "p1_mlflow")
+    assert env["mlflow"]["PGPASSWORD"] == stack.pg_password("mlflow")
+    stack._write_mlflow_auth_config()
+    assert f"//{cfg.role('mlflow')}@db1:5432/p1_mlflow_auth" in stack.mlflow_auth_config.read_text()
+    assert "user1" not in backend + env["airflow"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]  # not the admin
+    # In compose: the same roles, each with its password variable; the superuser only in postgres.
+    for name in PROFILE_TO_COMPOSE["airflow"]:
+        got = _env(services[name])
+        for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND"):
+            # ${VAR:?message} holds characters a URL parser would take for a query: matched as text.
+            m = re.fullmatch(r"(?:db\+)?postgresql\+psycopg2://(\w+):(\$\{[^}]*\})@postgres:5432/(\w+)", got[key])
+            assert m and (m[1], m[3]) == ("airflow", "airflow"), (name, got[key])
+            assert m[2].startswith("${AIRFLOW_DB_PASSWORD:?"), name
+    user, password, db = _url_user(_options(_compose_command(services["mlflow"]))[1]["--backend-store-uri"])
+    assert (user, password, db) == ("mlflow", None, "mlflow")
+    assert _env(services["mlflow"])["PGPASSWORD"].startswith("${" + PG_PASSWORD_ENV["mlflow"] + ":?")
+    for name, svc in services.items():
+        assert ("POSTGRES_PASSWORD" in _env(svc)) == (name == "postgres"), name
+        assert "rtml:" not in " ".join(_env(svc).values()), f"{name} connects as the superuser"
+    postgres = _env(services["postgres"])
+    assert {PG_PASSWORD_ENV[r] for r in PG_ROLES} <= set(postgres)
+    script = (ROOT / "docker/postgres/init-roles.sh").read_text()
+    sql = script.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
+    # Compose keeps MLflow's users in SQLite (docker/mlflow/basic_auth.ini): no mlflow_auth database.
+    assert sql == compose_init_sql({r: tuple(d for d in dbs if d != "mlflow_auth") for r, dbs in PG_ROLES.items()})
+    for role in PG_ROLES:
+        assert f'-v {role}_password="${PG_PASSWORD_ENV[role]}"' in script
+    assert "./docker/postgres/init-roles.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in services["postgres"]["volumes"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from rtml import storage
+from rtml.settings import Settings
 from rtml.storage import LocalStore, S3Store, _clean, ensure_bucket, open_store
 
 ODD_KEYS = [
@@ -183,14 +184,26 @@ def test_s3_exists_raises_anything_but_not_found(fake):
 
 
 def test_ensure_bucket_creates_it_only_if_absent(fake, monkeypatch):
-    monkeypatch.setattr(storage, "s3_client", lambda settings=None: fake)
+    used = []
+    monkeypatch.setattr(storage, "s3_client", lambda settings=None, auth=None: used.append(auth) or fake)
     ensure_bucket("lake")
-    ensure_bucket("lake")
+    ensure_bucket("lake", auth=("admin", "secret"))  # the stack's admin identity, not the environment's
     assert fake.buckets == ["lake"]
+    assert used == [None, ("admin", "secret")]
+
+
+def test_s3_client_takes_explicit_keys_over_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    s = Settings(home=tmp_path)
+    creds = storage.s3_client(s)._request_signer._credentials
+    assert (creds.access_key, creds.secret_key) == ("env-key", "env-secret")
+    creds = storage.s3_client(s, auth=("rtml-serve", "x"))._request_signer._credentials
+    assert (creds.access_key, creds.secret_key) == ("rtml-serve", "x")
 
 
 def test_open_store_dispatches_on_the_uri(fake, monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "s3_client", lambda settings=None: fake)
+    monkeypatch.setattr(storage, "s3_client", lambda settings=None, auth=None: fake)
     s3 = open_store("s3://bucket/some/prefix")
     assert isinstance(s3, S3Store) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix")
     with pytest.raises(ValueError, match="invalid S3 URI 's3:///x': no bucket"):

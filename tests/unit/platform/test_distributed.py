@@ -58,7 +58,9 @@ def test_processes_two_workers_two_replicas_on_one_port(stack):
     assert all(p.env["RTML_SERVE_REUSE_PORT"] == "True" for p in serve)
     mlflow = stack.procs("mlflow")[0]
     assert mlflow.cmd[-2:] == ["--app-name", "basic-auth"]
-    assert mlflow.cmd[mlflow.cmd.index("--backend-store-uri") + 1] == "postgresql+psycopg2://pg@db:5432/t1_mlflow"
+    # MLflow's own role; its password in the environment (PGPASSWORD), not on the command line.
+    assert mlflow.cmd[mlflow.cmd.index("--backend-store-uri") + 1] == "postgresql+psycopg2://t1_mlflow@db:5432/t1_mlflow"
+    assert mlflow.env["PGPASSWORD"] == (stack.keys / "pg_mlflow_password").read_text()
     assert "MLFLOW_TRACKING_PASSWORD" not in mlflow.env
     # status/down know the same names without generating anything.
     assert [p.name for p in stack._proc_names("airflow")] == names
@@ -67,7 +69,9 @@ def test_processes_two_workers_two_replicas_on_one_port(stack):
 def test_every_airflow_component_gets_the_same_secrets_and_each_service_its_own_user(stack):
     env = stack.airflow_env()
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://pg@db:5432/t1_airflow"
+    pg = (stack.keys / "pg_airflow_password").read_text()
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql+psycopg2://t1_airflow:{pg}@db:5432/t1_airflow"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://t1_airflow:{pg}@db:5432/t1_airflow"
     password = (stack.keys / "redis_password").read_text()
     assert env["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{password}@127.0.0.1:30017/0"
     assert {p.env["AIRFLOW__CORE__FERNET_KEY"] for p in stack.procs("airflow")} == {env["AIRFLOW__CORE__FERNET_KEY"]}
@@ -112,3 +116,45 @@ def test_mlflow_users_command_names_what_is_missing(monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "x")
     assert main(["mlflow-users", "http://mlflow:5000"]) == 2
     assert "MLFLOW_SERVE_PASSWORD" in capsys.readouterr().err
+
+
+def test_each_service_gets_its_own_s3_identity_and_the_store_knows_only_those(stack, monkeypatch):
+    import json
+
+    from rtml.platform.access import S3_ADMIN
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "callers-key")  # the caller's keys go to no process
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "callers-secret")
+    monkeypatch.setenv("RTML_POSTGRES_URL", "postgresql://admin:admin-pw@db")  # nor the database admin's
+    monkeypatch.setenv("PGPASSWORD", "admin-pw")
+    keys = {}
+    for proc in stack.procs("airflow") + stack.procs("mlflow") + stack.procs("serve"):
+        keys.setdefault(proc.service, set()).add((proc.env["AWS_ACCESS_KEY_ID"], proc.env["AWS_SECRET_ACCESS_KEY"]))
+    assert {s: {k for k, _ in v} for s, v in keys.items()} == {
+        "airflow": {"rtml-airflow"}, "mlflow": {"rtml-mlflow"}, "serve": {"rtml-serve"}}
+    assert len({secret for v in keys.values() for _, secret in v}) == 3
+    for proc in stack.procs("airflow") + stack.procs("mlflow") + stack.procs("serve") + stack.procs("redis"):
+        assert "admin-pw" not in json.dumps(proc.env), proc.name
+    (weed,) = stack.procs("s3")
+    assert "AWS_ACCESS_KEY_ID" not in weed.env and "AWS_SECRET_ACCESS_KEY" not in weed.env
+    assert weed.cmd[-1] == f"-s3.config={stack.s3_config}"
+    assert stack._s3_auth() == (S3_ADMIN, (stack.keys / f"s3_{S3_ADMIN}_secret_key").read_text())
+    stack._write_s3_config()
+    assert stat.S_IMODE(stack.s3_config.stat().st_mode) == 0o600
+    doc = {i["name"]: i for i in json.loads(stack.s3_config.read_text())["identities"]}
+    assert set(doc) == {S3_ADMIN, "rtml-airflow", "rtml-mlflow", "rtml-serve"}
+    for name, ident in doc.items():
+        assert ident["credentials"] == [{"accessKey": name, "secretKey": stack.s3_secret(name)}]
+        assert ("Admin" in ident["actions"]) == (name == S3_ADMIN)
+    # The endpoint writes only its logs under the spec's dataset.
+    from rtml.spec import load_spec
+
+    ds = load_spec(stack.settings.spec).dataset.name
+    assert f"Write:rtml-lake/{ds}/predictions/*" in doc["rtml-serve"]["actions"]
+    assert not [a for a in doc["rtml-serve"]["actions"] if "/events" in a or a.endswith(":rtml-lake")]
+
+
+def test_an_unreadable_spec_is_named_before_the_store_starts(tmp_path):
+    settings = Settings(home=tmp_path, spec=tmp_path / "missing.yaml")
+    with pytest.raises(StackError, match="RTML_SPEC"):
+        DistributedStack(settings, DistributedConfig())._write_s3_config()

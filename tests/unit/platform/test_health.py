@@ -70,6 +70,20 @@ def test_s3_names_the_missing_buckets(monkeypatch, tmp_path):
     assert health.check_s3(s, buckets=[])["ok"] is True
 
 
+def test_s3_counts_a_bucket_these_keys_may_not_touch_and_uses_the_given_keys(monkeypatch, tmp_path):
+    from botocore.exceptions import ClientError
+
+    class Scoped(FakeS3):  # a least-privilege identity: lists only its buckets
+        def head_bucket(self, Bucket):
+            code = "403" if Bucket == "mlflow-b" else "404"
+            raise ClientError({"Error": {"Code": code, "Message": ""}}, "HeadBucket")
+
+    s, seen = _s3(monkeypatch, tmp_path, Scoped(["lake-b"]))
+    assert health.check_s3(s, auth=("rtml-airflow", "pw"))["ok"] is True
+    assert (seen["aws_access_key_id"], seen["aws_secret_access_key"]) == ("rtml-airflow", "pw")
+    assert health.check_s3(s, buckets=["lake-b", "gone"])["error"] == "missing bucket(s): gone"
+
+
 def test_s3_that_fails_says_why(monkeypatch, tmp_path):
     s, _ = _s3(monkeypatch, tmp_path, FakeS3(error=PermissionError("InvalidAccessKeyId")))
     out = health.check_s3(s)
