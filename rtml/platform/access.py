@@ -12,8 +12,9 @@
   (``s3://<mlflow_bucket>/artifacts/``), nothing of the lake.
 - ``rtml-serve`` (the serving replicas): models come through MLflow, so it reads nothing else; it
   writes only its own logs' keys in the lake (:func:`serve_log_prefixes`: kinds ``predictions`` and
-  ``shadow`` of the spec's datasets: data, quarantine, manifests, day index), so it can neither
-  read, overwrite nor delete the events and labels the models learn from.
+  ``shadow`` of the spec's datasets: data, quarantine, manifests, day index) and appends its
+  reloads to the decision log, so it can neither read, overwrite nor delete the events and labels
+  the models learn from.
 
 SeaweedFS (natively) takes them as ``weed -s3.config`` identities whose actions are scoped
 ``Action:bucket`` or ``Action:bucket/prefix*`` (checked against SeaweedFS 4.48's source and by
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from rtml.registry.audit import PREFIX as AUDIT_PREFIX
 from rtml.settings import Settings
 
 # --- object store ------------------------------------------------------------------------------------
@@ -88,6 +90,9 @@ def s3_grants(settings: Settings, datasets: Iterable[str]) -> dict[str, list[Gra
     rw: tuple[Action, ...] = ("Read", "Write", "List")
     serve = [Grant(a, lake_bucket, lake_prefix + p) for ds in sorted(set(datasets)) for p in serve_log_prefixes(ds)
              for a in rw]
+    # The endpoint appends its reloads and refusals to the decision log (hash-chained, each entry
+    # created only if its key is new): it reads the chain's head and adds entries, nothing else.
+    serve += [Grant(a, lake_bucket, f"{lake_prefix}{AUDIT_PREFIX}/") for a in rw]
     return {
         S3_AIRFLOW: [Grant(a, lake_bucket, lake_prefix) for a in rw],
         S3_MLFLOW: [Grant(a, mlflow_bucket, mlflow_prefix) for a in rw],

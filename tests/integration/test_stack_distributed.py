@@ -199,6 +199,18 @@ def test_a_promotion_waits_until_every_replica_serves_the_new_version(dist):
                 if set(seen) == replicas:
                     break
             assert seen == dict.fromkeys(replicas, version)
+        # Each replica appends its reload to the decision log holding only the serving S3 key (the
+        # entry is written off the request path, so it may land a moment after the reload).
+        from rtml.registry.audit import entries
+
+        def reloads() -> list[dict]:
+            return [e for e in entries() if e["action"] == "reload" and e["model"] == name and e["version"] == version]
+
+        deadline = time.monotonic() + 60
+        while len(reloads()) < len(replicas) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(reloads()) == len(replicas)
+        assert {e["actor"] for e in reloads()} == {"rtml-serve"}  # MLflow-authenticated identity
 
 
 def test_a_dag_task_runs_through_celery(dist):

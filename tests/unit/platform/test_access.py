@@ -64,8 +64,8 @@ def test_grants_follow_the_lake_and_artifact_locations(tmp_path):
     assert grants[S3_MLFLOW] == [Grant(a, "models", "artifacts/") for a in ("Read", "Write", "List")]
     serve = grants[S3_SERVE]
     assert {g.bucket for g in serve} == {"data"}
-    assert {g.prefix for g in serve} == {"rtml/" + p for p in serve_log_prefixes("ds")}
-    assert len(serve) == 3 * len(serve_log_prefixes("ds"))  # the dataset listed twice: once
+    assert {g.prefix for g in serve} == {"rtml/" + p for p in serve_log_prefixes("ds")} | {"rtml/_audit/decisions/"}
+    assert len(serve) == 3 * (len(serve_log_prefixes("ds")) + 1)  # the dataset listed twice: once
 
 
 def test_seaweed_actions_scope_by_bucket_or_prefix():
