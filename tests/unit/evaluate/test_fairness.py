@@ -240,5 +240,11 @@ def test_mitigated_variant_passes_the_shipped_gate_on_the_replay_seeds(outcomes)
     # margin, simulated pass rates up to 0.89) fail that holdout, and the best candidate's simulated
     # pass rate is 0.6-0.85 on every seed: the 20-34-row groups' selection rates range 0.31-0.71 over
     # the 8 holdouts under rules that equalise them in training.
+    # 8 of 8 is not a property any rule fitted on other rows can have: even an oracle rule that selects
+    # EVERY group at exactly the same true rate (the variant's ~0.43) passes disparate impact alone on
+    # seeds 1, 3 and 4 (a 34-row 'separated' group gates) only ~0.6 of the time, on all 8 seeds at once
+    # with probability 0.17 (benchmarks/mitigation_seeds.py). Over replay seeds 0-39 this search passes
+    # 32 of 40 (80%); the oracle's disparate impact alone, 84%. A change of the search is judged there,
+    # on dozens of seeds, not by this test's count.
     assert 0 in passed
     assert len(passed) >= 7, summary
