@@ -1,6 +1,6 @@
 """Scale-out on one machine: serving with 1 vs 2 replicas, ingestion with 1 vs 2 Celery workers, same run.
 
-    python benchmarks/scale.py [--quick] [--duration 8] [--connections 32] [--intervals 4] [--rows 50000]
+    python benchmarks/scale.py [--quick] [--duration 8] [--connections 32] [--intervals 3] [--rows 20000]
 
 Serving: the demo credit model is trained, registered and approved in a temporary SQLite MLflow (the
 helpers of ``benchmarks/serve.py``), then ``rtml serve`` runs with ``RTML_SERVE_REUSE_PORT`` on one
@@ -27,8 +27,8 @@ the bound printed is what that overlap could save at best. (More datasets, i.e. 
 on one Airflow, or Kafka partitions read by several consumers are what would give workers more to
 share.)
 
-Each set-up is measured ``--rounds`` times, alternating with the other (the median is shown), so a
-change in the machine's other load during the run hits both alike. Needs ``wrk`` (``apt-get install
+Each set-up is measured ``--rounds`` times, alternating with the other (ingestion in ABBA order; the
+median is shown), so a change in the machine's other load during the run hits both alike. Needs ``wrk`` (``apt-get install
 -y wrk``) and PostgreSQL at ``RTML_POSTGRES_URL``. Timings are wall-clock on this machine; an
 otherwise idle one gives figures to compare.
 """
@@ -371,8 +371,10 @@ def bench_ingestion(workdir: Path, intervals: int, rows: int, rounds: int) -> tu
                   f"in {time.monotonic() - t0:.0f} s", flush=True)
             results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
             day = FIRST_DAY
-            for _ in range(rounds):  # alternating, as for serving
-                for n in (1, 2):
+            for r in range(rounds):
+                # Alternating in ABBA order (1, 2, 2, 1, ...): a machine whose other load rises or falls
+                # during the run weighs on both set-ups alike (tasks here are mostly CPU).
+                for n in (1, 2) if r % 2 == 0 else (2, 1):
                     set_workers(stack, n)
                     res = backfill(af, day, intervals)
                     want = {k: sum(expected[day + i * DAY][k] for i in range(intervals)) for k in ("events", "labels")}
@@ -415,9 +417,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=8, help="seconds of load per replica count")
     ap.add_argument("--connections", type=int, default=32, help="concurrent wrk connections")
     ap.add_argument("--rounds", type=int, default=None,
-                    help="alternating measurements per set-up (median shown; default 3 serving, 1 ingestion)")
-    ap.add_argument("--intervals", type=int, default=4, help="closed ingestion intervals per measurement")
-    ap.add_argument("--rows", type=int, default=50_000, help="events per ingestion interval (plus their labels)")
+                    help="alternating measurements per set-up (median shown; default 3 serving, 2 ingestion)")
+    ap.add_argument("--intervals", type=int, default=3, help="closed ingestion intervals per measurement")
+    ap.add_argument("--rows", type=int, default=20_000, help="events per ingestion interval (plus their labels)")
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -442,7 +444,7 @@ def main() -> int:
                 os.environ.update(saved)
             print(f"serving ratio: 2 replicas / 1 = {two / one:.2f}x", flush=True)
         if not args.skip_ingest:
-            one, two = bench_ingestion(workdir, args.intervals, args.rows, args.rounds or 1)
+            one, two = bench_ingestion(workdir, args.intervals, args.rows, args.rounds or 2)
             print(f"ingestion ratio: 2 Celery workers / 1 = {two / one:.2f}x (records/s)", flush=True)
         load = os.getloadavg()[0]
         print(f"why not 2x: {cores} cores carry everything here (1-min load average {load:.1f} at the end) - a "
