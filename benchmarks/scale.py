@@ -276,7 +276,7 @@ def backfill(af: Any, first: datetime, n: int, timeout: float = 1800) -> dict[st
         "max_active_runs": 1, "reprocess_behavior": "completed"})
     if r.status_code >= 300:
         raise RuntimeError(f"backfill refused: {r.status_code} {r.text[:300]}")
-    created = _ts(r.json()["created_at"])
+    created, backfill_id = _ts(r.json()["created_at"]), r.json()["id"]
     deadline = time.monotonic() + timeout
     while True:
         runs = af.get("/api/v2/dags/rtml_ingest/dagRuns", params={"run_type": "backfill", "limit": 500}).json()["dag_runs"]
@@ -285,6 +285,11 @@ def backfill(af: Any, first: datetime, n: int, timeout: float = 1800) -> dict[st
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"backfill: {sum(x['state'] == 'success' for x in ours)}/{n} runs done after {timeout:.0f}s")
+        time.sleep(1)
+    # The scheduler marks the backfill complete a loop after its last run: the next one is refused until then.
+    while af.get(f"/api/v2/backfills/{backfill_id}").json().get("completed_at") is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"backfill {backfill_id} not marked complete after {timeout:.0f}s")
         time.sleep(1)
     failed = [x["dag_run_id"] for x in ours if x["state"] != "success"]
     if failed:
