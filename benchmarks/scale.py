@@ -361,6 +361,7 @@ def bench_ingestion(workdir: Path, intervals: int, rows: int, rounds: int) -> tu
     stack = start_stack(workdir / "dist")
     try:
         with AirflowClient(stack.settings) as af:
+            af.http.timeout = httpx.Timeout(120)  # the api-server answers slowly on a loaded machine
             for dag_id in ("rtml_ingest", *OTHER_DAGS):
                 af.wait_dag(dag_id)
             for dag_id in OTHER_DAGS:  # nothing else on the workers (ingestion's Asset updates start rtml_train)
