@@ -357,6 +357,7 @@ def bare_batches(stack: Any, day: datetime) -> dict[str, float]:
 def bench_ingestion(workdir: Path, intervals: int, rows: int, rounds: int) -> tuple[float, float]:
     from rtml.cli.demo import wait_scheduled
     from rtml.platform.airflow import AirflowClient
+    from rtml.settings import temporary_env
 
     stack = start_stack(workdir / "dist")
     try:
@@ -372,7 +373,9 @@ def bench_ingestion(workdir: Path, intervals: int, rows: int, rounds: int) -> tu
             wait_scheduled(af, "rtml_ingest")
             days = 2 * rounds * intervals + 1  # one set of days per measurement, one day for the bare batches
             t0 = time.monotonic()
-            expected = produce_days(stack, days, rows)
+            # The profile gives no process the store's root keys: write as its Airflow tasks do.
+            with temporary_env(**stack.access_env("airflow")):
+                expected = produce_days(stack, days, rows)
             print(f"  produced {days} days x {rows:,} events + labels into the landing zone "
                   f"in {time.monotonic() - t0:.0f} s", flush=True)
             results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
@@ -389,7 +392,8 @@ def bench_ingestion(workdir: Path, intervals: int, rows: int, rounds: int) -> tu
                     res["breakdown"] = _breakdown(res)
                     results[n].append(res)
                     day += intervals * DAY
-            bare = bare_batches(stack, day)
+            with temporary_env(**stack.access_env("airflow")):
+                bare = bare_batches(stack, day)
     finally:
         stop_stack(stack)
     rps = {}
