@@ -167,41 +167,14 @@ class Settings(BaseSettings):
         """The serving token: from RTML_SERVE_TOKEN, else generated once under the state folder."""
         if self.serve_token:
             return self.serve_token
-        path = self.home / "serve_token"
-        if path.exists():
-            return path.read_text().strip()
-        import secrets
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(24)
-        path.write_text(token)
-        path.chmod(0o600)
-        return token
+        # Serving replicas start at once: each must end up with the one token in the file.
+        return _secret_once(self.home / "serve_token", 24)
 
     def resolved_webhook_secret(self) -> str:
         """The webhook secret: from RTML_WEBHOOK_SECRET, else generated once under <home>/keys (0600)."""
         if self.webhook_secret:
             return self.webhook_secret
-        path = self.home / "keys" / "webhook_secret"
-        if not path.exists():
-            import secrets
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # O_EXCL: two processes starting at once must not each write their own secret
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_urlsafe(32))
-        for _ in range(50):  # the other process may still be writing it
-            value = path.read_text().strip()
-            if value:
-                return value
-            import time
-
-            time.sleep(0.02)
-        raise RuntimeError(f"the webhook secret file {path} is empty: delete it to generate a new one")
+        return _secret_once(self.home / "keys" / "webhook_secret", 32)
 
     def env(self) -> dict[str, str]:
         """This settings object as RTML_* variables, for child processes (Airflow tasks, servers)."""
@@ -210,6 +183,29 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             out[f"RTML_{name.upper()}"] = str(value)
         return out
+
+
+def _secret_once(path: Path, nbytes: int) -> str:
+    """The secret in ``path``, generated (0600) by the first of the processes asking for it at once."""
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: two processes starting at once must not each write their own secret
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(nbytes))
+    for _ in range(50):  # the other process may still be writing it
+        value = path.read_text().strip()
+        if value:
+            return value
+        import time
+
+        time.sleep(0.02)
+    raise RuntimeError(f"the secret file {path} is empty: delete it to generate a new one")
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,9 @@
 1. starts the stack (``rtml stack up``) unless it runs already;
 2. replays the demo dataset into the landing zone (events, and labels that arrive a minute later),
    from a fixed start (``REPLAY_START``, or ``--start``): the same arguments give the same events,
-   files and batches whenever the demo runs, so the model and its gate decisions are the same too;
+   files and batches whenever the demo runs, so the model and its gate decisions are the same too.
+   With ``RTML_SOURCE=kafka`` (the distributed profile's stream) the replay goes to the Kafka topics
+   instead and ``rtml_ingest`` reads them to their end (:func:`ingest_from_kafka`), in place of 3.;
 3. unpauses the ingestion DAG and lets the scheduler's own run (the latest complete interval,
    which sweeps every landing file not ingested yet) finish, then backfills the ingestion DAG over
    the replay's intervals through Airflow's REST API (as the UI's *Backfill* does). A backfill only covers intervals the scheduler never schedules itself
@@ -59,14 +61,16 @@ def replay_interval(start: datetime, rows: int, minutes: int) -> tuple[datetime,
 
 
 def replay(
-    spec: ProjectSpec, settings: Settings, rows: int | None = None, seed: int = 0, start: datetime | None = None
+    spec: ProjectSpec, settings: Settings, rows: int | None = None, seed: int = 0, start: datetime | None = None,
+    to: str = "landing",
 ) -> dict[str, Any]:
-    """Produce the dataset into the landing zone from ``start`` (default ``REPLAY_START``)."""
+    """Produce the dataset into the landing zone (or the Kafka topics) from ``start`` (default
+    ``REPLAY_START``)."""
     from rtml.ingest.produce import load_base, produce
 
     start = (start or REPLAY_START).astimezone(UTC)
     n = rows or len(load_base(spec))
-    out = produce(spec, to="landing", settings=settings, rows=n, start=start, rate=REPLAY_RATE, seed=seed,
+    out = produce(spec, to=to, settings=settings, rows=n, start=start, rate=REPLAY_RATE, seed=seed,
                   label_delay=LABEL_DELAY)
     first, end = replay_interval(start, n, settings.ingest_interval_minutes)
     out["interval"] = [first.isoformat(), end.isoformat()]
@@ -197,6 +201,41 @@ def wait_for_serving(settings: Settings, version: str, timeout: float = 300) -> 
 LOOP_DAGS = ("rtml_ingest", "rtml_train", "rtml_promote", "rtml_monitor")
 
 
+def ingest_from_kafka(
+    af: Any, spec: ProjectSpec, settings: Settings, rows: int | None = None, start: datetime | None = None,
+    max_runs: int = 10,
+) -> tuple[dict[str, Any], int]:
+    """With ``RTML_SOURCE=kafka``: replay into the topics and let ``rtml_ingest`` take all of it;
+    returns the replay's summary and the number of ingestion runs that read it.
+
+    The replay is produced while ``rtml_ingest`` is paused: its watcher would start a run on the
+    first records, which would take part of the replay, and the batches (the newest one is what the
+    drift gate reads) would depend on timing. Unpaused, the scheduler's run of the latest interval
+    reads both topics to their end; manual runs follow only while the ingest groups lag (a replay
+    larger than one run's batches, or a run that found nothing)."""
+    from rtml.ingest.kafka import group_lag
+
+    af.pause("rtml_ingest")
+    produced = replay(spec, settings, rows=rows, start=start, to="kafka")
+    _say(produced["message"])
+    for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
+        af.unpause(dag_id)
+    _say("rtml_ingest reads the topics (Airflow UI: Dags > rtml_ingest) ...")
+    wait_scheduled(af, "rtml_ingest")
+    topics = [t for t in (produced.get("event_topic"), produced.get("label_topic")) if t]
+    runs = 1
+    while lag := sum(group_lag(t, settings=settings) for t in topics):
+        if runs >= max_runs:
+            raise RuntimeError(f"{lag} record(s) of {', '.join(topics)} still not ingested after {runs} rtml_ingest runs")
+        run_id = af.trigger("rtml_ingest", {})
+        state = af.wait("rtml_ingest", run_id, timeout=600)
+        if state != "success":
+            raise RuntimeError(f"rtml_ingest run {run_id} ended {state}:\n{af.explain('rtml_ingest', run_id)}")
+        runs += 1
+    wait_idle(af, "rtml_ingest")
+    return produced, runs
+
+
 def run_demo(
     settings: Settings | None = None,
     spec: ProjectSpec | None = None,
@@ -222,30 +261,37 @@ def run_demo(
     except Exception:
         before = set()
 
-    produced = replay(spec, settings, rows=rows, start=start)
-    _say(produced["message"])
-    first, end = (datetime.fromisoformat(x) for x in produced["interval"])
+    kafka = settings.source == "kafka"
+    if not kafka:
+        produced = replay(spec, settings, rows=rows, start=start)
+        _say(produced["message"])
 
     with AirflowClient(settings) as af:
         for dag_id in LOOP_DAGS:
             af.wait_dag(dag_id)
         # Training waits for the whole replay: paused, it queues no run on the Asset updates.
         af.pause("rtml_train")
-        for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
-            af.unpause(dag_id)
-        # Unpaused, rtml_ingest gets the scheduler's own run of the latest complete interval, which
-        # sweeps every landing file not ingested yet, the replay included. It finishes before the
-        # backfill starts, so which run takes which file (and so the batches, the newest batch the
-        # drift gate reads, the model) never depends on which of them the scheduler started first.
-        wait_scheduled(af, "rtml_ingest")
-        _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC "
-             "(Airflow UI: Dags > rtml_ingest) ...")
-        runs = backfill_ingest(af, first, end, settings.ingest_interval_minutes)
-        failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
-        if failed:
-            raise RuntimeError(f"ingestion runs failed: {failed}")
-        wait_idle(af, "rtml_ingest")
-        _say(f"{len(runs)} ingestion runs succeeded; training on the whole replay (rtml_train) ...")
+        if kafka:
+            produced, n_runs = ingest_from_kafka(af, spec, settings, rows=rows, start=start)
+            first, end = (datetime.fromisoformat(x) for x in produced["interval"])
+        else:
+            first, end = (datetime.fromisoformat(x) for x in produced["interval"])
+            for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
+                af.unpause(dag_id)
+            # Unpaused, rtml_ingest gets the scheduler's own run of the latest complete interval, which
+            # sweeps every landing file not ingested yet, the replay included. It finishes before the
+            # backfill starts, so which run takes which file (and so the batches, the newest batch the
+            # drift gate reads, the model) never depends on which of them the scheduler started first.
+            wait_scheduled(af, "rtml_ingest")
+            _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC "
+                 "(Airflow UI: Dags > rtml_ingest) ...")
+            runs = backfill_ingest(af, first, end, settings.ingest_interval_minutes)
+            failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
+            if failed:
+                raise RuntimeError(f"ingestion runs failed: {failed}")
+            wait_idle(af, "rtml_ingest")
+            n_runs = len(runs)
+        _say(f"{n_runs} ingestion runs succeeded; training on the whole replay (rtml_train) ...")
         # The window ends with the replay, whatever newer data the lake holds (a user's, other runs').
         run_id = af.trigger("rtml_train", {"force": True, "window_end": end.isoformat()})
         state = af.wait("rtml_train", run_id, timeout=1200)
@@ -287,8 +333,10 @@ def run_demo(
         "model card, fairness and drift reports under the run's artifacts)",
         f"  Serving      {settings.serve_url}/v1/predict  (token: {settings.home}/serve_token)",
         "From now on, on its own (every rtml DAG is unpaused):",
-        f"  rtml_ingest   every {minutes} min: new files under landing/{spec.dataset.name}/ "
-        "(add some with `rtml produce`)",
+        (f"  rtml_ingest   every {minutes} min and on new records: the Kafka topics rtml.{spec.dataset.name}.* "
+         "(add some with `rtml produce --to kafka`)" if kafka else
+         f"  rtml_ingest   every {minutes} min: new files under landing/{spec.dataset.name}/ "
+         "(add some with `rtml produce`)"),
         "  rtml_train    when ingestion brings enough new labels: train, gate, mark the challenger",
         "  rtml_promote  when a challenger appears: waits for your approval in MLflow, then serves it",
         "  rtml_monitor  hourly: live drift and quality of the served model; asks for retraining",

@@ -492,6 +492,28 @@ class KafkaSource:
         self._save_state()
 
 
+def group_lag(topic: str, group: str | None = None, settings: Settings | None = None, timeout: float = 30) -> int:
+    """Records of ``topic`` past ``group``'s committed offsets (default: the ingest group of the
+    topic, as :func:`rtml.ingest.batches.ingest_kafka` names it): 0 once ingestion took everything.
+    Reads offsets only; it never joins the group, so it cannot rebalance the ingest member away."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    s = settings or get_settings()
+    group = group or f"{DEFAULT_GROUP}.{topic}"
+    ensure_topic(topic, settings=s, timeout=timeout)
+    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        parts = sorted(c.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout)
+        lag = 0
+        for tp in committed:
+            lo, hi = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout, cached=False)
+            lag += hi - max(tp.offset if tp.offset >= 0 else lo, lo)
+        return lag
+    finally:
+        c.close()
+
+
 def _where(topic: str, partition: int, offset: int) -> str:
     return f"{topic}[{partition}]@{offset}"
 

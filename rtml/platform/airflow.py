@@ -43,9 +43,18 @@ class AirflowClient:
 
     def request(self, method: str, url: str, **kw: Any) -> Any:
         """One REST call; retried a few times when Airflow's SQLite database is briefly locked
-        (the write was rolled back, so a retry cannot apply it twice)."""
+        (the write was rolled back, so a retry cannot apply it twice), and a read (GET) also when
+        the api-server does not answer in time (a busy machine; a read applies nothing)."""
+        import httpx
+
         for attempt in range(5):
-            r = self.http.request(method, url, **kw)
+            try:
+                r = self.http.request(method, url, **kw)
+            except httpx.TimeoutException:
+                if method.upper() != "GET" or attempt == 4:
+                    raise
+                time.sleep(1.0 * (attempt + 1))
+                continue
             if r.status_code < 500 or "database is locked" not in r.text or attempt == 4:
                 return r
             time.sleep(0.5 * (attempt + 1))

@@ -15,7 +15,7 @@ import pytest
 
 from rtml.ingest import produce as prod
 from rtml.ingest.batches import ingest_kafka
-from rtml.ingest.kafka import KafkaSource, batch_id_for_offsets, ensure_topic, state_key
+from rtml.ingest.kafka import KafkaSource, batch_id_for_offsets, ensure_topic, group_lag, state_key
 from rtml.ingest.produce import write_kafka
 from rtml.lake import Lake
 from rtml.settings import Settings
@@ -255,6 +255,25 @@ def test_every_partition_is_read_exactly_once(settings):
         assert sorted(offsets) == list(range(committed(settings, topic, p)))
     assert sum(len(v) for v in seen.values()) == 150
     assert lake.read_batches(DS, "events")[SPEC.event_id].is_unique
+
+
+def test_group_lag_counts_the_records_the_ingest_group_has_not_committed(settings):
+    """What ``rtml demo`` waits on: every partition's records past the ingest group's offset (the
+    group ingest_kafka uses by default), 0 only once ingestion committed everything."""
+    topic = f"rtml-test.{uuid.uuid4().hex}.events"
+    ensure_topic(topic, partitions=3, settings=settings)
+    assert group_lag(topic, settings=settings) == 0
+    send(settings, topic, 60, seed=8)
+    assert group_lag(topic, settings=settings) == 60  # nothing committed yet: all of it
+    lake = Lake(settings)
+    first = ingest_kafka(SPEC, "events", settings=settings, lake=lake, topic=topic, max_records=15, max_batches=1)
+    assert first["records_in"] == 15
+    assert group_lag(topic, settings=settings) == 45
+    # Another group's offsets are its own.
+    assert group_lag(topic, group=f"other-{topic}", settings=settings) == 60
+    rest = ingest_kafka(SPEC, "events", settings=settings, lake=lake, topic=topic, max_batches=20)
+    assert rest["records_in"] == 45
+    assert group_lag(topic, settings=settings) == 0
 
 
 def _first_ms(settings, topic, partition, offset) -> int:

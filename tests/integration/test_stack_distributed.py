@@ -19,6 +19,7 @@ import redis
 from support.stack import distributed_stack
 
 from rtml.platform.distributed import (
+    MLFLOW_ADMIN,
     MLFLOW_AIRFLOW_USER,
     MLFLOW_APPROVER,
     MLFLOW_SERVE_USER,
@@ -33,8 +34,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributedStack]:
-    stack = distributed_stack(tmp_path_factory.mktemp("rtml-dist"))
+    # Kafka is the stream, as on a production cluster; the broker is up before the triggerer runs
+    # rtml_ingest's watcher on it.
+    stack = distributed_stack(tmp_path_factory.mktemp("rtml-dist"), source="kafka")
     try:
+        stack.up(["kafka"], timeout=300)
         stack.up(["s3", "redis", "mlflow", "airflow", "serve"], timeout=420)
         yield stack
     finally:
@@ -49,6 +53,140 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DistributedStack]
 def _mlflow(stack: DistributedStack, user: str | None) -> httpx.Client:
     auth = (user, stack.mlflow_password(user)) if user else None
     return httpx.Client(base_url=stack.settings.mlflow_tracking_uri, auth=auth, timeout=30)
+
+
+@contextlib.contextmanager
+def _as_client_of(stack: DistributedStack, user: str = MLFLOW_ADMIN) -> Iterator[None]:
+    """This process talks to ``stack`` like a client of it does (its RTML_* settings, the Airflow S3
+    identity, the MLflow login of ``user``; default: the admin's, as a promotion task would need at
+    most); the environment and the cached settings are restored after."""
+    import mlflow.tracking._model_registry.utils as registry_uri
+    import mlflow.tracking._tracking_service.utils as tracking_uri
+
+    from rtml.settings import get_settings
+
+    saved = dict(os.environ)
+    # set_tracking_uri/set_registry_uri (register() calls them) are process-wide: the tests after
+    # this one must not keep talking to this stack once it is down.
+    saved_uris = tracking_uri._tracking_uri, registry_uri._registry_uri
+    os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
+                       "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
+    os.environ.update(stack.access_env("airflow"))
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, stack.mlflow_password(user)
+    get_settings(refresh=True)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        tracking_uri._tracking_uri, registry_uri._registry_uri = saved_uris
+        get_settings(refresh=True)
+
+
+@pytest.mark.e2e
+def test_the_whole_loop_on_the_distributed_profile(dist):
+    """The embedded e2e loop (tests/e2e/test_loop.py), on the production topology: the demo replays
+    into Kafka, rtml_ingest reads the topics, training gates the candidate, the ``approver`` MLflow
+    user (a person, who may tag but not train) approves, rtml_promote promotes and both replicas
+    serve the version, the prediction log reaches the lake and rtml_monitor reads it, and every task
+    went through the Celery broker to a worker.
+
+    Runs first in this module: later tests register versions of the same model by hand, and the
+    loop's DAGs are paused again after it so they do not act on those."""
+    import psycopg2
+    from mlflow import MlflowClient
+
+    from rtml.cli.demo import LOOP_DAGS, run_demo
+    from rtml.ingest.kafka import group_lag, topic_name
+    from rtml.lake import Lake
+    from rtml.platform.airflow import AirflowClient
+    from rtml.spec import load_spec
+
+    settings = dist.settings
+    spec = load_spec(settings.spec)
+    name = spec.model.registered_name
+    token = settings.resolved_serve_token()
+    headers = {"Authorization": f"Bearer {token}"}
+    # The endpoint as `rtml stack up` runs it: no champion yet, so alive but not ready.
+    assert httpx.get(f"{settings.serve_url}/ready").status_code == 503
+    with AirflowClient(settings) as api, _as_client_of(dist, MLFLOW_APPROVER):
+        try:
+            result = run_demo(settings, spec, approve=True, start_stack=False)
+
+            # Ingestion from Kafka: both topics read to their end, every batch conserved its records.
+            for kind in ("events", "labels"):
+                assert group_lag(topic_name(spec.dataset.name, kind), settings=settings) == 0, kind
+            lake = Lake(settings)
+            manifests = lake.manifests(spec.dataset.name, "events")
+            assert manifests, "no events batch was committed"
+            for m in manifests:
+                assert m["records_in"] == m["accepted"] + m["quarantined"], m["batch_id"]
+                assert m["source"]["type"] == "kafka", m["batch_id"]
+            assert sum(m["accepted"] for m in manifests) >= 4000
+
+            # Training and gates; the approver's tag made the version champion.
+            client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+            version = result["version"]
+            mv = client.get_model_version(name, version)
+            assert result["gate_decision"] == "passed", result["gate_reasons"]
+            for gate in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision"):
+                assert mv.tags[gate] == "passed", (gate, mv.tags.get("gate.reasons"))
+            assert mv.tags.get("approval") == "approved"
+            assert client.get_model_version_by_alias(name, "champion").version == version
+            artifacts = {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
+            assert any(p.endswith(".html") for p in artifacts), artifacts
+
+            # Serving: whichever replica a new connection lands on answers with the approved version.
+            replicas = {dist.running_pid(n) for n in dist.replica_names()}
+            assert str(result["served"]["version"]) == str(version)
+            seen: dict[int, str] = {}
+            for _ in range(200):
+                with httpx.Client(base_url=settings.serve_url, timeout=10, headers=headers) as c:
+                    pid = c.get("/health").json()["pid"]
+                    seen[pid] = str(c.get("/v1/model").json()["version"])
+                if set(seen) == replicas:
+                    break
+            assert seen == dict.fromkeys(replicas, str(version))
+            record = {f.name: None for f in spec.features}
+            record.update(Seniority=9, Home="rent", Time=60, Age=30, Marital="married", Records="no",
+                          Job="fixed", Expenses=73, Income=129.0, Assets=0.0, Debt=0.0, Amount=800, Price=846)
+            r = httpx.post(f"{settings.serve_url}/v1/predict", json=record, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert str(body.get("version") or body["predictions"][0]["version"]) == str(version)
+            assert httpx.post(f"{settings.serve_url}/v1/predict", json=record).status_code == 401
+
+            # The prediction log reaches the lake, and monitoring reads it through Airflow.
+            deadline = time.monotonic() + 60
+            while True:
+                preds = lake.read_batches(spec.dataset.name, "predictions")
+                if len(preds) or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+            assert len(preds) >= 1 and str(version) in set(preds["version"].astype(str))
+            run_id = api.trigger("rtml_monitor", {"window_hours": 2})
+            state = api.wait("rtml_monitor", run_id, timeout=300)
+            assert state == "success", api.explain("rtml_monitor", run_id)
+            reports = [k for k in lake.store.list(f"{spec.dataset.name}/monitoring") if k.endswith("report.json")]
+            assert reports
+            report = json.loads(lake.store.get(sorted(reports)[-1]))
+            assert report["predictions"] >= 1
+        finally:
+            for dag_id in LOOP_DAGS:
+                api.pause(dag_id)
+    # Every task of the loop went through the password-protected broker to a Celery worker: each
+    # task instance that ran carries the id of a Celery task the result backend recorded.
+    conn = psycopg2.connect(dist.config.database_url("airflow"))
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT ti.dag_id, ti.task_id, ti.run_id, ct.status FROM task_instance ti "
+                        "LEFT JOIN celery_taskmeta ct ON ct.task_id = ti.external_executor_id "
+                        "WHERE ti.dag_id = ANY(%s) AND ti.state = 'success'", (list(LOOP_DAGS),))
+            done = cur.fetchall()
+    finally:
+        conn.close()
+    assert {d for d, *_ in done} == set(LOOP_DAGS)
+    assert [row for row in done if row[3] not in ("STARTED", "SUCCESS")] == []
 
 
 def test_status_is_healthy_with_two_celery_workers(dist):
@@ -71,7 +209,8 @@ def test_airflow_components_share_one_fernet_key_and_jwt_secret(dist):
     fernet = (dist.keys / "airflow_fernet_key").read_text().strip()
     assert next(iter(specs.values()))["env"]["AIRFLOW__CORE__FERNET_KEY"] == fernet
     for path in dist.keys.iterdir():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        if path.suffix != ".pub":  # the gate signature's public key (written by training) is public
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_redis_refuses_without_the_password(dist):
@@ -135,34 +274,6 @@ def test_both_serving_replicas_answer_behind_one_address(dist):
     listening = {c.pid for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == dist.settings.serve_port}
     assert listening == replicas  # one port, bound by both
-
-
-@contextlib.contextmanager
-def _as_client_of(stack: DistributedStack) -> Iterator[None]:
-    """This process talks to ``stack`` like a promotion task on it does (its RTML_* settings, the
-    Airflow S3 identity, the MLflow admin login); the environment and the cached settings are
-    restored after."""
-    import mlflow.tracking._model_registry.utils as registry_uri
-    import mlflow.tracking._tracking_service.utils as tracking_uri
-
-    from rtml.settings import get_settings
-
-    saved = dict(os.environ)
-    # set_tracking_uri/set_registry_uri (register() calls them) are process-wide: the tests after
-    # this one must not keep talking to this stack once it is down.
-    saved_uris = tracking_uri._tracking_uri, registry_uri._registry_uri
-    os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
-                       "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
-    os.environ.update(stack.access_env("airflow"))
-    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = stack.mlflow_admin
-    get_settings(refresh=True)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        tracking_uri._tracking_uri, registry_uri._registry_uri = saved_uris
-        get_settings(refresh=True)
 
 
 def test_a_promotion_waits_until_every_replica_serves_the_new_version(dist):

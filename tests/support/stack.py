@@ -53,9 +53,10 @@ class TestStack:
         return left
 
 
-def distributed_stack(home, workers: int = 2, replicas: int = 2):
+def distributed_stack(home, workers: int = 2, replicas: int = 2, source: str = "landing"):
     """A :class:`DistributedStack` in ``home`` on a free block of ports, its databases under a unique
-    prefix on the test PostgreSQL server (``RTML_TEST_POSTGRES``); nothing is started."""
+    prefix on the test PostgreSQL server (``RTML_TEST_POSTGRES``), ingesting from ``source``;
+    nothing is started."""
     import uuid
 
     from rtml.platform.distributed import DistributedConfig, DistributedStack
@@ -65,7 +66,7 @@ def distributed_stack(home, workers: int = 2, replicas: int = 2):
     base = free_port_block(18)
     settings = Settings(
         home=home, storage="s3", s3_port=base, mlflow_port=base + 10, airflow_port=base + 11,
-        serve_port=base + 14, kafka_port=base + 15, mlflow_workers=1,
+        serve_port=base + 14, kafka_port=base + 15, mlflow_workers=1, source=source,
     )
     config = DistributedConfig(
         postgres_url=PG, postgres_db_prefix=f"rtmlt_{uuid.uuid4().hex[:8]}", celery_redis_port=base + 17,

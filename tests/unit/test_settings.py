@@ -124,6 +124,17 @@ def test_serve_token_generated_once_and_private(clean_env, tmp_path):
     assert (Path(tmp_path) / "serve_token").stat().st_mode & 0o077 == 0
 
 
+def test_serve_token_of_replicas_starting_at_once_is_the_one_in_the_file(clean_env, tmp_path, monkeypatch):
+    """Two serving replicas start together: the second one, which saw no file yet, must take the
+    token the first wrote, not write its own (it would answer every client with 401)."""
+    clean_env.setenv("RTML_HOME", str(tmp_path))
+    path = Path(tmp_path) / "serve_token"
+    path.write_text("written-by-the-other-replica")
+    monkeypatch.setattr(Path, "exists", lambda self: False)  # the file appeared after this check
+    assert Settings().resolved_serve_token() == "written-by-the-other-replica"
+    assert path.read_text() == "written-by-the-other-replica"
+
+
 def test_webhook_secret_generated_once_private_and_overridable(clean_env, tmp_path):
     clean_env.setenv("RTML_HOME", str(tmp_path))
     secret = Settings().resolved_webhook_secret()

@@ -79,3 +79,84 @@ def test_wait_scheduled_names_the_dag_when_no_run_comes(monkeypatch):
     monkeypatch.setattr(demo.time, "monotonic", lambda: next(clock))
     with pytest.raises(TimeoutError, match="rtml_ingest"):
         demo.wait_scheduled(_Runs(scheduled=[0], active=[0]), "rtml_ingest", timeout=300)
+
+
+class _Airflow:
+    """An Airflow client stand-in that records pauses, unpauses and triggers in order, and ends each
+    triggered run in the next of ``states``."""
+
+    def __init__(self, states=("success",)):
+        self.calls: list[tuple[str, str]] = []
+        self.states = list(states)
+
+    def pause(self, dag_id):
+        self.calls.append(("pause", dag_id))
+
+    def unpause(self, dag_id):
+        self.calls.append(("unpause", dag_id))
+
+    def trigger(self, dag_id, conf=None):
+        self.calls.append(("trigger", dag_id))
+        return f"manual-{len(self.calls)}"
+
+    def wait(self, dag_id, run_id, timeout=300):
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def explain(self, dag_id, run_id):
+        return f"why {run_id} failed"
+
+
+def _kafka_demo(monkeypatch, lags, states=("success",)):
+    """ingest_from_kafka with the replay, the waits and the group lag faked; ``lags`` are the total
+    lags the ingest groups report in turn (per check of both topics)."""
+    from rtml.cli import demo
+    from rtml.ingest import kafka
+
+    af = _Airflow(states)
+    left = list(lags)
+
+    def replay(spec, settings, rows=None, start=None, to="landing"):
+        af.calls.append(("replay", to))
+        return {"message": "produced", "interval": ["2026-01-01T00:00:00+00:00", "2026-01-01T00:10:00+00:00"],
+                "event_topic": "rtml.d.events", "label_topic": "rtml.d.labels"}
+
+    def group_lag(topic, group=None, settings=None):
+        # Both topics are asked each round: the round's lag goes to the events topic.
+        return (left.pop(0) if len(left) > 1 else left[0]) if topic.endswith("events") else 0
+
+    monkeypatch.setattr(demo, "replay", replay)
+    monkeypatch.setattr(demo, "wait_scheduled", lambda af_, dag_id, timeout=600: af.calls.append(("scheduled", dag_id)))
+    monkeypatch.setattr(demo, "wait_idle", lambda af_, dag_id, timeout=600: af.calls.append(("idle", dag_id)))
+    monkeypatch.setattr(kafka, "group_lag", group_lag)
+    return demo, af
+
+
+def test_kafka_replay_is_produced_while_ingestion_is_paused_then_read_by_the_schedulers_run(monkeypatch):
+    demo, af = _kafka_demo(monkeypatch, lags=[0])
+    produced, runs = demo.ingest_from_kafka(af, spec=None, settings=None)
+    assert runs == 1 and produced["event_topic"] == "rtml.d.events"
+    # Paused before the replay (its watcher would start a run on the first records), unpaused after.
+    assert af.calls.index(("pause", "rtml_ingest")) < af.calls.index(("replay", "kafka"))
+    assert af.calls.index(("replay", "kafka")) < af.calls.index(("unpause", "rtml_ingest"))
+    assert af.calls.index(("unpause", "rtml_ingest")) < af.calls.index(("scheduled", "rtml_ingest"))
+    assert not [c for c in af.calls if c[0] == "trigger"]  # nothing left: no manual run
+
+
+def test_kafka_records_left_after_the_scheduled_run_are_read_by_manual_runs(monkeypatch):
+    demo, af = _kafka_demo(monkeypatch, lags=[700, 200, 0])
+    _, runs = demo.ingest_from_kafka(af, spec=None, settings=None)
+    assert runs == 3
+    assert [c for c in af.calls if c[0] == "trigger"] == [("trigger", "rtml_ingest")] * 2
+    assert af.calls[-1] == ("idle", "rtml_ingest")
+
+
+def test_kafka_ingestion_that_never_drains_is_named(monkeypatch):
+    demo, af = _kafka_demo(monkeypatch, lags=[5])
+    with pytest.raises(RuntimeError, match=r"5 record\(s\) of rtml.d.events, rtml.d.labels still not ingested after 4"):
+        demo.ingest_from_kafka(af, spec=None, settings=None, max_runs=4)
+
+
+def test_kafka_failed_ingestion_run_is_explained(monkeypatch):
+    demo, af = _kafka_demo(monkeypatch, lags=[5], states=("failed",))
+    with pytest.raises(RuntimeError, match="ended failed:\nwhy manual-"):
+        demo.ingest_from_kafka(af, spec=None, settings=None)

@@ -117,6 +117,44 @@ def test_other_errors_are_not_retried(api, http_stub, clock, status, text):
     assert len(calls) == 1 and clock.sleeps == []
 
 
+def _timing_out(api, monkeypatch, n: int) -> list[str]:
+    """The api-server answers only after ``n`` requests timed out; returns the methods tried."""
+    tried: list[str] = []
+    real = api.http.request
+
+    def request(method, url, **kw):
+        tried.append(method)
+        if len(tried) <= n:
+            raise httpx.ReadTimeout("timed out")
+        return real(method, url, **kw)
+
+    monkeypatch.setattr(api.http, "request", request)
+    return tried
+
+
+def test_a_read_that_times_out_is_retried(api, http_stub, clock, monkeypatch):
+    http_stub.route("GET", "/api/v2/dags/d/dagRuns", (200, {"total_entries": 0}))
+    tried = _timing_out(api, monkeypatch, 2)
+    assert api.get("/api/v2/dags/d/dagRuns").json() == {"total_entries": 0}
+    assert tried == ["GET"] * 3 and clock.sleeps == [1.0, 2.0]
+
+
+def test_a_write_that_times_out_is_not_repeated(api, http_stub, clock, monkeypatch):
+    # It may have been applied: a second trigger would start a second run.
+    http_stub.route("POST", "/api/v2/dags/d/dagRuns", (200, {"dag_run_id": "r"}))
+    tried = _timing_out(api, monkeypatch, 1)
+    with pytest.raises(httpx.ReadTimeout):
+        api.post("/api/v2/dags/d/dagRuns", json={})
+    assert tried == ["POST"] and clock.sleeps == []
+
+
+def test_a_read_that_keeps_timing_out_gives_up_after_five_tries(api, http_stub, clock, monkeypatch):
+    tried = _timing_out(api, monkeypatch, 99)
+    with pytest.raises(httpx.ReadTimeout):
+        api.get("/api/v2/dags/d")
+    assert len(tried) == 5 and len(clock.sleeps) == 4
+
+
 # --- DAGs and runs -------------------------------------------------------------------------------------------
 def test_wait_dag_returns_the_dag_once_parsed(api, http_stub, clock):
     answer, calls = _failing_then(2, 404, "not found", final=(200, {"dag_id": "rtml_train", "is_paused": True}))
