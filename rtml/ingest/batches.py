@@ -69,46 +69,134 @@ def committed_ids(
     Only *earlier* batches count, so re-running a batch (or backfilling an old one after newer
     ones were committed) gives the same result as the first run. For labels the value also holds
     the label, because a different label for the same event is a correction, not a duplicate.
+    Ingestion asks :class:`CommittedIds` only about the ids of the batch at hand instead.
     """
-    import pyarrow as pa
-    import pyarrow.compute  # noqa: F401 - pa.compute
-    import pyarrow.parquet as pq
+    return CommittedIds(lake, spec, kind, lookback_days).all(before)
 
-    eid = spec.event_id
-    t0 = _batch_time(before)
-    horizon = t0 - timedelta(days=lookback_days) if t0 else None
-    out: dict[str, Any] = {}
-    cols = [eid] if kind == "events" else [eid, spec.target.name]
 
-    def take(bid: str, table: Any) -> None:
-        ids = table.column(eid).to_pylist()
-        if kind == "events":
+class CommittedIds:
+    """The ids of the committed batches in the duplicate lookback, for the batches of one drain.
+
+    Each earlier batch's ids are read from the lake once (Arrow arrays), and a batch committed by
+    the drain itself is added from memory; the batch at hand is then checked against them by a
+    vectorised lookup of *its* ids only (:meth:`lookup`), instead of rebuilding every id of the
+    lookback into a dict per batch. Which batches count is still decided at each lookup by the
+    manifests (the commit points): a batch committed meanwhile by another process is read then, and
+    a batch that crashed before its manifest never counts. Batches are immutable once committed (a
+    re-run rewrites the same rows), so the arrays read stay right for the drain.
+    """
+
+    def __init__(self, lake: Lake, spec: ProjectSpec, kind: str, lookback_days: float = DEDUPE_LOOKBACK_DAYS) -> None:
+        self.lake, self.spec, self.kind, self.lookback_days = lake, spec, kind, lookback_days
+        self.cols = [spec.event_id] if kind == "events" else [spec.event_id, spec.target.name]
+        self._chunks: dict[str, list[tuple[Any, Any]]] = {}  # batch id -> [(ids, labels or None)]
+
+    def _earlier(self, before: str) -> list[str]:
+        """The committed batch ids that count for ``before``, oldest first (from the manifest names)."""
+        t0 = _batch_time(before)
+        horizon = t0 - timedelta(days=self.lookback_days) if t0 else None
+        out = []
+        for mkey in sorted(self.lake.store.list(f"{self.spec.dataset.name}/_manifests/{self.kind}")):
+            bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
+            if not mkey.endswith(".json") or bid >= before:
+                continue
+            bt = _batch_time(bid)
+            if horizon is not None and bt is not None and bt < horizon:
+                continue
+            out.append(bid)
+        return out
+
+    def _load(self, bids: list[str]) -> None:
+        import pyarrow as pa
+        import pyarrow.compute  # noqa: F401 - pa.compute
+        import pyarrow.parquet as pq
+
+        lake, ds = self.lake, self.spec.dataset.name
+        parts: dict[str, list[Any]] = {}
+        in_table: list[str] = []
+        for bid in bids:
+            m = json.loads(lake.store.get(lake.manifest_key(ds, self.kind, bid)))
+            if m.get("table") and m.get("accepted"):
+                in_table.append(bid)
+            parts[bid] = [pq.read_table(io.BytesIO(lake.store.get(key)), columns=self.cols) for key in m.get("files", [])]
+        if in_table:  # one scan for the table's batches
+            rows = lake.tables.read(ds, self.kind, set(in_table), columns=tuple(self.cols))
+            for bid in in_table:
+                parts[bid].append(rows.filter(pa.compute.equal(rows.column("_batch"), bid)))
+        for bid, found in parts.items():
+            self._chunks[bid] = [self._pair(t) for t in found if t.num_rows]
+
+    def _pair(self, table: Any) -> tuple[Any, Any]:
+        return (table.column(self.spec.event_id),
+                table.column(self.spec.target.name) if self.kind != "events" else None)
+
+    def add(self, batch_id: str, table: Any) -> None:
+        """A batch this drain just committed (its accepted rows): counted by later lookups without a read."""
+        self._chunks[batch_id] = [self._pair(table)] if table.num_rows else []
+
+    def _batches(self, before: str) -> list[tuple[str, Any, Any]]:
+        """(batch id, ids, labels or None) of each chunk of the batches that count, in batch order."""
+        bids = self._earlier(before)
+        self._load([b for b in bids if b not in self._chunks])
+        t0 = _batch_time(before)
+        for old in set(self._chunks) - set(bids):
+            bt = _batch_time(old)
+            if t0 is not None and bt is not None and bt < t0 - timedelta(days=self.lookback_days):
+                del self._chunks[old]  # past the lookback: the drain's later batches never count it again
+        return [(b, ids, labels) for b in bids for ids, labels in self._chunks[b]]
+
+    @staticmethod
+    def _take(out: dict[str, Any], bid: str, ids: list[Any], labels: list[Any] | None) -> None:
+        if labels is None:
             out.update(dict.fromkeys(ids, bid))
         else:
-            for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
+            for i, y in zip(ids, labels, strict=True):
                 out[i] = (bid, y)
 
-    # Filter on the manifest *names* (= batch ids) first: only the batches in the window are read.
-    in_table: list[str] = []
-    parts: list[tuple[str, Any]] = []
-    for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
-        bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
-        if not mkey.endswith(".json") or bid >= before:
-            continue
-        bt = _batch_time(bid)
-        if horizon is not None and bt is not None and bt < horizon:
-            continue
-        m = json.loads(lake.store.get(mkey))
-        if m.get("table") and m.get("accepted"):
-            in_table.append(bid)
-        for key in m.get("files", []):
-            parts.append((bid, pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)))
-    if in_table:  # one scan for the table's batches
-        rows = lake.tables.read(spec.dataset.name, kind, set(in_table), columns=tuple(cols))
-        parts.extend((bid, rows.filter(pa.compute.equal(rows.column("_batch"), bid))) for bid in in_table)
-    for bid, table in sorted(parts, key=lambda p: p[0]):  # batch order: a later label is a correction
-        take(bid, table)
-    return out
+    def all(self, before: str) -> dict[str, Any]:
+        """Every id of the batches that count for ``before`` (see :func:`committed_ids`)."""
+        out: dict[str, Any] = {}
+        for bid, ids, labels in self._batches(before):  # batch order: a later label is a correction
+            self._take(out, bid, ids.to_pylist(), None if labels is None else labels.to_pylist())
+        return out
+
+    def lookup(self, before: str) -> IdsLookup:
+        """What :meth:`rtml.ingest.contract.Contract.validate` asks about the ids of batch ``before``."""
+        return IdsLookup(self, before)
+
+
+class IdsLookup:
+    """The committed ids that count for one batch, asked about that batch's ids only: ``among(ids)``
+    is :func:`committed_ids` restricted to ``ids`` (same values, same batch order)."""
+
+    def __init__(self, committed: CommittedIds, before: str) -> None:
+        self.committed, self.before = committed, before
+        self._batches: list[tuple[str, Any, Any]] | None = None
+        self._asked: set[Any] = set()
+        self._found: dict[str, Any] = {}
+
+    def among(self, ids: Any) -> dict[str, Any]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = [i for i in dict.fromkeys(ids) if i is not None]
+        new = [i for i in wanted if i not in self._asked]
+        if new:
+            if self._batches is None:
+                self._batches = self.committed._batches(self.before)
+            values = pa.array(new, pa.string()) if all(isinstance(i, str) for i in new) else None
+            for bid, arr, labels in self._batches:  # batch order: a later label is a correction
+                if values is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+                    mask = pc.is_in(arr, value_set=values.cast(arr.type))
+                else:  # ids stored under another type (an older lake): compared as Python values
+                    asked = set(new)
+                    mask = pa.array([i in asked for i in arr.to_pylist()], pa.bool_())
+                if not pc.any(mask).as_py():
+                    continue
+                self.committed._take(self._found, bid, pc.filter(arr, mask).to_pylist(),
+                                     None if labels is None else pc.filter(labels, mask).to_pylist())
+            self._asked.update(new)
+        return {i: self._found[i] for i in wanted if i in self._found}
 
 
 def _committed_ranges(lake: Lake, dataset: str, kind: str, stream: str) -> dict[str, tuple[str, str]]:
@@ -133,8 +221,12 @@ def ingest_batch(
     lake: Lake | None = None,
     settings: Settings | None = None,
     batch: SourceBatch | None = None,
+    committed: CommittedIds | None = None,
 ) -> dict[str, Any]:
-    """Read, validate, write and commit one batch; returns the summary (also the XCom value)."""
+    """Read, validate, write and commit one batch; returns the summary (also the XCom value).
+
+    ``committed``: the earlier batches' ids as a drain keeps them (:class:`CommittedIds`, told of
+    this batch once it is committed); without it they are read for this batch alone."""
     import pyarrow.compute as pc
 
     from rtml.ingest.contract import Contract, quarantine_lines
@@ -161,8 +253,8 @@ def ingest_batch(
             "message": f"{ds}/{kind}: nothing new",
         }
     bid = batch.batch_id
-    committed = committed_ids(lake, spec, kind, before=bid)
-    result = contract.validate(batch.raw, committed)
+    earlier = committed if committed is not None else CommittedIds(lake, spec, kind)
+    result = contract.validate(batch.raw, earlier.lookup(bid))
     table, rejects = result.table, result.rejects
     n_acc = table.num_rows
     if result.records_in != n_acc + len(rejects):  # the contract's own invariant
@@ -217,6 +309,7 @@ def ingest_batch(
         "source": batch.position,
     }
     ref = lake.write_manifest(ds, kind, bid, manifest)
+    earlier.add(bid, table)
     _crash_point("manifest")
     source.commit(batch)
 
@@ -358,12 +451,14 @@ def _drain(
     # unreachable lake must not turn good entries into dead letters.
     lake.store.list(f"{ds}/_manifests/{kind}")
     batches = []
+    committed = CommittedIds(lake, spec, kind)  # the lookback's ids, read once for the whole drain
     try:
         for _ in range(max_batches):
             batch = read()
             if batch is None:
                 break
-            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch,
+                                        committed=committed))
     finally:
         if close is not None:
             close()
