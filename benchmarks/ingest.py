@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10] [--no-kafka]
     python benchmarks/ingest.py --history 100,10000 [--lake-format files|iceberg]
+    python benchmarks/ingest.py --dedupe 10 [--rows 100000] [--lake-format files|iceberg]
 
 The stream is the demo dataset replayed by the producer into landing files (a local folder). Two
 pipelines read exactly those files:
@@ -27,6 +28,11 @@ B, committed batches (the same batches in the window at both sizes, the rest bef
 that the read costs what the window costs, within 1.5x from A to B. It prints how each lake was built
 (Iceberg batches by append: see ``history``) and the best of 5 reads, the sizes in turns. Timings are
 wall-clock on this machine.
+
+``--dedupe N`` measures the cross-batch duplicate check of a drain of N batches of ``--rows`` events
+each (every batch repeats a few ids of earlier ones): the per-batch rebuild of every id in the
+lookback (``committed_ids``, what each batch did before) against the drain's :class:`CommittedIds`
+(earlier batches read once, the batch's own ids looked up), the same quarantine in both.
 """
 
 from __future__ import annotations
@@ -62,7 +68,11 @@ def main() -> None:
     ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
     ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
                     help="--history: the lake format measured")
+    ap.add_argument("--dedupe", type=int, help="N: the duplicate check of a drain of N batches of --rows events")
     args = ap.parse_args()
+    if args.dedupe:
+        dedupe(args.dedupe, args.rows, args.lake_format, args.keep)
+        return
     if args.history:
         sizes = [int(x) for x in args.history.split(",")]
         history(sizes, args.lake_format, args.keep)
@@ -299,6 +309,61 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         (a, ra, _), (b, rb, _) = results[0], results[-1]
         print(f"ratio        : {b:,} vs {a:,} batches = {rb / ra:.2f}x the read time "
               f"(aim <= 1.5: {'met' if rb <= 1.5 * ra else 'NOT met'})")
+
+
+def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
+    """The duplicate check of each batch of a drain of ``n`` batches, rebuilt per batch vs kept by the drain."""
+    from rtml.ingest.batches import CommittedIds, committed_ids
+
+    spec = load_spec()
+    tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-dedupe-"))
+    settings = Settings(storage="local", home=tmp, lake_uri=str(tmp / "lake"), lake_format=lake_format)
+    try:
+        events, _ = prod.build(spec, rows=rows * n, start=T0, rate=1000.0, seed=0)
+        eid = spec.event_id
+        contract = Contract(spec, "events")
+        lake = Lake(settings)
+        raws, bids = [], []
+        for i in range(n):
+            part = events.iloc[i * rows:(i + 1) * rows].copy()
+            if i:  # a few ids of the previous batch come again: duplicates to find
+                part.iloc[:10, part.columns.get_loc(eid)] = events[eid].iloc[(i - 1) * rows + 10:(i - 1) * rows + 20].to_numpy()
+            raws.append(_raw(part))
+            bids.append(f"{T0 + timedelta(minutes=i):%Y%m%dT%H%M%S}-bench")
+        drain = CommittedIds(lake, spec, "events")
+        old = new = 0.0
+        refused = 0
+        last: tuple[float, float] = (0.0, 0.0)
+        for raw, bid in zip(raws, bids, strict=True):
+            t0 = time.process_time()
+            a = contract.validate(raw, committed_ids(lake, spec, "events", before=bid))
+            t1 = time.process_time()
+            b = contract.validate(raw, drain.lookup(bid))
+            t2 = time.process_time()
+            assert a.reason_counts == b.reason_counts and a.table.equals(b.table), (a.reason_counts, b.reason_counts)
+            _commit(lake, spec, "events", bid, b.table)
+            t3 = time.process_time()
+            drain.add(bid, b.table)  # what the drain does after the commit: part of its cost
+            t2 += time.process_time() - t3
+            refused += b.reason_counts.get("duplicate event_id", 0)
+            old, new, last = old + t1 - t0, new + t2 - t1, (t1 - t0, t2 - t1)
+        plain = 0.0
+        for raw in raws:  # the contract alone, no earlier batch: what the check adds to it
+            t0 = time.process_time()
+            contract.validate(raw)
+            plain += time.process_time() - t0
+        print(f"dedupe       : {lake_format} lake, a drain of {n} batches x {rows:,} events "
+              f"({refused} duplicates refused by both)")
+        print(f"dedupe       : cpu seconds (this process): validate alone {plain:6.2f}s; with the per-batch rebuild {old:6.2f}s "
+              f"(+{old - plain:.2f}s, last batch {last[0]:.3f}s); with the drain's lookup {new:6.2f}s "
+              f"(+{new - plain:.2f}s, last batch {last[1]:.3f}s)")
+        print(f"ratio        : duplicate check cost, drain lookup / per-batch rebuild = "
+              f"{max(new - plain, 0.0) / max(old - plain, 1e-9):.2f}x")
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _raw(frame: pd.DataFrame):

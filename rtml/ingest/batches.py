@@ -23,9 +23,10 @@ quarantined`` holds in every manifest (a refused file or line counts as one quar
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -75,21 +76,26 @@ def committed_ids(
 
 
 class CommittedIds:
-    """The ids of the committed batches in the duplicate lookback, for the batches of one drain.
+    """The ids of the committed batches in the duplicate lookback, kept for the batches of one drain.
 
-    Each earlier batch's ids are read from the lake once (Arrow arrays), and a batch committed by
-    the drain itself is added from memory; the batch at hand is then checked against them by a
-    vectorised lookup of *its* ids only (:meth:`lookup`), instead of rebuilding every id of the
-    lookback into a dict per batch. Which batches count is still decided at each lookup by the
-    manifests (the commit points): a batch committed meanwhile by another process is read then, and
-    a batch that crashed before its manifest never counts. Batches are immutable once committed (a
-    re-run rewrites the same rows), so the arrays read stay right for the drain.
+    Each earlier batch's ids are read from the lake once and kept in one index (id -> batch, for
+    labels ``(batch, label)``); a batch the drain commits itself is added from memory. A batch is
+    then checked by looking up *its* ids only (:meth:`lookup`): the check costs what the batch
+    costs, not what the lookback holds (rebuilding every id of the lookback per batch made a
+    drain's cost grow with the square of its batches). Which batches count is decided at each
+    lookup by the manifests (the commit points): a batch committed meanwhile by another process is
+    read then, one that crashed before its manifest never counts, and the index answers only with
+    the batches that count for the batch at hand (same values as :func:`committed_ids`). Batches are
+    immutable once committed (a re-run rewrites the same rows), so what was read stays right.
     """
 
     def __init__(self, lake: Lake, spec: ProjectSpec, kind: str, lookback_days: float = DEDUPE_LOOKBACK_DAYS) -> None:
         self.lake, self.spec, self.kind, self.lookback_days = lake, spec, kind, lookback_days
         self.cols = [spec.event_id] if kind == "events" else [spec.event_id, spec.target.name]
-        self._chunks: dict[str, list[tuple[Any, Any]]] = {}  # batch id -> [(ids, labels or None)]
+        self._chunks: dict[str, list[tuple[Any, Any]]] = {}  # batch id -> [(ids, labels or None)], Arrow
+        # id -> its entry (events: the batch id; labels: (batch id, label)), or a list of entries
+        # when several indexed batches hold the id.
+        self._index: dict[Any, Any] = {}
 
     def _earlier(self, before: str) -> list[str]:
         """The committed batch ids that count for ``before``, oldest first (from the manifest names)."""
@@ -124,45 +130,87 @@ class CommittedIds:
             for bid in in_table:
                 parts[bid].append(rows.filter(pa.compute.equal(rows.column("_batch"), bid)))
         for bid, found in parts.items():
-            self._chunks[bid] = [self._pair(t) for t in found if t.num_rows]
-
-    def _pair(self, table: Any) -> tuple[Any, Any]:
-        return (table.column(self.spec.event_id),
-                table.column(self.spec.target.name) if self.kind != "events" else None)
+            self._set(bid, [t for t in found if t.num_rows])
 
     def add(self, batch_id: str, table: Any) -> None:
         """A batch this drain just committed (its accepted rows): counted by later lookups without a read."""
-        self._chunks[batch_id] = [self._pair(table)] if table.num_rows else []
+        self._set(batch_id, [table] if table.num_rows else [])
 
-    def _batches(self, before: str) -> list[tuple[str, Any, Any]]:
-        """(batch id, ids, labels or None) of each chunk of the batches that count, in batch order."""
+    def _entries(self, bid: str, ids: Any, labels: Any) -> dict[Any, Any]:
+        # Within a batch the last row of an id wins, as when the batch is read in order.
+        if labels is None:
+            return dict.fromkeys(ids.to_pylist(), bid)
+        return dict(zip(ids.to_pylist(), zip(itertools.repeat(bid), labels.to_pylist(), strict=False), strict=True))
+
+    def _set(self, bid: str, tables: list[Any]) -> None:
+        """Index the rows of batch ``bid`` (replacing what an earlier read of it indexed)."""
+        self._drop(bid)
+        chunks = [(t.column(self.spec.event_id), t.column(self.spec.target.name) if self.kind != "events" else None)
+                  for t in tables]
+        self._chunks[bid] = chunks
+        index = self._index
+        for ids, labels in chunks:
+            new = self._entries(bid, ids, labels)
+            for key in new.keys() & index.keys():  # held by another batch too: keep both (rare)
+                old = index[key]
+                new[key] = [*(old if isinstance(old, list) else [old]), new[key]]
+            index.update(new)
+
+    def _drop(self, bid: str) -> None:
+        index = self._index
+        for ids, _labels in self._chunks.pop(bid, []):
+            for key in ids.to_pylist():
+                v = index.get(key)
+                if isinstance(v, list):
+                    rest = [e for e in v if _entry_batch(e) != bid]
+                    if len(rest) > 1:
+                        index[key] = rest
+                    elif rest:
+                        index[key] = rest[0]
+                    else:
+                        del index[key]
+                elif v is not None and _entry_batch(v) == bid:
+                    del index[key]
+
+    def _counting(self, before: str) -> list[str]:
+        """The batches that count for ``before``, read if new; the index forgets those past the lookback."""
         bids = self._earlier(before)
         self._load([b for b in bids if b not in self._chunks])
         t0 = _batch_time(before)
         for old in set(self._chunks) - set(bids):
             bt = _batch_time(old)
             if t0 is not None and bt is not None and bt < t0 - timedelta(days=self.lookback_days):
-                del self._chunks[old]  # past the lookback: the drain's later batches never count it again
-        return [(b, ids, labels) for b in bids for ids, labels in self._chunks[b]]
-
-    @staticmethod
-    def _take(out: dict[str, Any], bid: str, ids: list[Any], labels: list[Any] | None) -> None:
-        if labels is None:
-            out.update(dict.fromkeys(ids, bid))
-        else:
-            for i, y in zip(ids, labels, strict=True):
-                out[i] = (bid, y)
+                self._drop(old)  # the drain's later batches never count it again
+        return bids
 
     def all(self, before: str) -> dict[str, Any]:
         """Every id of the batches that count for ``before`` (see :func:`committed_ids`)."""
         out: dict[str, Any] = {}
-        for bid, ids, labels in self._batches(before):  # batch order: a later label is a correction
-            self._take(out, bid, ids.to_pylist(), None if labels is None else labels.to_pylist())
+        for bid in self._counting(before):  # batch order: a later label is a correction
+            for ids, labels in self._chunks[bid]:
+                out.update(self._entries(bid, ids, labels))
         return out
 
     def lookup(self, before: str) -> IdsLookup:
         """What :meth:`rtml.ingest.contract.Contract.validate` asks about the ids of batch ``before``."""
         return IdsLookup(self, before)
+
+    def among(self, ids: Iterable[Any], counting: set[str]) -> dict[str, Any]:
+        """The entries of ``ids`` in the batches ``counting``: the latest batch's, as :meth:`all`."""
+        index, out = self._index, {}
+        for key in index.keys() & set(ids):
+            v = index[key]
+            if isinstance(v, list):
+                for e in v:  # the latest batch's; within a batch, its last part's
+                    if _entry_batch(e) in counting and (key not in out or _entry_batch(e) >= _entry_batch(out[key])):
+                        out[key] = e
+            elif _entry_batch(v) in counting:
+                out[key] = v
+        return out
+
+
+def _entry_batch(entry: Any) -> str:
+    return entry if isinstance(entry, str) else entry[0]
 
 
 class IdsLookup:
@@ -171,32 +219,12 @@ class IdsLookup:
 
     def __init__(self, committed: CommittedIds, before: str) -> None:
         self.committed, self.before = committed, before
-        self._batches: list[tuple[str, Any, Any]] | None = None
-        self._asked: set[Any] = set()
-        self._found: dict[str, Any] = {}
+        self._counting: set[str] | None = None
 
     def among(self, ids: Any) -> dict[str, Any]:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        wanted = [i for i in dict.fromkeys(ids) if i is not None]
-        new = [i for i in wanted if i not in self._asked]
-        if new:
-            if self._batches is None:
-                self._batches = self.committed._batches(self.before)
-            values = pa.array(new, pa.string()) if all(isinstance(i, str) for i in new) else None
-            for bid, arr, labels in self._batches:  # batch order: a later label is a correction
-                if values is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-                    mask = pc.is_in(arr, value_set=values.cast(arr.type))
-                else:  # ids stored under another type (an older lake): compared as Python values
-                    asked = set(new)
-                    mask = pa.array([i in asked for i in arr.to_pylist()], pa.bool_())
-                if not pc.any(mask).as_py():
-                    continue
-                self.committed._take(self._found, bid, pc.filter(arr, mask).to_pylist(),
-                                     None if labels is None else pc.filter(labels, mask).to_pylist())
-            self._asked.update(new)
-        return {i: self._found[i] for i in wanted if i in self._found}
+        if self._counting is None:  # once per batch (validation may ask again about a part of it)
+            self._counting = set(self.committed._counting(self.before))
+        return self.committed.among((i for i in ids if i is not None), self._counting)
 
 
 def _committed_ranges(lake: Lake, dataset: str, kind: str, stream: str) -> dict[str, tuple[str, str]]:
