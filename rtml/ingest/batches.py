@@ -197,7 +197,7 @@ class CommittedIds:
 
     def among(self, ids: Iterable[Any], counting: set[str]) -> dict[str, Any]:
         """The entries of ``ids`` in the batches ``counting``: the latest batch's, as :meth:`all`."""
-        index, out = self._index, {}
+        index, out = self._index, dict[Any, Any]()
         for key in index.keys() & set(ids):
             v = index[key]
             if isinstance(v, list):
