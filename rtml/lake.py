@@ -287,6 +287,39 @@ class Lake:
                 out.append({**m, "_indexed": True})
         return sorted(out, key=lambda m: m["batch_id"])
 
+    def newest_watermark(self, dataset: str, kind: str) -> pd.Timestamp | None:
+        """The latest ``watermark`` of the committed batches with rows, from the day index: the
+        newest day folder that a committed batch still covers, plus the ``wide`` batches; each
+        entry looked at is settled by its batch's manifest (an entry of a crashed or since re-run
+        attempt does not count). None when the index cannot say (a lake not indexed yet, a batch
+        with rows but no time range, no batch with rows): then read :meth:`manifests`."""
+        base = f"_index/{dataset}/{kind}"
+        if not self.store.exists(f"{base}/{INDEX_COMPLETE}"):
+            return None
+
+        def committed(day: str) -> list[dict[str, Any]]:
+            out = []
+            for key in self.store.list(f"{base}/{day}"):
+                m = self._manifest(dataset, kind, key.rsplit("/", 1)[-1].removesuffix(".json")) if key.endswith(".json") else None
+                if m is not None and _has_rows(m) and day in index_days(m):
+                    out.append(m)
+            return out
+
+        if committed("undated"):
+            return None
+        found = committed("wide")
+        for day in sorted((d for d in _children(self.store, base) if _DAY.fullmatch(d)), reverse=True):
+            # A committed batch has an entry in the day of its watermark, so the first day that a
+            # committed batch covers holds the newest watermark (no batch ends in a later day).
+            newest = committed(day)
+            if newest:
+                found += newest
+                break
+        try:
+            return max(_utc(m["watermark"]) for m in found) if found else None
+        except (TypeError, ValueError):  # an unreadable watermark: the full listing decides
+            return None
+
     # --- reading --------------------------------------------------------------------------------
     def manifests(self, dataset: str, kind: str) -> list[dict[str, Any]]:
         """Every committed batch of a kind, oldest batch id first."""

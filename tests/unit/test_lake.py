@@ -292,3 +292,45 @@ def test_a_label_stamped_well_before_its_event_is_not_joined(spec, lake):
     assert lineage["labels"] == sorted(["20260101T000000-0000", bid])
     window, _ = lake.labelled(spec, df[ts].min(), df[ts].max() + pd.Timedelta(seconds=1))
     pd.testing.assert_frame_equal(window, joined)
+
+
+def _newest_by_listing(lake: Lake, ds: str) -> pd.Timestamp:
+    marks = [m["watermark"] for m in lake.manifests(ds, "events") if m.get("files") or m.get("accepted")]
+    return max(pd.Timestamp(w) for w in marks)
+
+
+def test_the_newest_watermark_reads_the_newest_day_not_every_manifest(spec, tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0), batches=40)
+    counting = CountingStore(store)
+    newest = Lake(store=counting).newest_watermark(ds, "events")
+    assert newest == _newest_by_listing(lake, ds)
+    assert not any("/_manifests/" in k for k in counting.lists)
+    read = {k for k in counting.gets if "/_manifests/" in k}
+    assert 0 < len(read) <= 4  # the newest day's batches (6 hours each)
+    # an empty batch committed later (an interval without events) says nothing about the newest event
+    lake.write_manifest(ds, "events", "20260201T000000-empty", {"batch_id": "20260201T000000-empty", "files": [],
+                                                               "accepted": 0, "watermark": None})
+    assert lake.newest_watermark(ds, "events") == newest
+
+
+def test_the_newest_watermark_is_settled_by_the_manifests(spec, lake):
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
+    newest = _newest_by_listing(lake, ds)
+    assert lake.newest_watermark(ds, "events") == newest
+    # a batch that crashed after its index entry, before its manifest: not committed, does not count
+    late = {"batch_id": "20270101T000000-crashed", "files": ["x"], "accepted": 1,
+            "min_time": "2027-01-01T00:00:00Z", "watermark": "2027-01-01T01:00:00Z"}
+    lake._write_index(ds, "events", late)
+    assert lake.newest_watermark(ds, "events") == newest
+    # a committed batch spanning months (indexed as "wide") counts
+    wide = {**late, "batch_id": "20260101T000000-wide", "min_time": "2025-01-01T00:00:00Z"}
+    lake.write_manifest(ds, "events", wide["batch_id"], wide)
+    assert lake.newest_watermark(ds, "events") == pd.Timestamp("2027-01-01T01:00:00Z") == _newest_by_listing(lake, ds)
+    # a batch with rows but no time range: the index cannot say, the caller lists the manifests
+    lake.write_manifest(ds, "events", "20260101T000000-undated", {**late, "batch_id": "20260101T000000-undated",
+                                                                  "min_time": None, "watermark": None})
+    assert lake.newest_watermark(ds, "events") is None
