@@ -413,9 +413,20 @@ class Lake:
         return {kind: self.tables.snapshot(dataset, kind) for kind in ("events", "labels")}
 
     def latest_labels(self, spec: ProjectSpec, snapshot_id: int | None = None,
-                      batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
-        labels = self._labels(spec, snapshot_id, batch_ids)
+                      batch_ids: Iterable[str] | None = None, since: Any = None) -> pd.DataFrame:
+        """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``.
+
+        ``since``: only labels stamped from then on (and those without a ``label_time``), read from
+        the day index's days from ``since`` on instead of every labels batch."""
+        import pandas as pd
+
+        if since is None:
+            labels = self._labels(spec, snapshot_id, batch_ids)
+        else:
+            labels = self._labels(spec, snapshot_id, batch_ids, since=_utc(since))
+            if not labels.empty and LABEL_TIME in labels.columns:  # the same rows whichever way they were listed
+                stamped = pd.to_datetime(labels[LABEL_TIME], utc=True)
+                labels = labels[stamped.isna() | (stamped >= _utc(since))]
         return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
 
     def _labels(self, spec: ProjectSpec, snapshot_id: int | None = None, batch_ids: Iterable[str] | None = None,

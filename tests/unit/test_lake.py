@@ -334,3 +334,27 @@ def test_the_newest_watermark_is_settled_by_the_manifests(spec, lake):
     lake.write_manifest(ds, "events", "20260101T000000-undated", {**late, "batch_id": "20260101T000000-undated",
                                                                   "min_time": None, "watermark": None})
     assert lake.newest_watermark(ds, "events") is None
+
+
+def test_latest_labels_since_reads_only_the_label_days_from_then_on(spec, tmp_path):
+    from rtml.lake import LABEL_TIME
+
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds, eid = spec.dataset.name, spec.event_id
+    df = synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0)  # 10 days
+    df[LABEL_TIME] = df[spec.event_time] + pd.Timedelta(minutes=30)
+    write_to_lake(lake, spec, df, batches=40)
+    for m in lake.manifests(ds, "labels"):  # the labels' files and time range: their label time
+        rows = df[df[eid].isin(lake.read_table(m["files"][0])[eid])]
+        lake.write_table(m["files"][0], rows[[eid, spec.target.name, LABEL_TIME]].reset_index(drop=True))
+        span = {"min_time": rows[LABEL_TIME].min().isoformat(), "watermark": rows[LABEL_TIME].max().isoformat()}
+        lake.write_manifest(ds, "labels", m["batch_id"], {**m, **span})
+    since = pd.Timestamp("2026-01-08T00:00:00Z")
+    counting = CountingStore(store)
+    got = Lake(store=counting).latest_labels(spec, since=since)
+    everything = lake.latest_labels(spec)
+    want = everything[pd.to_datetime(everything[LABEL_TIME], utc=True) >= since]
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    assert len(got) and not any("/_manifests/" in k for k in counting.gets + counting.lists)
+    assert {k for k in counting.gets if k.endswith(".parquet")} < {m["files"][0] for m in lake.manifests(ds, "labels")}
