@@ -292,11 +292,17 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
     # The sizes are read in turns, each time by a fresh reader (no cached table metadata), and the
     # best of 5 counts: a load that changes while the benchmark runs weighs on every size alike.
     best = {n: float("inf") for n, *_ in lakes}
+    paths = _history_paths(spec)
+    other = {(name, n): float("inf") for name in paths for n, *_ in lakes}
     for _ in range(5):
         for n, _tmp, settings, _rows in lakes:
             t0 = time.perf_counter()
             Lake(settings).labelled(spec, T0, T0 + timedelta(days=1))
             best[n] = min(best[n], time.perf_counter() - t0)
+            for name, run in paths.items():
+                t0 = time.perf_counter()
+                run(Lake(settings))
+                other[name, n] = min(other[name, n], time.perf_counter() - t0)
     for n, tmp, _settings, rows in lakes:
         results.append((n, best[n], rows))
         print(f"{lake_format} lake with {n:>6,} batches: one day's window ({rows:,} rows) read in {best[n]:6.3f}s "
@@ -309,6 +315,33 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         (a, ra, _), (b, rb, _) = results[0], results[-1]
         print(f"ratio        : {b:,} vs {a:,} batches = {rb / ra:.2f}x the read time "
               f"(aim <= 1.5: {'met' if rb <= 1.5 * ra else 'NOT met'})")
+    for name in paths:
+        times = "  ".join(f"{n:,} batches {other[name, n]:6.3f}s" for n, *_ in lakes)
+        a, b = lakes[0][0], lakes[-1][0]
+        ratio = f" = {other[name, b] / other[name, a]:.2f}x" if len(lakes) > 1 else ""
+        print(f"{name:<40}: {times}{ratio} (best of 5)")
+
+
+def _history_paths(spec) -> dict:
+    """The other reads whose cost should not grow with history, each beside what it did before
+    (every manifest listed and fetched)."""
+    from rtml.ingest.batches import CommittedIds
+    from rtml.lake import LABEL_CLOCK_SKEW
+
+    ds = spec.dataset.name
+    nxt = f"{T0 + timedelta(days=1):%Y%m%dT%H%M%S}-next"
+    asked = [f"{T0:%Y%m%dT%H%M%S}-b{i:06d}-0" for i in range(20)]
+
+    def end_by_listing(lake: Lake) -> None:
+        max(pd.Timestamp(m["watermark"]) for m in lake.manifests(ds, "events") if m.get("watermark"))
+
+    return {
+        "training window end (day index)": lambda lake: lake.newest_watermark(ds, "events"),
+        "training window end (before: listing)": end_by_listing,
+        "monitor labels, one day (day index)": lambda lake: lake.latest_labels(spec, since=T0 - LABEL_CLOCK_SKEW),
+        "monitor labels (before: every batch)": lambda lake: lake.latest_labels(spec),
+        "duplicate check of the next batch": lambda lake: CommittedIds(lake, spec, "events").lookup(nxt).among(asked),
+    }
 
 
 def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
