@@ -91,9 +91,11 @@ def monitor(
         "reasons": [],
     }
 
-    # A batch whose newest prediction (watermark) is older than the window has nothing for it.
+    # A batch whose newest prediction (watermark) is older than the window has nothing for it;
+    # the day index lists the window's days only (batches logged with their time range).
     preds = lake.read_batches(
-        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since
+        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since,
+        start=since, end=now,
     )
     if not preds.empty:
         preds["time"] = pd.to_datetime(preds["time"], utc=True)
