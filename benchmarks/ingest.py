@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
     ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
                     help="--history: the lake format measured")
+    ap.add_argument("--kafka-before", action="store_true",
+                    help="Kafka: also drain the topic with the former per-batch duplicate check, for comparison")
     ap.add_argument("--dedupe", type=int, help="N: the duplicate check of a drain of N batches of --rows events")
     args = ap.parse_args()
     if args.dedupe:
@@ -164,7 +166,7 @@ def main() -> None:
               f"{'met' if ice_total <= 1.5 * total else 'NOT met'})")
 
         if not args.no_kafka:
-            kafka(spec, events, args.rows, total, cpu, tmp)
+            kafka(spec, events, args.rows, total, cpu, tmp, rebuild=args.kafka_before)
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -172,7 +174,8 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_cpu: float, tmp: Path) -> None:
+def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_cpu: float, tmp: Path,
+          rebuild: bool = False) -> None:
     """Kafka topic -> committed lake batches with one ingest process, beside a plain consumer.
 
     Wall time and this process's CPU time (all its threads, librdkafka's included; the broker's
@@ -201,6 +204,25 @@ def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_c
         print(f"kafka plain  : consume only (messages into Python, no parse)      {plain:6.2f}s  "
               f"{rows / plain:>10,.0f} records/s  (cpu {plain_cpu:.2f}s)")
 
+        if rebuild:
+            # The same drain with the duplicate check each batch did before (every id of the lookback
+            # read again and rebuilt into a dict), into a lake of its own by a group of its own.
+            import rtml.ingest.batches as batches_module
+
+            before = Settings(storage="local", home=tmp / "kafka", lake_uri=str(tmp / "lake_kafka_rebuild"),
+                              kafka_port=settings.kafka_port, kafka_partitions=1)
+            real = batches_module.CommittedIds
+            batches_module.CommittedIds = _Rebuild  # type: ignore[misc]
+            try:
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = ingest_kafka(spec, "events", settings=before, topic=topic, max_batches=10**6, group="bench-rebuild")
+                r_total, r_cpu = time.perf_counter() - t0, time.process_time() - c0
+            finally:
+                batches_module.CommittedIds = real  # type: ignore[misc]
+            assert out["accepted"] == rows, out["message"]
+            print(f"kafka ingest : (before: duplicate check rebuilt per batch) {len(out['batch_ids'])} batches "
+                  f"end-to-end {r_total:6.2f}s  {rows / r_total:>10,.0f} records/s per worker  (cpu {r_cpu:.2f}s: "
+                  f"{rows / r_cpu:,.0f} records per cpu-second)")
         t0, c0 = time.perf_counter(), time.process_time()
         out = ingest_kafka(spec, "events", settings=settings, topic=topic, max_batches=10**6)
         k_total, k_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -216,6 +238,62 @@ def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_c
         print(f"kafka        : not measured ({type(err).__name__}: {str(err)[:300]})")
     finally:
         stack.down()
+
+
+class _Rebuild:
+    """The duplicate check as each batch did it before the drain's index: every id of the lookback
+    read from the lake again and rebuilt into a dict (``committed_ids``)."""
+
+    def __init__(self, lake, spec, kind: str) -> None:
+        self.lake, self.spec, self.kind = lake, spec, kind
+
+    def lookup(self, before: str) -> dict:  # rtml.ingest.batches.committed_ids as it was
+        import json
+
+        import pyarrow as pa
+        import pyarrow.compute  # noqa: F401 - pa.compute
+        import pyarrow.parquet as pq
+
+        from rtml.ingest.batches import DEDUPE_LOOKBACK_DAYS, _batch_time
+
+        lake, spec, kind = self.lake, self.spec, self.kind
+        eid = spec.event_id
+        t0 = _batch_time(before)
+        horizon = t0 - timedelta(days=DEDUPE_LOOKBACK_DAYS) if t0 else None
+        out: dict = {}
+        cols = [eid] if kind == "events" else [eid, spec.target.name]
+
+        def take(bid: str, table) -> None:
+            ids = table.column(eid).to_pylist()
+            if kind == "events":
+                out.update(dict.fromkeys(ids, bid))
+            else:
+                for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
+                    out[i] = (bid, y)
+
+        in_table: list[str] = []
+        parts: list = []
+        for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
+            bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
+            if not mkey.endswith(".json") or bid >= before:
+                continue
+            bt = _batch_time(bid)
+            if horizon is not None and bt is not None and bt < horizon:
+                continue
+            m = json.loads(lake.store.get(mkey))
+            if m.get("table") and m.get("accepted"):
+                in_table.append(bid)
+            for key in m.get("files", []):
+                parts.append((bid, pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)))
+        if in_table:
+            rows = lake.tables.read(spec.dataset.name, kind, set(in_table), columns=tuple(cols))
+            parts.extend((bid, rows.filter(pa.compute.equal(rows.column("_batch"), bid))) for bid in in_table)
+        for bid, table in sorted(parts, key=lambda p: p[0]):
+            take(bid, table)
+        return out
+
+    def add(self, batch_id: str, table) -> None:
+        pass
 
 
 def _plain_consume(settings: Settings, topic: str, rows: int) -> tuple[float, float]:
