@@ -31,7 +31,7 @@ wall-clock on this machine.
 
 ``--dedupe N`` measures the cross-batch duplicate check of a drain of N batches of ``--rows`` events
 each (every batch repeats a few ids of earlier ones): the per-batch rebuild of every id in the
-lookback (``committed_ids``, what each batch did before) against the drain's :class:`CommittedIds`
+lookback (what each batch did before) against the drain's :class:`CommittedIds`
 (earlier batches read once, the batch's own ids looked up), the same quarantine in both.
 """
 
@@ -424,7 +424,7 @@ def _history_paths(spec) -> dict:
 
 def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
     """The duplicate check of each batch of a drain of ``n`` batches, rebuilt per batch vs kept by the drain."""
-    from rtml.ingest.batches import CommittedIds, committed_ids
+    from rtml.ingest.batches import CommittedIds
 
     spec = load_spec()
     tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-dedupe-"))
@@ -447,7 +447,7 @@ def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
         last: tuple[float, float] = (0.0, 0.0)
         for raw, bid in zip(raws, bids, strict=True):
             t0 = time.process_time()
-            a = contract.validate(raw, committed_ids(lake, spec, "events", before=bid))
+            a = contract.validate(raw, _Rebuild(lake, spec, "events").lookup(bid))
             t1 = time.process_time()
             b = contract.validate(raw, drain.lookup(bid))
             t2 = time.process_time()
