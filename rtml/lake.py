@@ -329,6 +329,17 @@ class Lake:
                 out.append(json.loads(self.store.get(key)))
         return sorted(out, key=lambda m: m["batch_id"])
 
+    def batch_ids(self, dataset: str, kind: str) -> list[str]:
+        """Every committed batch id of a kind, oldest first: the manifests' names, none of them read
+        (read the few needed with :meth:`manifest`)."""
+        prefix = f"{dataset}/_manifests/{kind}/"
+        return sorted(k[len(prefix):-len(".json")] for k in self.store.list(prefix.rstrip("/"))
+                      if k.startswith(prefix) and k.endswith(".json"))
+
+    def manifest(self, dataset: str, kind: str, batch_id: str) -> dict[str, Any] | None:
+        """One committed batch's manifest (None: not committed)."""
+        return self._manifest(dataset, kind, batch_id)
+
     def _read(
         self,
         dataset: str,

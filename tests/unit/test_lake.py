@@ -378,3 +378,16 @@ def test_read_batches_of_a_window_lists_its_days_and_keeps_its_rows(spec, tmp_pa
 
     assert len(inside(got)) == 96 - 12 + 36  # 01-04 from 03:00, 01-05 until 09:00 (one event per 15 minutes)
     pd.testing.assert_frame_equal(inside(got), inside(every))
+
+
+def test_batch_ids_list_the_committed_batches_without_reading_a_manifest(spec, tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
+    lake.store.put(f"{ds}/_manifests/events/notes.txt", b"not a manifest")
+    counting = CountingStore(store)
+    ids = Lake(store=counting).batch_ids(ds, "events")
+    assert ids == [m["batch_id"] for m in lake.manifests(ds, "events")] and not counting.gets
+    assert lake.manifest(ds, "events", ids[-1]) == lake.manifests(ds, "events")[-1]
+    assert lake.manifest(ds, "events", "20990101T000000-none") is None
