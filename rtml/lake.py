@@ -332,9 +332,9 @@ class Lake:
     def batch_ids(self, dataset: str, kind: str) -> list[str]:
         """Every committed batch id of a kind, oldest first: the manifests' names, none of them read
         (read the few needed with :meth:`manifest`)."""
-        prefix = f"{dataset}/_manifests/{kind}/"
-        return sorted(k[len(prefix):-len(".json")] for k in self.store.list(prefix.rstrip("/"))
-                      if k.startswith(prefix) and k.endswith(".json"))
+        # One delimited listing of the names (no stat of each file, as a full listing does).
+        names = _children(self.store, f"{dataset}/_manifests/{kind}")
+        return sorted(name.removesuffix(".json") for name in names if name.endswith(".json"))
 
     def manifest(self, dataset: str, kind: str, batch_id: str) -> dict[str, Any] | None:
         """One committed batch's manifest (None: not committed)."""

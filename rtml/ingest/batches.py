@@ -102,9 +102,8 @@ class CommittedIds:
         t0 = _batch_time(before)
         horizon = t0 - timedelta(days=self.lookback_days) if t0 else None
         out = []
-        for mkey in sorted(self.lake.store.list(f"{self.spec.dataset.name}/_manifests/{self.kind}")):
-            bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
-            if not mkey.endswith(".json") or bid >= before:
+        for bid in self.lake.batch_ids(self.spec.dataset.name, self.kind):
+            if bid >= before:
                 continue
             bt = _batch_time(bid)
             if horizon is not None and bt is not None and bt < horizon:
