@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10] [--no-kafka]
     python benchmarks/ingest.py --history 100,10000 [--lake-format files|iceberg]
+    python benchmarks/ingest.py --dedupe 10 [--rows 100000] [--lake-format files|iceberg]
 
 The stream is the demo dataset replayed by the producer into landing files (a local folder). Two
 pipelines read exactly those files:
@@ -27,6 +28,11 @@ B, committed batches (the same batches in the window at both sizes, the rest bef
 that the read costs what the window costs, within 1.5x from A to B. It prints how each lake was built
 (Iceberg batches by append: see ``history``) and the best of 5 reads, the sizes in turns. Timings are
 wall-clock on this machine.
+
+``--dedupe N`` measures the cross-batch duplicate check of a drain of N batches of ``--rows`` events
+each (every batch repeats a few ids of earlier ones): the per-batch rebuild of every id in the
+lookback (what each batch did before) against the drain's :class:`CommittedIds`
+(earlier batches read once, the batch's own ids looked up), the same quarantine in both.
 """
 
 from __future__ import annotations
@@ -62,7 +68,13 @@ def main() -> None:
     ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
     ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
                     help="--history: the lake format measured")
+    ap.add_argument("--kafka-before", action="store_true",
+                    help="Kafka: also drain the topic with the former per-batch duplicate check, for comparison")
+    ap.add_argument("--dedupe", type=int, help="N: the duplicate check of a drain of N batches of --rows events")
     args = ap.parse_args()
+    if args.dedupe:
+        dedupe(args.dedupe, args.rows, args.lake_format, args.keep)
+        return
     if args.history:
         sizes = [int(x) for x in args.history.split(",")]
         history(sizes, args.lake_format, args.keep)
@@ -154,7 +166,7 @@ def main() -> None:
               f"{'met' if ice_total <= 1.5 * total else 'NOT met'})")
 
         if not args.no_kafka:
-            kafka(spec, events, args.rows, total, cpu, tmp)
+            kafka(spec, events, args.rows, total, cpu, tmp, rebuild=args.kafka_before)
     finally:
         if args.keep:
             print(f"kept {tmp}")
@@ -162,7 +174,8 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_cpu: float, tmp: Path) -> None:
+def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_cpu: float, tmp: Path,
+          rebuild: bool = False) -> None:
     """Kafka topic -> committed lake batches with one ingest process, beside a plain consumer.
 
     Wall time and this process's CPU time (all its threads, librdkafka's included; the broker's
@@ -191,6 +204,25 @@ def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_c
         print(f"kafka plain  : consume only (messages into Python, no parse)      {plain:6.2f}s  "
               f"{rows / plain:>10,.0f} records/s  (cpu {plain_cpu:.2f}s)")
 
+        if rebuild:
+            # The same drain with the duplicate check each batch did before (every id of the lookback
+            # read again and rebuilt into a dict), into a lake of its own by a group of its own.
+            import rtml.ingest.batches as batches_module
+
+            before = Settings(storage="local", home=tmp / "kafka", lake_uri=str(tmp / "lake_kafka_rebuild"),
+                              kafka_port=settings.kafka_port, kafka_partitions=1)
+            real = batches_module.CommittedIds
+            batches_module.CommittedIds = _Rebuild  # type: ignore[misc]
+            try:
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = ingest_kafka(spec, "events", settings=before, topic=topic, max_batches=10**6, group="bench-rebuild")
+                r_total, r_cpu = time.perf_counter() - t0, time.process_time() - c0
+            finally:
+                batches_module.CommittedIds = real  # type: ignore[misc]
+            assert out["accepted"] == rows, out["message"]
+            print(f"kafka ingest : (before: duplicate check rebuilt per batch) {len(out['batch_ids'])} batches "
+                  f"end-to-end {r_total:6.2f}s  {rows / r_total:>10,.0f} records/s per worker  (cpu {r_cpu:.2f}s: "
+                  f"{rows / r_cpu:,.0f} records per cpu-second)")
         t0, c0 = time.perf_counter(), time.process_time()
         out = ingest_kafka(spec, "events", settings=settings, topic=topic, max_batches=10**6)
         k_total, k_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -206,6 +238,62 @@ def kafka(spec, events: pd.DataFrame, rows: int, landing_total: float, landing_c
         print(f"kafka        : not measured ({type(err).__name__}: {str(err)[:300]})")
     finally:
         stack.down()
+
+
+class _Rebuild:
+    """The duplicate check as each batch did it before the drain's index: every id of the lookback
+    read from the lake again and rebuilt into a dict (``committed_ids``)."""
+
+    def __init__(self, lake, spec, kind: str) -> None:
+        self.lake, self.spec, self.kind = lake, spec, kind
+
+    def lookup(self, before: str) -> dict:  # rtml.ingest.batches.committed_ids as it was
+        import json
+
+        import pyarrow as pa
+        import pyarrow.compute  # noqa: F401 - pa.compute
+        import pyarrow.parquet as pq
+
+        from rtml.ingest.batches import DEDUPE_LOOKBACK_DAYS, _batch_time
+
+        lake, spec, kind = self.lake, self.spec, self.kind
+        eid = spec.event_id
+        t0 = _batch_time(before)
+        horizon = t0 - timedelta(days=DEDUPE_LOOKBACK_DAYS) if t0 else None
+        out: dict = {}
+        cols = [eid] if kind == "events" else [eid, spec.target.name]
+
+        def take(bid: str, table) -> None:
+            ids = table.column(eid).to_pylist()
+            if kind == "events":
+                out.update(dict.fromkeys(ids, bid))
+            else:
+                for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
+                    out[i] = (bid, y)
+
+        in_table: list[str] = []
+        parts: list = []
+        for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
+            bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
+            if not mkey.endswith(".json") or bid >= before:
+                continue
+            bt = _batch_time(bid)
+            if horizon is not None and bt is not None and bt < horizon:
+                continue
+            m = json.loads(lake.store.get(mkey))
+            if m.get("table") and m.get("accepted"):
+                in_table.append(bid)
+            for key in m.get("files", []):
+                parts.append((bid, pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)))
+        if in_table:
+            rows = lake.tables.read(spec.dataset.name, kind, set(in_table), columns=tuple(cols))
+            parts.extend((bid, rows.filter(pa.compute.equal(rows.column("_batch"), bid))) for bid in in_table)
+        for bid, table in sorted(parts, key=lambda p: p[0]):
+            take(bid, table)
+        return out
+
+    def add(self, batch_id: str, table) -> None:
+        pass
 
 
 def _plain_consume(settings: Settings, topic: str, rows: int) -> tuple[float, float]:
@@ -282,11 +370,17 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
     # The sizes are read in turns, each time by a fresh reader (no cached table metadata), and the
     # best of 5 counts: a load that changes while the benchmark runs weighs on every size alike.
     best = {n: float("inf") for n, *_ in lakes}
+    paths = _history_paths(spec)
+    other = {(name, n): float("inf") for name in paths for n, *_ in lakes}
     for _ in range(5):
         for n, _tmp, settings, _rows in lakes:
             t0 = time.perf_counter()
             Lake(settings).labelled(spec, T0, T0 + timedelta(days=1))
             best[n] = min(best[n], time.perf_counter() - t0)
+            for name, run in paths.items():
+                t0 = time.perf_counter()
+                run(Lake(settings))
+                other[name, n] = min(other[name, n], time.perf_counter() - t0)
     for n, tmp, _settings, rows in lakes:
         results.append((n, best[n], rows))
         print(f"{lake_format} lake with {n:>6,} batches: one day's window ({rows:,} rows) read in {best[n]:6.3f}s "
@@ -299,6 +393,88 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         (a, ra, _), (b, rb, _) = results[0], results[-1]
         print(f"ratio        : {b:,} vs {a:,} batches = {rb / ra:.2f}x the read time "
               f"(aim <= 1.5: {'met' if rb <= 1.5 * ra else 'NOT met'})")
+    for name in paths:
+        times = "  ".join(f"{n:,} batches {other[name, n]:6.3f}s" for n, *_ in lakes)
+        a, b = lakes[0][0], lakes[-1][0]
+        ratio = f" = {other[name, b] / other[name, a]:.2f}x" if len(lakes) > 1 else ""
+        print(f"{name:<40}: {times}{ratio} (best of 5)")
+
+
+def _history_paths(spec) -> dict:
+    """The other reads whose cost should not grow with history, each beside what it did before
+    (every manifest listed and fetched)."""
+    from rtml.ingest.batches import CommittedIds
+    from rtml.lake import LABEL_CLOCK_SKEW
+
+    ds = spec.dataset.name
+    nxt = f"{T0 + timedelta(days=1):%Y%m%dT%H%M%S}-next"
+    asked = [f"{T0:%Y%m%dT%H%M%S}-b{i:06d}-0" for i in range(20)]
+
+    def end_by_listing(lake: Lake) -> None:
+        max(pd.Timestamp(m["watermark"]) for m in lake.manifests(ds, "events") if m.get("watermark"))
+
+    return {
+        "training window end (day index)": lambda lake: lake.newest_watermark(ds, "events"),
+        "training window end (before: listing)": end_by_listing,
+        "monitor labels, one day (day index)": lambda lake: lake.latest_labels(spec, since=T0 - LABEL_CLOCK_SKEW),
+        "monitor labels (before: every batch)": lambda lake: lake.latest_labels(spec),
+        "duplicate check of the next batch": lambda lake: CommittedIds(lake, spec, "events").lookup(nxt).among(asked),
+    }
+
+
+def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
+    """The duplicate check of each batch of a drain of ``n`` batches, rebuilt per batch vs kept by the drain."""
+    from rtml.ingest.batches import CommittedIds
+
+    spec = load_spec()
+    tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-dedupe-"))
+    settings = Settings(storage="local", home=tmp, lake_uri=str(tmp / "lake"), lake_format=lake_format)
+    try:
+        events, _ = prod.build(spec, rows=rows * n, start=T0, rate=1000.0, seed=0)
+        eid = spec.event_id
+        contract = Contract(spec, "events")
+        lake = Lake(settings)
+        raws, bids = [], []
+        for i in range(n):
+            part = events.iloc[i * rows:(i + 1) * rows].copy()
+            if i:  # a few ids of the previous batch come again: duplicates to find
+                part.iloc[:10, part.columns.get_loc(eid)] = events[eid].iloc[(i - 1) * rows + 10:(i - 1) * rows + 20].to_numpy()
+            raws.append(_raw(part))
+            bids.append(f"{T0 + timedelta(minutes=i):%Y%m%dT%H%M%S}-bench")
+        drain = CommittedIds(lake, spec, "events")
+        old = new = 0.0
+        refused = 0
+        last: tuple[float, float] = (0.0, 0.0)
+        for raw, bid in zip(raws, bids, strict=True):
+            t0 = time.process_time()
+            a = contract.validate(raw, _Rebuild(lake, spec, "events").lookup(bid))
+            t1 = time.process_time()
+            b = contract.validate(raw, drain.lookup(bid))
+            t2 = time.process_time()
+            assert a.reason_counts == b.reason_counts and a.table.equals(b.table), (a.reason_counts, b.reason_counts)
+            _commit(lake, spec, "events", bid, b.table)
+            t3 = time.process_time()
+            drain.add(bid, b.table)  # what the drain does after the commit: part of its cost
+            t2 += time.process_time() - t3
+            refused += b.reason_counts.get("duplicate event_id", 0)
+            old, new, last = old + t1 - t0, new + t2 - t1, (t1 - t0, t2 - t1)
+        plain = 0.0
+        for raw in raws:  # the contract alone, no earlier batch: what the check adds to it
+            t0 = time.process_time()
+            contract.validate(raw)
+            plain += time.process_time() - t0
+        print(f"dedupe       : {lake_format} lake, a drain of {n} batches x {rows:,} events "
+              f"({refused} duplicates refused by both)")
+        print(f"dedupe       : cpu seconds (this process): validate alone {plain:6.2f}s; with the per-batch rebuild {old:6.2f}s "
+              f"(+{old - plain:.2f}s, last batch {last[0]:.3f}s); with the drain's lookup {new:6.2f}s "
+              f"(+{new - plain:.2f}s, last batch {last[1]:.3f}s)")
+        print(f"ratio        : duplicate check cost, drain lookup / per-batch rebuild = "
+              f"{max(new - plain, 0.0) / max(old - plain, 1e-9):.2f}x")
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _raw(frame: pd.DataFrame):

@@ -287,6 +287,39 @@ class Lake:
                 out.append({**m, "_indexed": True})
         return sorted(out, key=lambda m: m["batch_id"])
 
+    def newest_watermark(self, dataset: str, kind: str) -> pd.Timestamp | None:
+        """The latest ``watermark`` of the committed batches with rows, from the day index: the
+        newest day folder that a committed batch still covers, plus the ``wide`` batches; each
+        entry looked at is settled by its batch's manifest (an entry of a crashed or since re-run
+        attempt does not count). None when the index cannot say (a lake not indexed yet, a batch
+        with rows but no time range, no batch with rows): then read :meth:`manifests`."""
+        base = f"_index/{dataset}/{kind}"
+        if not self.store.exists(f"{base}/{INDEX_COMPLETE}"):
+            return None
+
+        def committed(day: str) -> list[dict[str, Any]]:
+            out = []
+            for key in self.store.list(f"{base}/{day}"):
+                m = self._manifest(dataset, kind, key.rsplit("/", 1)[-1].removesuffix(".json")) if key.endswith(".json") else None
+                if m is not None and _has_rows(m) and day in index_days(m):
+                    out.append(m)
+            return out
+
+        if committed("undated"):
+            return None
+        found = committed("wide")
+        for day in sorted((d for d in _children(self.store, base) if _DAY.fullmatch(d)), reverse=True):
+            # A committed batch has an entry in the day of its watermark, so the first day that a
+            # committed batch covers holds the newest watermark (no batch ends in a later day).
+            newest = committed(day)
+            if newest:
+                found += newest
+                break
+        try:
+            return max(_utc(m["watermark"]) for m in found) if found else None
+        except (TypeError, ValueError):  # an unreadable watermark: the full listing decides
+            return None
+
     # --- reading --------------------------------------------------------------------------------
     def manifests(self, dataset: str, kind: str) -> list[dict[str, Any]]:
         """Every committed batch of a kind, oldest batch id first."""
@@ -295,6 +328,17 @@ class Lake:
             if key.endswith(".json"):
                 out.append(json.loads(self.store.get(key)))
         return sorted(out, key=lambda m: m["batch_id"])
+
+    def batch_ids(self, dataset: str, kind: str) -> list[str]:
+        """Every committed batch id of a kind, oldest first: the manifests' names, none of them read
+        (read the few needed with :meth:`manifest`)."""
+        # One delimited listing of the names (no stat of each file, as a full listing does).
+        names = _children(self.store, f"{dataset}/_manifests/{kind}")
+        return sorted(name.removesuffix(".json") for name in names if name.endswith(".json"))
+
+    def manifest(self, dataset: str, kind: str, batch_id: str) -> dict[str, Any] | None:
+        """One committed batch's manifest (None: not committed)."""
+        return self._manifest(dataset, kind, batch_id)
 
     def _read(
         self,
@@ -360,16 +404,20 @@ class Lake:
         batch_ids: Iterable[str] | None = None,
         keep: Callable[[dict[str, Any]], bool] | None = None,
         schema_hash: str | None = None,
+        start: Any = None,
+        end: Any = None,
     ) -> pd.DataFrame:
         """The accepted rows of the given committed batches (all when None, or those whose manifest
         ``keep`` accepts), in batch order. With ``schema_hash``, batches written under another
-        contract raise :class:`SchemaMismatch`."""
+        contract raise :class:`SchemaMismatch`. ``start`` and ``end``: only the batches whose time
+        range may meet [start, end), listed from the day index (callers filter the rows by time)."""
         wanted = None if batch_ids is None else set(batch_ids)
 
         def chosen(m: dict[str, Any]) -> bool:
             return (wanted is None or m["batch_id"] in wanted) and (keep is None or keep(m))
 
-        df = self._read(dataset, kind, chosen, schema_hash)
+        candidates = self.window_manifests(dataset, kind, start, end) if start is not None and end is not None else None
+        df = self._read(dataset, kind, chosen, schema_hash, candidates=candidates)
         return df.drop(columns="_batch") if not df.empty else df
 
     def snapshots(self, dataset: str) -> dict[str, int | None]:
@@ -380,9 +428,20 @@ class Lake:
         return {kind: self.tables.snapshot(dataset, kind) for kind in ("events", "labels")}
 
     def latest_labels(self, spec: ProjectSpec, snapshot_id: int | None = None,
-                      batch_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``."""
-        labels = self._labels(spec, snapshot_id, batch_ids)
+                      batch_ids: Iterable[str] | None = None, since: Any = None) -> pd.DataFrame:
+        """Each event's latest label (a later batch corrects an earlier one), with its batch in ``_batch``.
+
+        ``since``: only labels stamped from then on (and those without a ``label_time``), read from
+        the day index's days from ``since`` on instead of every labels batch."""
+        import pandas as pd
+
+        if since is None:
+            labels = self._labels(spec, snapshot_id, batch_ids)
+        else:
+            labels = self._labels(spec, snapshot_id, batch_ids, since=_utc(since))
+            if not labels.empty and LABEL_TIME in labels.columns:  # the same rows whichever way they were listed
+                stamped = pd.to_datetime(labels[LABEL_TIME], utc=True)
+                labels = labels[stamped.isna() | (stamped >= _utc(since))]
         return labels.drop_duplicates(subset=[spec.event_id], keep="last") if not labels.empty else labels
 
     def _labels(self, spec: ProjectSpec, snapshot_id: int | None = None, batch_ids: Iterable[str] | None = None,

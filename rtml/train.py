@@ -104,8 +104,11 @@ def load_window(
     """
     ts = spec.event_time
     days = window_days if window_days is not None else spec.training.window_days
+    newest = lake.newest_watermark(spec.dataset.name, "events") if end is None else None
     if end is not None:
         stop = _utc(end)
+    elif newest is not None:  # from the day index: the newest day's batches, not every manifest
+        stop = newest + timedelta(microseconds=1)
     else:
         # The window ends just after the newest event received: the manifests' watermarks say
         # when that is without reading any data (fall back to one full read if one lacks it).

@@ -499,17 +499,21 @@ def newest_events(ctx: Context, max_rows: int = 50_000) -> tuple[pd.DataFrame, l
     ds = ctx.spec.dataset.name
     used = ctx.lineage.get("events_batches", [])
     last = used[-1] if used else ""
-    manifests = lake.manifests(ds, "events")
-    newer = ([m for m in manifests if m["batch_id"] > last and m.get("files")]
-             or [m for m in manifests if m["batch_id"] == last])
+    committed = lake.batch_ids(ds, "events")  # names only: the manifests read are the newest few
     frames, ids, rows = [], [], 0
-    for m in reversed(newer):  # newest first, until max_rows
-        for key in m.get("files", []):
+    for bid in reversed([b for b in committed if b > last]):  # newest first, until max_rows
+        m = lake.manifest(ds, "events", bid) or {}
+        if not m.get("files"):
+            continue
+        for key in m["files"]:
             frames.append(lake.read_table(key))
             rows += len(frames[-1])
-        ids.append(m["batch_id"])
+        ids.append(bid)
         if rows >= max_rows:
             break
+    if not ids and last in committed:  # nothing newer with rows: the newest batch training used
+        frames = [lake.read_table(key) for key in (lake.manifest(ds, "events", last) or {}).get("files", [])]
+        ids = [last]
     if not frames:
         return pd.DataFrame(), []
     return pd.concat(frames, ignore_index=True).tail(max_rows), sorted(ids)

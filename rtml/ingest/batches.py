@@ -23,9 +23,10 @@ quarantined`` holds in every manifest (a refused file or line counts as one quar
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -69,46 +70,160 @@ def committed_ids(
     Only *earlier* batches count, so re-running a batch (or backfilling an old one after newer
     ones were committed) gives the same result as the first run. For labels the value also holds
     the label, because a different label for the same event is a correction, not a duplicate.
+    Ingestion asks :class:`CommittedIds` only about the ids of the batch at hand instead.
     """
-    import pyarrow as pa
-    import pyarrow.compute  # noqa: F401 - pa.compute
-    import pyarrow.parquet as pq
+    return CommittedIds(lake, spec, kind, lookback_days).all(before)
 
-    eid = spec.event_id
-    t0 = _batch_time(before)
-    horizon = t0 - timedelta(days=lookback_days) if t0 else None
-    out: dict[str, Any] = {}
-    cols = [eid] if kind == "events" else [eid, spec.target.name]
 
-    def take(bid: str, table: Any) -> None:
-        ids = table.column(eid).to_pylist()
-        if kind == "events":
-            out.update(dict.fromkeys(ids, bid))
-        else:
-            for i, y in zip(ids, table.column(spec.target.name).to_pylist(), strict=True):
-                out[i] = (bid, y)
+class CommittedIds:
+    """The ids of the committed batches in the duplicate lookback, kept for the batches of one drain.
 
-    # Filter on the manifest *names* (= batch ids) first: only the batches in the window are read.
-    in_table: list[str] = []
-    parts: list[tuple[str, Any]] = []
-    for mkey in sorted(lake.store.list(f"{spec.dataset.name}/_manifests/{kind}")):
-        bid = mkey.rsplit("/", 1)[-1].removesuffix(".json")
-        if not mkey.endswith(".json") or bid >= before:
-            continue
-        bt = _batch_time(bid)
-        if horizon is not None and bt is not None and bt < horizon:
-            continue
-        m = json.loads(lake.store.get(mkey))
-        if m.get("table") and m.get("accepted"):
-            in_table.append(bid)
-        for key in m.get("files", []):
-            parts.append((bid, pq.read_table(io.BytesIO(lake.store.get(key)), columns=cols)))
-    if in_table:  # one scan for the table's batches
-        rows = lake.tables.read(spec.dataset.name, kind, set(in_table), columns=tuple(cols))
-        parts.extend((bid, rows.filter(pa.compute.equal(rows.column("_batch"), bid))) for bid in in_table)
-    for bid, table in sorted(parts, key=lambda p: p[0]):  # batch order: a later label is a correction
-        take(bid, table)
-    return out
+    Each earlier batch's ids are read from the lake once and kept in one index (id -> batch, for
+    labels ``(batch, label)``); a batch the drain commits itself is added from memory. A batch is
+    then checked by looking up *its* ids only (:meth:`lookup`): the check costs what the batch
+    costs, not what the lookback holds (rebuilding every id of the lookback per batch made a
+    drain's cost grow with the square of its batches). Which batches count is decided at each
+    lookup by the manifests (the commit points): a batch committed meanwhile by another process is
+    read then, one that crashed before its manifest never counts, and the index answers only with
+    the batches that count for the batch at hand (same values as :func:`committed_ids`). Batches are
+    immutable once committed (a re-run rewrites the same rows), so what was read stays right.
+    """
+
+    def __init__(self, lake: Lake, spec: ProjectSpec, kind: str, lookback_days: float = DEDUPE_LOOKBACK_DAYS) -> None:
+        self.lake, self.spec, self.kind, self.lookback_days = lake, spec, kind, lookback_days
+        self.cols = [spec.event_id] if kind == "events" else [spec.event_id, spec.target.name]
+        self._chunks: dict[str, list[tuple[Any, Any]]] = {}  # batch id -> [(ids, labels or None)], Arrow
+        # id -> its entry (events: the batch id; labels: (batch id, label)), or a list of entries
+        # when several indexed batches hold the id.
+        self._index: dict[Any, Any] = {}
+
+    def _earlier(self, before: str) -> list[str]:
+        """The committed batch ids that count for ``before``, oldest first (from the manifest names)."""
+        t0 = _batch_time(before)
+        horizon = t0 - timedelta(days=self.lookback_days) if t0 else None
+        out = []
+        for bid in self.lake.batch_ids(self.spec.dataset.name, self.kind):
+            if bid >= before:
+                continue
+            bt = _batch_time(bid)
+            if horizon is not None and bt is not None and bt < horizon:
+                continue
+            out.append(bid)
+        return out
+
+    def _load(self, bids: list[str]) -> None:
+        import pyarrow as pa
+        import pyarrow.compute  # noqa: F401 - pa.compute
+        import pyarrow.parquet as pq
+
+        lake, ds = self.lake, self.spec.dataset.name
+        parts: dict[str, list[Any]] = {}
+        in_table: list[str] = []
+        for bid in bids:
+            m = json.loads(lake.store.get(lake.manifest_key(ds, self.kind, bid)))
+            if m.get("table") and m.get("accepted"):
+                in_table.append(bid)
+            parts[bid] = [pq.read_table(io.BytesIO(lake.store.get(key)), columns=self.cols) for key in m.get("files", [])]
+        if in_table:  # one scan for the table's batches
+            rows = lake.tables.read(ds, self.kind, set(in_table), columns=tuple(self.cols))
+            for bid in in_table:
+                parts[bid].append(rows.filter(pa.compute.equal(rows.column("_batch"), bid)))
+        for bid, found in parts.items():
+            self._set(bid, [t for t in found if t.num_rows])
+
+    def add(self, batch_id: str, table: Any) -> None:
+        """A batch this drain just committed (its accepted rows): counted by later lookups without a read."""
+        self._set(batch_id, [table] if table.num_rows else [])
+
+    def _entries(self, bid: str, ids: Any, labels: Any) -> dict[Any, Any]:
+        # Within a batch the last row of an id wins, as when the batch is read in order.
+        if labels is None:
+            return dict.fromkeys(ids.to_pylist(), bid)
+        return dict(zip(ids.to_pylist(), zip(itertools.repeat(bid), labels.to_pylist(), strict=False), strict=True))
+
+    def _set(self, bid: str, tables: list[Any]) -> None:
+        """Index the rows of batch ``bid`` (replacing what an earlier read of it indexed)."""
+        self._drop(bid)
+        chunks = [(t.column(self.spec.event_id), t.column(self.spec.target.name) if self.kind != "events" else None)
+                  for t in tables]
+        self._chunks[bid] = chunks
+        index = self._index
+        for ids, labels in chunks:
+            new = self._entries(bid, ids, labels)
+            for key in new.keys() & index.keys():  # held by another batch too: keep both (rare)
+                old = index[key]
+                new[key] = [*(old if isinstance(old, list) else [old]), new[key]]
+            index.update(new)
+
+    def _drop(self, bid: str) -> None:
+        index = self._index
+        for ids, _labels in self._chunks.pop(bid, []):
+            for key in ids.to_pylist():
+                v = index.get(key)
+                if isinstance(v, list):
+                    rest = [e for e in v if _entry_batch(e) != bid]
+                    if len(rest) > 1:
+                        index[key] = rest
+                    elif rest:
+                        index[key] = rest[0]
+                    else:
+                        del index[key]
+                elif v is not None and _entry_batch(v) == bid:
+                    del index[key]
+
+    def _counting(self, before: str) -> list[str]:
+        """The batches that count for ``before``, read if new; the index forgets those past the lookback."""
+        bids = self._earlier(before)
+        self._load([b for b in bids if b not in self._chunks])
+        t0 = _batch_time(before)
+        for old in set(self._chunks) - set(bids):
+            bt = _batch_time(old)
+            if t0 is not None and bt is not None and bt < t0 - timedelta(days=self.lookback_days):
+                self._drop(old)  # the drain's later batches never count it again
+        return bids
+
+    def all(self, before: str) -> dict[str, Any]:
+        """Every id of the batches that count for ``before`` (see :func:`committed_ids`)."""
+        out: dict[str, Any] = {}
+        for bid in self._counting(before):  # batch order: a later label is a correction
+            for ids, labels in self._chunks[bid]:
+                out.update(self._entries(bid, ids, labels))
+        return out
+
+    def lookup(self, before: str) -> IdsLookup:
+        """What :meth:`rtml.ingest.contract.Contract.validate` asks about the ids of batch ``before``."""
+        return IdsLookup(self, before)
+
+    def among(self, ids: Iterable[Any], counting: set[str]) -> dict[str, Any]:
+        """The entries of ``ids`` in the batches ``counting``: the latest batch's, as :meth:`all`."""
+        index, out = self._index, dict[Any, Any]()
+        for key in index.keys() & set(ids):
+            v = index[key]
+            if isinstance(v, list):
+                for e in v:  # the latest batch's; within a batch, its last part's
+                    if _entry_batch(e) in counting and (key not in out or _entry_batch(e) >= _entry_batch(out[key])):
+                        out[key] = e
+            elif _entry_batch(v) in counting:
+                out[key] = v
+        return out
+
+
+def _entry_batch(entry: Any) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+class IdsLookup:
+    """The committed ids that count for one batch, asked about that batch's ids only: ``among(ids)``
+    is :func:`committed_ids` restricted to ``ids`` (same values, same batch order)."""
+
+    def __init__(self, committed: CommittedIds, before: str) -> None:
+        self.committed, self.before = committed, before
+        self._counting: set[str] | None = None
+
+    def among(self, ids: Any) -> dict[str, Any]:
+        if self._counting is None:  # once per batch (validation may ask again about a part of it)
+            self._counting = set(self.committed._counting(self.before))
+        return self.committed.among((i for i in ids if i is not None), self._counting)
 
 
 def _committed_ranges(lake: Lake, dataset: str, kind: str, stream: str) -> dict[str, tuple[str, str]]:
@@ -133,8 +248,12 @@ def ingest_batch(
     lake: Lake | None = None,
     settings: Settings | None = None,
     batch: SourceBatch | None = None,
+    committed: CommittedIds | None = None,
 ) -> dict[str, Any]:
-    """Read, validate, write and commit one batch; returns the summary (also the XCom value)."""
+    """Read, validate, write and commit one batch; returns the summary (also the XCom value).
+
+    ``committed``: the earlier batches' ids as a drain keeps them (:class:`CommittedIds`, told of
+    this batch once it is committed); without it they are read for this batch alone."""
     import pyarrow.compute as pc
 
     from rtml.ingest.contract import Contract, quarantine_lines
@@ -161,8 +280,8 @@ def ingest_batch(
             "message": f"{ds}/{kind}: nothing new",
         }
     bid = batch.batch_id
-    committed = committed_ids(lake, spec, kind, before=bid)
-    result = contract.validate(batch.raw, committed)
+    earlier = committed if committed is not None else CommittedIds(lake, spec, kind)
+    result = contract.validate(batch.raw, earlier.lookup(bid))
     table, rejects = result.table, result.rejects
     n_acc = table.num_rows
     if result.records_in != n_acc + len(rejects):  # the contract's own invariant
@@ -217,6 +336,7 @@ def ingest_batch(
         "source": batch.position,
     }
     ref = lake.write_manifest(ds, kind, bid, manifest)
+    earlier.add(bid, table)
     _crash_point("manifest")
     source.commit(batch)
 
@@ -358,12 +478,14 @@ def _drain(
     # unreachable lake must not turn good entries into dead letters.
     lake.store.list(f"{ds}/_manifests/{kind}")
     batches = []
+    committed = CommittedIds(lake, spec, kind)  # the lookback's ids, read once for the whole drain
     try:
         for _ in range(max_batches):
             batch = read()
             if batch is None:
                 break
-            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch))
+            batches.append(ingest_batch(spec, kind, source, lake=lake, settings=settings, batch=batch,
+                                        committed=committed))
     finally:
         if close is not None:
             close()

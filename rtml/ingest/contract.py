@@ -42,7 +42,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -240,6 +240,13 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+class CommittedLookup(Protocol):
+    """The committed ids, asked about one batch's ids: ``among(ids)`` maps those of ``ids`` already
+    committed as a ``committed`` dict would (:class:`rtml.ingest.batches.IdsLookup`)."""
+
+    def among(self, ids: Any) -> dict[str, Any]: ...
+
+
 class Contract:
     """The rules for one lake kind (``events`` or ``labels``) of a project spec."""
 
@@ -307,9 +314,10 @@ class Contract:
         return self.arrow_schema()
 
     # --- validation ---------------------------------------------------------------------------
-    def validate(self, raw: RawBatch, committed: dict[str, Any] | None = None) -> Validated:
+    def validate(self, raw: RawBatch, committed: dict[str, Any] | CommittedLookup | None = None) -> Validated:
         """Check every row; ``committed`` maps event ids already in the lake to their batch id
-        (for labels: to ``(batch_id, label)``, so that a *different* label is a correction).
+        (for labels: to ``(batch_id, label)``, so that a *different* label is a correction), or is a
+        :class:`CommittedLookup` asked about this batch's ids only.
 
         Never raises because of the data: a row that makes the checks (or the Arrow conversion of
         the accepted rows) fail is found by bisection and quarantined as ``unprocessable record``."""
@@ -356,7 +364,7 @@ class Contract:
             extra.append({"source": raw.source[i], "reasons": [f"unprocessable record: {why}"], "record": record})
         return Validated(res.columns, res.schema, list(raw.rejects) + res.rejects + extra, raw.records_in, res.drift)
 
-    def _validate(self, raw: RawBatch, committed: dict[str, Any] | None = None) -> Validated:
+    def _validate(self, raw: RawBatch, committed: dict[str, Any] | CommittedLookup | None = None) -> Validated:
         frame = raw.frame
         n = len(frame)
         reasons: dict[int, list[str]] = {}
@@ -402,6 +410,8 @@ class Contract:
                     lambda i: f"duplicate event_id: {ids.iat[i]!r} also at {raw.source[first[ids.iat[i]]]}",
                 )
                 ok &= ~dup
+            if committed is not None and not isinstance(committed, dict):
+                committed = committed.among(ids[ok])  # only this batch's ids are looked up
             if committed:
                 seen = _as_bool(ids.isin(list(committed))) & ok
                 if self.kind == "labels" and seen.any():

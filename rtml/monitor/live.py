@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rtml.lake import Lake, _utc
+from rtml.lake import LABEL_CLOCK_SKEW, Lake, _utc
 from rtml.names import CHAMPION, EVAL_DIR, LIVE_FAIRNESS_TAG, MODEL_CARD
 from rtml.settings import Settings, get_settings
 from rtml.spec import ProjectSpec
@@ -91,9 +91,11 @@ def monitor(
         "reasons": [],
     }
 
-    # A batch whose newest prediction (watermark) is older than the window has nothing for it.
+    # A batch whose newest prediction (watermark) is older than the window has nothing for it;
+    # the day index lists the window's days only (batches logged with their time range).
     preds = lake.read_batches(
-        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since
+        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since,
+        start=since, end=now,
     )
     if not preds.empty:
         preds["time"] = pd.to_datetime(preds["time"], utc=True)
@@ -122,7 +124,9 @@ def monitor(
 
     # Performance: predictions whose label has arrived, joined by event id.
     eid = spec.event_id
-    labels = lake.latest_labels(spec)
+    # A label stamped more than the clock skew before the window cannot be the live outcome of a
+    # prediction in it (training's rule, rtml.lake.LABEL_CLOCK_SKEW): only the window's label days are read.
+    labels = lake.latest_labels(spec, since=since - LABEL_CLOCK_SKEW)
     if eid in preds.columns and not labels.empty:
         joined = preds.dropna(subset=[eid]).merge(labels[[eid, spec.target.name]], on=eid, how="inner")
     else:

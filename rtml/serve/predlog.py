@@ -205,6 +205,7 @@ class PredictionLog:
                 "records_in": int(len(df)) + len(bad),
                 "accepted": int(len(df)),
                 "quarantined": len(bad),
+                "min_time": df["time"].min().isoformat(),  # with the watermark: the batch's days in the day index
                 "watermark": df["time"].max().isoformat(),
                 "schema_hash": self.spec.schema_hash(),
                 "bytes": len(data),

@@ -292,3 +292,102 @@ def test_a_label_stamped_well_before_its_event_is_not_joined(spec, lake):
     assert lineage["labels"] == sorted(["20260101T000000-0000", bid])
     window, _ = lake.labelled(spec, df[ts].min(), df[ts].max() + pd.Timedelta(seconds=1))
     pd.testing.assert_frame_equal(window, joined)
+
+
+def _newest_by_listing(lake: Lake, ds: str) -> pd.Timestamp:
+    marks = [m["watermark"] for m in lake.manifests(ds, "events") if m.get("files") or m.get("accepted")]
+    return max(pd.Timestamp(w) for w in marks)
+
+
+def test_the_newest_watermark_reads_the_newest_day_not_every_manifest(spec, tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0), batches=40)
+    counting = CountingStore(store)
+    newest = Lake(store=counting).newest_watermark(ds, "events")
+    assert newest == _newest_by_listing(lake, ds)
+    assert not any("/_manifests/" in k for k in counting.lists)
+    read = {k for k in counting.gets if "/_manifests/" in k}
+    assert 0 < len(read) <= 4  # the newest day's batches (6 hours each)
+    # an empty batch committed later (an interval without events) says nothing about the newest event
+    lake.write_manifest(ds, "events", "20260201T000000-empty", {"batch_id": "20260201T000000-empty", "files": [],
+                                                               "accepted": 0, "watermark": None})
+    assert lake.newest_watermark(ds, "events") == newest
+
+
+def test_the_newest_watermark_is_settled_by_the_manifests(spec, lake):
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
+    newest = _newest_by_listing(lake, ds)
+    assert lake.newest_watermark(ds, "events") == newest
+    # a batch that crashed after its index entry, before its manifest: not committed, does not count
+    late = {"batch_id": "20270101T000000-crashed", "files": ["x"], "accepted": 1,
+            "min_time": "2027-01-01T00:00:00Z", "watermark": "2027-01-01T01:00:00Z"}
+    lake._write_index(ds, "events", late)
+    assert lake.newest_watermark(ds, "events") == newest
+    # a committed batch spanning months (indexed as "wide") counts
+    wide = {**late, "batch_id": "20260101T000000-wide", "min_time": "2025-01-01T00:00:00Z"}
+    lake.write_manifest(ds, "events", wide["batch_id"], wide)
+    assert lake.newest_watermark(ds, "events") == pd.Timestamp("2027-01-01T01:00:00Z") == _newest_by_listing(lake, ds)
+    # a batch with rows but no time range: the index cannot say, the caller lists the manifests
+    lake.write_manifest(ds, "events", "20260101T000000-undated", {**late, "batch_id": "20260101T000000-undated",
+                                                                  "min_time": None, "watermark": None})
+    assert lake.newest_watermark(ds, "events") is None
+
+
+def test_latest_labels_since_reads_only_the_label_days_from_then_on(spec, tmp_path):
+    from rtml.lake import LABEL_TIME
+
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds, eid = spec.dataset.name, spec.event_id
+    df = synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0)  # 10 days
+    df[LABEL_TIME] = df[spec.event_time] + pd.Timedelta(minutes=30)
+    write_to_lake(lake, spec, df, batches=40)
+    for m in lake.manifests(ds, "labels"):  # the labels' files and time range: their label time
+        rows = df[df[eid].isin(lake.read_table(m["files"][0])[eid])]
+        lake.write_table(m["files"][0], rows[[eid, spec.target.name, LABEL_TIME]].reset_index(drop=True))
+        span = {"min_time": rows[LABEL_TIME].min().isoformat(), "watermark": rows[LABEL_TIME].max().isoformat()}
+        lake.write_manifest(ds, "labels", m["batch_id"], {**m, **span})
+    since = pd.Timestamp("2026-01-08T00:00:00Z")
+    counting = CountingStore(store)
+    got = Lake(store=counting).latest_labels(spec, since=since)
+    everything = lake.latest_labels(spec)
+    want = everything[pd.to_datetime(everything[LABEL_TIME], utc=True) >= since]
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    assert len(got) and not any("/_manifests/" in k for k in counting.gets + counting.lists)
+    assert {k for k in counting.gets if k.endswith(".parquet")} < {m["files"][0] for m in lake.manifests(ds, "labels")}
+
+
+def test_read_batches_of_a_window_lists_its_days_and_keeps_its_rows(spec, tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds, ts = spec.dataset.name, spec.event_time
+    write_to_lake(lake, spec, synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0), batches=40)
+    start, end = pd.Timestamp("2026-01-04T03:00:00Z"), pd.Timestamp("2026-01-05T09:00:00Z")
+    counting = CountingStore(store)
+    got = Lake(store=counting).read_batches(ds, "events", start=start, end=end)
+    assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
+    assert len({k for k in counting.gets if k.endswith(".parquet")}) == 8  # the 2 days' batches, not all 40
+    every = lake.read_batches(ds, "events")
+
+    def inside(df):
+        t = pd.to_datetime(df[ts], utc=True)
+        return df[(t >= start) & (t < end)].reset_index(drop=True)
+
+    assert len(inside(got)) == 96 - 12 + 36  # 01-04 from 03:00, 01-05 until 09:00 (one event per 15 minutes)
+    pd.testing.assert_frame_equal(inside(got), inside(every))
+
+
+def test_batch_ids_list_the_committed_batches_without_reading_a_manifest(spec, tmp_path):
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(store=store)
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 120, seed=3), batches=4)
+    lake.store.put(f"{ds}/_manifests/events/notes.txt", b"not a manifest")
+    counting = CountingStore(store)
+    ids = Lake(store=counting).batch_ids(ds, "events")
+    assert ids == [m["batch_id"] for m in lake.manifests(ds, "events")] and not counting.gets
+    assert lake.manifest(ds, "events", ids[-1]) == lake.manifests(ds, "events")[-1]
+    assert lake.manifest(ds, "events", "20990101T000000-none") is None

@@ -373,3 +373,78 @@ def test_a_dag_run_gets_its_asset_extra_and_only_a_manual_run_is_tagged(settings
     assert sum(scheduled["reasons"].values()) == scheduled["quarantined"]
     again = ingest_for_run("events", T0, T0 + FIVE, run_id="manual__y", manual=True, settings=settings)
     assert again["records_in"] == 0 and again["batch_ids"][0].endswith("-manual_y")  # nothing new: no rows twice
+
+
+class _CountingStore:
+    """A store that counts the data files read through it."""
+
+    def __init__(self, store):
+        self.store, self.parquet_reads = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def get(self, key):
+        self.parquet_reads += key.endswith(".parquet")
+        return self.store.get(key)
+
+
+def test_a_drain_reads_the_lookback_once_and_still_sees_batches_committed_meanwhile(settings):
+    from rtml.ingest.batches import CommittedIds, committed_ids
+
+    produce(settings, rows=900)  # three 5-minute intervals of events
+    lake = Lake(settings)
+    for k in range(2):
+        ingest_interval(SPEC, "events", T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    eid = SPEC.event_id
+    ids = lake.read_batches(DS, "events")[eid].tolist()
+    store = _CountingStore(lake.store)
+    committed = CommittedIds(Lake(settings, store=store), SPEC, "events")
+    third, fourth = "20261125T121000-20261125T121500", "20261125T121500-20261125T122000"
+    asked = ids[::7] + ["never-seen"]
+    full = committed_ids(lake, SPEC, "events", before=third)
+    assert len(full) == len(ids)
+    # The lookup answers for the asked ids exactly what the full rebuild holds for them.
+    assert committed.lookup(third).among(asked) == {i: full[i] for i in asked if i in full}
+    assert store.parquet_reads == 2
+    assert committed.lookup(third).among(ids[:5]) == {i: full[i] for i in ids[:5]}
+    assert store.parquet_reads == 2  # read once for the drain, not once per batch
+    # Another process commits the third interval: the drain's next batch counts it, reading only it.
+    ingest_interval(SPEC, "events", T0 + 2 * FIVE, T0 + 3 * FIVE, settings=settings, lake=Lake(settings))
+    new = lake.read_batches(DS, "events", [third])[eid].tolist()[:3]
+    assert committed.lookup(fourth).among(new + ids[:1]) == {**dict.fromkeys(new, third), ids[0]: full[ids[0]]}
+    assert store.parquet_reads == 3
+    assert committed.lookup(third).among(new) == {}  # only earlier batches count
+    # Past the lookback nothing counts, as in the full rebuild.
+    later = "20261128T120000-20261128T120500"
+    assert committed.lookup(later).among(ids) == {} == committed_ids(lake, SPEC, "events", before=later)
+
+
+def test_labels_lookup_keeps_the_latest_label_of_an_event(settings):
+    from rtml.ingest.batches import CommittedIds, committed_ids
+
+    produce(settings, rows=600, label_delay=60.0)
+    lake = Lake(settings)
+    for k in range(2):
+        ingest_interval(SPEC, "labels", T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    eid, y = SPEC.event_id, SPEC.target.name
+    first = lake.manifests(DS, "labels")[0]["batch_id"]
+    labels = lake.read_batches(DS, "labels", [first])
+    # A third batch that corrects two labels of the first and repeats one: a later label wins.
+    fixed = labels.iloc[:3].copy()
+    fixed[y] = [_flip(v) for v in fixed[y].iloc[:2]] + [fixed[y].iloc[2]]
+    key = landing_key(DS, "labels", T0 + 2 * FIVE + timedelta(seconds=5), "fix", "jsonl")
+    landing_store(settings).put(key, fixed.to_json(orient="records", lines=True, date_format="iso").encode())
+    third = ingest_interval(SPEC, "labels", T0 + 2 * FIVE, T0 + 3 * FIVE, settings=settings, lake=lake)
+    assert third["reasons"] == {"duplicate event_id": 1}  # the repeated label; the corrections are accepted
+    later = "20261125T121500-20261125T122000"
+    asked = labels[eid].tolist()
+    full = committed_ids(lake, SPEC, "labels", before=later)
+    got = CommittedIds(lake, SPEC, "labels").lookup(later).among(asked)
+    assert got == {i: full[i] for i in asked if i in full}
+    assert got[asked[0]] == (third["batch_id"], _flip(labels[y].iloc[0]))
+
+
+def _flip(v):
+    t = SPEC.target
+    return t.negative if v == t.positive else t.positive
