@@ -17,6 +17,8 @@ live smoke check and the rollback after it stay tasks of the DAG.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +72,16 @@ def warm_up() -> None:
     mlflow_client()
 
 
-def deploy_approved(name: str, version: str, decision: Mapping[str, Any]) -> dict[str, Any]:
+def deploy_approved(name: str, version: str, decision: Mapping[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     """Log the approval, promote ``version`` and reload the endpoint: what the approval wait runs the
     moment it sees ``approval=approved`` (``decision``: what it read, with ``by`` and ``at``).
 
     Never raises: the outcome is data for the wait's event. ``refused`` (a ``PromotionError``: the
     version may not be served; nothing changed), ``error`` (the promotion could not be attempted or
     failed otherwise: the ``promote`` task tries again), or ``promotion`` (promote's result) with
-    ``served`` (the endpoint answers with the version) or ``reload_error``.
+    ``served`` (the endpoint answers with the version) or ``reload_error``; ``seconds``: when each
+    step ended. The endpoint is told to reload the moment the alias moves, before promote() writes
+    the description lines and the model card.
     Safe to repeat (a restarted triggerer runs it again): the decision is logged once, promoting
     the champion again changes nothing, and a reload to the version already served swaps nothing.
     """
@@ -86,21 +90,53 @@ def deploy_approved(name: str, version: str, decision: Mapping[str, Any]) -> dic
     version = str(version)
     by = str(decision.get("by") or "")
     out: dict[str, Any] = {"name": name, "version": version}
+    seconds: dict[str, float] = {}
+    out["seconds"] = seconds  # where the time went (the trigger's log and event show it)
+    pushed: list[threading.Thread] = []
+    push_failed: list[str] = []
+
+    def push_reload() -> None:
+        # The alias has moved: the endpoint loads the version while promote() writes its records.
+        def go() -> None:
+            try:
+                request_reload()
+            except Exception as err:  # noqa: BLE001 - reported as the reload's error below
+                push_failed.append(f"{type(err).__name__}: {err}")
+
+        from rtml.serve.client import request_reload
+
+        seconds["champion"] = round(time.monotonic() - start, 3)
+        pushed.append(threading.Thread(target=go, name="rtml-reload", daemon=True))
+        pushed[0].start()
+
+    start = time.monotonic()
     try:
         # The record first: a decision the log cannot hold deploys nothing.
         record_observed_decision(name, version, APPROVED, by, str(decision.get("at") or ""),
                                  via="MLflow tag seen by rtml_promote")
-        out["promotion"] = promote(name, version, approver=by or UNNAMED_APPROVER)
+        seconds["record"] = round(time.monotonic() - start, 3)
+        out["promotion"] = promote(name, version, approver=by or UNNAMED_APPROVER, on_champion=push_reload)
+        seconds["promote"] = round(time.monotonic() - start, 3)
     except PromotionError as err:
         out["refused"] = str(err)
-        return out
     except Exception as err:  # noqa: BLE001 - reported in the event; the promote task tries again
         out["error"] = f"{type(err).__name__}: {err}"[:2000]
+    if "promotion" not in out and not pushed:
         return out
     try:
-        out["served"] = reload_and_wait(version)
+        if pushed:
+            pushed[0].join(timeout)
+            if push_failed:
+                raise DeploymentError(f"the endpoint's reload failed: {push_failed[0]}")
+            from rtml.serve.client import wait_for_version
+
+            info = wait_for_version(version, timeout=max(1.0, timeout - (time.monotonic() - start)))
+            out["served"] = {"version": version, **({"replicas": info["replicas"]} if "replicas" in info else {})}
+        else:  # already the champion (a repeat, or `rtml approve` was first): make sure it is served
+            out["served"] = reload_and_wait(version, timeout=timeout)
     except Exception as err:  # noqa: BLE001 - reported in the event; the reload task fails with it
         out["reload_error"] = f"{type(err).__name__}: {err}"[:2000]
+    seconds["served"] = round(time.monotonic() - start, 3)
     return out
 
 
