@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -317,16 +318,20 @@ def promote(
     client = client or mlflow_client()
     version = str(version)
     with promotion_guard(name):
-        check_gates(client, name, version)
         mv = _version(client, name, version)
-        tags = mv.tags or {}
-        _never_rejected(name, version, tags)
-        if normalize_decision(tags.get("approval")) != APPROVED:
-            raise PromotionError(
-                f"{name} version {version} is not approved (its tag approval is {tags.get('approval') or 'not set'}); "
-                "a person approves it in the MLflow UI or with 'rtml approve'"
-            )
-        verify_signed(client, name, version, mv)
+        # The signature check downloads and hashes the version's files, the slowest check: it runs
+        # beside the others (each reads the registry or the log); all must pass.
+        with ThreadPoolExecutor(1, thread_name_prefix="rtml-verify") as pool:
+            signed = pool.submit(verify_signed, client, name, version, mv)
+            check_gates(client, name, version)
+            tags = mv.tags or {}
+            _never_rejected(name, version, tags)
+            if normalize_decision(tags.get("approval")) != APPROVED:
+                raise PromotionError(
+                    f"{name} version {version} is not approved (its tag approval is "
+                    f"{tags.get('approval') or 'not set'}); a person approves it in the MLflow UI or with 'rtml approve'"
+                )
+            signed.result()  # before eligibility: its refusal names the graver problem, as before
         old = check_eligible(client, name, version, force)
         approver = approver or tags.get("approval.by") or current_user()
         result: dict[str, Any] = {"name": name, "version": version, "previous_champion": old, "approver": approver}
