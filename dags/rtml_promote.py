@@ -19,8 +19,9 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
    the one already waiting, and both would then promote, reload and smoke-check the version.
    Deploying at the approval (param `deploy_on_approval`, on by default): the moment the wait sees
    the approval, it promotes and reloads the endpoint itself, from the triggerer
-   (`rtml.serve.deploy.deploy_approved`), so approval -> served takes about a second instead of the
-   time Airflow needs to resume the wait and start `promote` and `reload`; those two tasks then
+   (`rtml.serve.deploy.deploy_approved`), so approval -> served takes the promotion's own time (a few
+   seconds on a loaded machine) instead of also the time Airflow needs to resume the wait and start
+   `promote` and `reload` (15-20 s more; `benchmarks/approval.py`); those two tasks then
    take over what was done (no second record, no second reload) and the run goes on with the smoke
    check. Off: `promote` and `reload` do the work, as the fallback does anyway.
 2. `promote` moves the `champion` alias (the old one becomes `previous_champion`) and records who

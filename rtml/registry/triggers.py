@@ -14,8 +14,8 @@ Acting at the approval: with ``on_approved`` (the dotted path of a function unde
 the DAG; ``rtml_promote`` passes ``rtml.serve.deploy.deploy_approved``), the trigger calls it the
 moment it sees an approval, in a worker thread of the triggerer (the event loop keeps serving the
 other triggers), and the event carries its result under ``deployed``. This is what makes approval
--> served take about a second: resuming a deferred task and starting the next ones costs Airflow
-seconds each. The function must be safe to run twice (a restarted triggerer runs the trigger again)
+-> served take only the deployment's own time: resuming a deferred task and starting the next ones
+costs Airflow seconds each. The function must be safe to run twice (a restarted triggerer runs the trigger again)
 and report failures in its result rather than raise. A cancelled trigger (the task cleared or marked
 by hand) cannot stop a call already running: it finishes, under its own checks and records.
 """
