@@ -17,10 +17,19 @@ From a terminal: `rtml approve NAME VERSION` / `rtml reject NAME VERSION`.
    as the fallback: every 30 s while listening, every 5 s when Redis cannot be reached (or
    `RTML_APPROVAL_SIGNAL_URL=off`). Why not an Asset event: it would start a second run beside
    the one already waiting, and both would then promote, reload and smoke-check the version.
+   Deploying at the approval (param `deploy_on_approval`, on by default): the moment the wait sees
+   the approval, it promotes and reloads the endpoint itself, from the triggerer
+   (`rtml.serve.deploy.deploy_approved`), so approval -> served takes the promotion's own time (a few
+   seconds on a loaded machine) instead of also the time Airflow needs to resume the wait and start
+   `promote` and `reload` (15-20 s more; `benchmarks/approval.py`); those two tasks then
+   take over what was done (no second record, no second reload) and the run goes on with the smoke
+   check. Off: `promote` and `reload` do the work, as the fallback does anyway.
 2. `promote` moves the `champion` alias (the old one becomes `previous_champion`) and records who
    approved and when; refused unless every gate passed with the evaluator's valid signature, the
    version is still approved, and it is the current challenger and newer than the champion.
-3. `reload` tells the serving endpoint to load the new champion now and waits until it serves it.
+   A refusal at the approval is final: the task fails with it and nothing is served.
+3. `reload` tells the serving endpoint to load the new champion now and waits until it serves it
+   (or confirms the endpoint already serves it, after a deployment at the approval).
 4. `smoke_check` sends a holdout sample to the live endpoint: its answers must equal the model's
    offline predictions.
 5. `rollback` runs only if a step after the approval failed: if the version had become champion,
@@ -61,25 +70,27 @@ def target(**context) -> dict:
 
 @task(retries=0)
 def promote(name: str, version: str, approval: dict) -> dict:
-    """Move the champion alias; refuse versions that did not pass every gate."""
+    """Move the champion alias (or take over the move made at the approval); refuse versions that
+    did not pass every gate."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from rtml.registry.promotion import PromotionError
-    from rtml.registry.promotion import promote as do_promote
+    from rtml.serve.deploy import promotion_after_approval
 
     try:
-        return do_promote(name, version, approver=approval.get("by") or "MLflow UI (approval.by not set)")
+        return promotion_after_approval(name, version, approval)
     except PromotionError as err:
         raise AirflowFailException(str(err)) from None
 
 
 @task(retries=0)
 def reload(promoted: dict, **context) -> dict:
-    """Ask the serving endpoint to load the new champion now; wait until it answers with it."""
-    from rtml.serve.deploy import reload_and_wait
+    """Ask the serving endpoint to load the new champion now (unless it did at the approval); wait
+    until it answers with it."""
+    from rtml.serve.deploy import reload_after_promotion
 
     try:
-        return reload_and_wait(promoted["version"])
+        return reload_after_promotion(promoted)
     except Exception as err:
         _say_why(context, "reload", err)
         raise
@@ -125,6 +136,9 @@ def rollback(name: str, version: str, **context) -> None:
         "name": Param("", type="string", description="registered model (default: the spec's)"),
         "version": Param("", type="string", description="model version to decide on (empty: from the Asset event)"),
         "approval_timeout_hours": Param(72, type="number", minimum=0, description="give up waiting after this"),
+        "deploy_on_approval": Param(True, type="boolean",
+                                    description="promote and reload from the approval wait the moment it sees the "
+                                                "approval (off: in the promote and reload tasks, seconds later)"),
     },
     render_template_as_native_obj=True,
 )
@@ -135,6 +149,7 @@ def rtml_promote():
         name=t["name"],
         version=t["version"],
         timeout_seconds="{{ params.approval_timeout_hours * 3600 }}",
+        on_approved="{{ 'rtml.serve.deploy.deploy_approved' if params.deploy_on_approval else '' }}",
     )
     promoted = promote(t["name"], t["version"], approval.output)
     served = reload(promoted)

@@ -185,18 +185,30 @@ def try_record(action: str, name: str, version: str | int | None, **kw: Any) -> 
         return None
 
 
+READ_THREADS = 8  # parallel reads of the log's entries (S3 clients pool 10 connections)
+
+
 def entries(store: ObjectStore | None = None, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every entry in sequence order (unparseable objects are skipped here; ``verify`` reports them)."""
     store = store or open_log_store(settings)
-    out = []
-    for key in store.list(PREFIX):
-        if _seq_of(key) is None:
-            continue
+    keys = [key for key in store.list(PREFIX) if _seq_of(key) is not None]
+
+    def read(key: str) -> dict[str, Any] | None:
         try:
-            out.append(json.loads(store.get(key)))
+            return json.loads(store.get(key))
         except (ValueError, KeyError):
-            continue
-    return sorted(out, key=lambda e: e.get("seq", -1))
+            return None
+
+    if len(keys) > READ_THREADS:
+        # One object per entry: read them side by side (a promotion reads the log on its way to
+        # the alias; one by one, that grew with the log by a round trip per entry).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="rtml-audit-read") as pool:
+            read_all = list(pool.map(read, keys))
+    else:
+        read_all = [read(key) for key in keys]
+    return sorted((e for e in read_all if e is not None), key=lambda e: e.get("seq", -1))
 
 
 def for_version(name: str, version: str | int, store: ObjectStore | None = None,

@@ -24,7 +24,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -303,7 +304,7 @@ def promotion_guard(name: str, what: str = "promotion", wait: float = 120.0, ttl
 
 def promote(
     name: str, version: str | int, approver: str | None = None, client: MlflowClient | None = None,
-    force: bool = False, reason: str = "",
+    force: bool = False, reason: str = "", on_champion: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Make ``version`` the champion; the old champion becomes previous.
 
@@ -311,20 +312,26 @@ def promote(
     ``approval`` tag says so now: it is never written here), and it is the current challenger and
     newer than the champion, unless ``force`` (recorded with ``reason``). Idempotent: promoting the
     current champion changes nothing. The challenger alias is removed from the promoted version.
+    ``on_champion`` is called once the alias has moved (and the lease is released), before the
+    description lines and the model card are written: a caller can tell the endpoint at once.
     """
     client = client or mlflow_client()
     version = str(version)
     with promotion_guard(name):
-        check_gates(client, name, version)
         mv = _version(client, name, version)
-        tags = mv.tags or {}
-        _never_rejected(name, version, tags)
-        if normalize_decision(tags.get("approval")) != APPROVED:
-            raise PromotionError(
-                f"{name} version {version} is not approved (its tag approval is {tags.get('approval') or 'not set'}); "
-                "a person approves it in the MLflow UI or with 'rtml approve'"
-            )
-        verify_signed(client, name, version, mv)
+        # The signature check downloads and hashes the version's files, the slowest check: it runs
+        # beside the others (each reads the registry or the log); all must pass.
+        with ThreadPoolExecutor(1, thread_name_prefix="rtml-verify") as pool:
+            signed = pool.submit(verify_signed, client, name, version, mv)
+            check_gates(client, name, version)
+            tags = mv.tags or {}
+            _never_rejected(name, version, tags)
+            if normalize_decision(tags.get("approval")) != APPROVED:
+                raise PromotionError(
+                    f"{name} version {version} is not approved (its tag approval is "
+                    f"{tags.get('approval') or 'not set'}); a person approves it in the MLflow UI or with 'rtml approve'"
+                )
+            signed.result()  # before eligibility: its refusal names the graver problem, as before
         old = check_eligible(client, name, version, force)
         approver = approver or tags.get("approval.by") or current_user()
         result: dict[str, Any] = {"name": name, "version": version, "previous_champion": old, "approver": approver}
@@ -350,6 +357,8 @@ def promote(
                 client.set_model_version_tag(name, version, "promoted.forced", (reason or "forced")[:4900])
             if alias_version(client, name, CHALLENGER) == version:
                 client.delete_registered_model_alias(name, CHALLENGER)
+    if on_champion is not None:
+        on_champion()
     forced = f" (FORCED: {reason or 'no reason given'})" if force else ""
     audit(client, name, version, f"promoted to champion, approved by {approver} (previous champion: {old or 'none'}){forced}")
     if old is not None:

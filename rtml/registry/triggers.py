@@ -9,14 +9,24 @@ channel cannot be reached): the event is the fast path, polling the fallback. ``
 event into the task's outcome: approved -> success (returns the decision), rejected or timed out ->
 skipped (so nothing downstream deploys), version gone -> failed. An approval or rejection is
 appended to the decision log (``rtml.registry.audit``) once, with the name the person gave in ``approval.by``.
+
+Acting at the approval: with ``on_approved`` (the dotted path of a function under ``rtml.``, chosen by
+the DAG; ``rtml_promote`` passes ``rtml.serve.deploy.deploy_approved``), the trigger calls it the
+moment it sees an approval, in a worker thread of the triggerer (the event loop keeps serving the
+other triggers), and the event carries its result under ``deployed``. This is what makes approval
+-> served take only the deployment's own time: resuming a deferred task and starting the next ones
+costs Airflow seconds each. The function must be safe to run twice (a restarted triggerer runs the trigger again)
+and report failures in its result rather than raise. A cancelled trigger (the task cleared or marked
+by hand) cannot stop a call already running: it finishes, under its own checks and records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -25,6 +35,37 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from rtml.names import APPROVED, CHALLENGER, REJECTED, normalize_decision
 
 MIN_READ_GAP = 0.1  # seconds between a signal and the read it causes (signals carry no authority)
+NAME_WAIT = 1.0  # seconds a decision without 'approval.by' waits for it (scripts set it right after)
+HOOK_PREFIX = "rtml."  # on_approved must name an rtml function: the trigger's stored kwargs are no code
+
+
+def approval_hook(path: str) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
+    """The function ``on_approved`` names (``module.function`` under ``rtml.``)."""
+    module, _, attr = path.rpartition(".")
+    if not path.startswith(HOOK_PREFIX) or not module or not attr:
+        raise ValueError(f"on_approved: {path!r} is not the dotted path of an rtml function")
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise ValueError(f"on_approved: {path!r} is not a function")
+    return fn
+
+
+def _warm_up(path: str) -> None:
+    """Import the hook's module and run its ``warm_up()`` if it has one (heavy imports, clients)."""
+    approval_hook(path)
+    warm = getattr(importlib.import_module(path.rpartition(".")[0]), "warm_up", None)
+    if callable(warm):
+        warm()
+
+
+def run_hook(path: str, name: str, version: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Call the ``on_approved`` hook; a failure to call it becomes ``{"error": ...}`` (the tasks after
+    the wait then do the work themselves)."""
+    try:
+        out = approval_hook(path)(name, version, decision)
+    except Exception as err:  # noqa: BLE001 - reported in the event, never lost with the trigger
+        return {"error": f"{path}: {type(err).__name__}: {err}"[:2000]}
+    return out if isinstance(out, dict) else {"error": f"{path} returned {type(out).__name__}, not a dict"}
 
 
 def _auth() -> tuple[dict[str, str], tuple[str, str] | None]:
@@ -67,7 +108,8 @@ class ApprovalTrigger(BaseTrigger):
 
     def __init__(
         self, name: str, version: str, tracking_uri: str, deadline: float, poll_interval: float = 5.0,
-        fallback_interval: float = 30.0, settle: float | None = None,
+        fallback_interval: float = 30.0, settle: float | None = None, on_approved: str = "",
+        name_wait: float = NAME_WAIT,
     ) -> None:
         super().__init__()
         self.name = name
@@ -77,6 +119,8 @@ class ApprovalTrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.fallback_interval = float(fallback_interval)
         self.settle = self.poll_interval if settle is None else float(settle)
+        self.on_approved = on_approved or ""
+        self.name_wait = float(name_wait)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -89,6 +133,8 @@ class ApprovalTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "fallback_interval": self.fallback_interval,
                 "settle": self.settle,
+                "on_approved": self.on_approved,
+                "name_wait": self.name_wait,
             },
         )
 
@@ -103,6 +149,28 @@ class ApprovalTrigger(BaseTrigger):
         return Listener(url, self.name, self.version)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        warm = asyncio.create_task(self._warm_up()) if self.on_approved else None
+        try:
+            got = await self._decision()
+            if got["status"] == APPROVED and self.on_approved:
+                self.log.info("%s version %s approved: deploying it now (%s)", self.name, self.version,
+                              self.on_approved)
+                # In a thread: the hook blocks (registry, lake, endpoint) and the loop runs other triggers.
+                got["deployed"] = await asyncio.to_thread(run_hook, self.on_approved, self.name, self.version,
+                                                          dict(got))
+            yield TriggerEvent(got)
+        finally:
+            if warm is not None and not warm.done():
+                warm.cancel()
+
+    async def _warm_up(self) -> None:
+        try:
+            await asyncio.to_thread(_warm_up, self.on_approved)
+        except Exception as err:  # noqa: BLE001 - only a head start; the hook reports real failures
+            self.log.warning("preparing %s failed: %s", self.on_approved, err)
+
+    async def _decision(self) -> dict[str, Any]:
+        """Wait for the decision (or the deadline); the event's payload."""
         import httpx
 
         headers, auth = _auth()
@@ -123,18 +191,18 @@ class ApprovalTrigger(BaseTrigger):
                     self.log.warning("reading %s version %s failed: %s", self.name, self.version, err)
                     got = {"status": "pending"}
                 if got["status"] in (APPROVED, REJECTED) and not got.get("by") and not waited_for_name:
-                    # People often add 'approval' first and 'approval.by' right after: one more look
-                    # (at that tag's signal, or after one short interval).
+                    # Scripts set 'approval.by' right after 'approval' (its webhook signal wakes this
+                    # at once): one more look, after at most ``name_wait``. A person typing the name
+                    # afterwards in the UI takes longer than is worth holding a deployment for.
                     waited_for_name = True
-                    await signal.wait(self.poll_interval)
+                    if await signal.wait(self.name_wait):
+                        await asyncio.sleep(MIN_READ_GAP)
                     continue
                 if got["status"] in (APPROVED, REJECTED, "missing", "superseded"):
-                    yield TriggerEvent({**base, **got})
-                    return
+                    return {**base, **got}
                 left = self.deadline - time.time()
                 if left <= 0:
-                    yield TriggerEvent({**base, "status": "timeout", "message": "no decision before the deadline"})
-                    return
+                    return {**base, "status": "timeout", "message": "no decision before the deadline"}
                 interval = self.fallback_interval if signal.subscribed else self.poll_interval
                 if await signal.wait(min(interval, left)):
                     await asyncio.sleep(MIN_READ_GAP)  # a burst of signals costs one read per gap
@@ -144,9 +212,11 @@ class WaitForApprovalOperator(BaseOperator):
     """Wait (deferred, in the triggerer) for the ``approval`` tag on ``name`` / ``version``.
 
     ``timeout`` ends the wait cleanly: the task is skipped, as on a rejection, so nothing deploys.
+    ``on_approved`` (see ``ApprovalTrigger``) runs at the approval, in the triggerer, or here when the
+    decision was made before the task started; the task returns its result under ``deployed``.
     """
 
-    template_fields = ("name", "version", "timeout_seconds")
+    template_fields = ("name", "version", "timeout_seconds", "on_approved")
     ui_color = "#fdf1d6"
 
     def __init__(
@@ -158,6 +228,7 @@ class WaitForApprovalOperator(BaseOperator):
         timeout_seconds: float | str = 3 * 24 * 3600,
         poll_interval: float = 5.0,
         fallback_interval: float = 30.0,
+        on_approved: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -167,6 +238,7 @@ class WaitForApprovalOperator(BaseOperator):
         self.timeout_seconds = timeout_seconds
         self.poll_interval = poll_interval
         self.fallback_interval = fallback_interval
+        self.on_approved = on_approved
 
     def _uri(self) -> str:
         if self.tracking_uri:
@@ -184,10 +256,12 @@ class WaitForApprovalOperator(BaseOperator):
         deadline = time.time() + float(self.timeout_seconds)
         decided = self._decided_already()
         if decided is not None:  # no need to occupy the triggerer
+            if decided["status"] == APPROVED and self.on_approved:
+                decided["deployed"] = run_hook(self.on_approved, self.name, str(self.version), dict(decided))
             return self.execute_complete(context, decided)
         self.defer(
             trigger=ApprovalTrigger(self.name, str(self.version), self._uri(), deadline, self.poll_interval,
-                                    self.fallback_interval),
+                                    self.fallback_interval, on_approved=self.on_approved or ""),
             method_name="execute_complete",
         )
 
@@ -222,6 +296,14 @@ class WaitForApprovalOperator(BaseOperator):
                                      via="MLflow tag seen by rtml_promote")
         if status == APPROVED:
             self.log.info("%s version %s approved%s", self.name, self.version, who)
+            deployed = event.get("deployed") or {}
+            for key, what in (("refused", "promotion refused"), ("error", "deploying at the approval failed"),
+                              ("reload_error", "reload at the approval failed")):
+                if deployed.get(key):
+                    self.log.warning("%s: %s", what, deployed[key])
+            if deployed.get("promotion"):
+                self.log.info("deployed at the approval: %s; endpoint serves %s", deployed["promotion"].get("message"),
+                              (deployed.get("served") or {}).get("version", "?"))
             return event
         if status == REJECTED:
             raise AirflowSkipException(f"{self.name} version {self.version} was rejected{who}: nothing is deployed")

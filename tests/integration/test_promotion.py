@@ -425,6 +425,13 @@ def test_promotion_dag_deploys_on_approval_and_nothing_on_rejection(env, airflow
     state = airflow_api.wait("rtml_promote", run_ok, timeout=300)
     assert state == "success", airflow_api.explain("rtml_promote", run_ok)
     assert served_version(server) == v_ok, server.info()
+    # Deployed by the wait itself (in the triggerer): the promote and reload tasks only took it over,
+    # with no second record and no second reload.
+    for task_id, key in (("promote", "deployed_at_approval"), ("reload", "reloaded_at_approval")):
+        r = airflow_api.get(f"/api/v2/dags/rtml_promote/dagRuns/{run_ok}/taskInstances/{task_id}/xcomEntries/return_value")
+        assert r.status_code == 200 and key in str(r.json()["value"]), (task_id, r.text)
+    actions = [e["action"] for e in decisions(name, v_ok)]
+    assert actions.count("approval") == 1 and actions.count("promotion") == 1, actions
     assert alias_version(client, name, CHAMPION) == v_ok
     tags = client.get_model_version(name, v_ok).tags
     assert tags["promoted.by"] == "frank" and tags["promoted.previous"] == before

@@ -238,3 +238,21 @@ def test_concurrent_approves_and_deliveries_log_exactly_one_approval(lake):
     from rtml.registry.audit import verify
 
     assert verify()["ok"]
+
+
+def test_on_champion_is_told_once_the_alias_moved_before_the_card_and_lines(lake, monkeypatch):
+    """What lets the endpoint start loading while promote() still writes for people."""
+    from rtml.registry import promotion
+
+    reg = _registry()
+    seen: list[tuple[str, ...]] = []
+    monkeypatch.setattr(promotion, "_refresh_card", lambda c, n, v: seen.append(("card", str(v))))
+    monkeypatch.setattr(promotion, "audit", lambda c, n, v, line: seen.append(("line", str(v))))
+    promotion.promote("credit", "2", client=reg,
+                      on_champion=lambda: seen.append(("champion", reg.aliases[CHAMPION], *_actions()[-1])))
+    assert seen[0] == ("champion", "2", "promotion", "2") and len(seen) == 4
+    assert [s[0] for s in seen[1:]] == ["line", "line", "card"]
+    # Promoting the champion again changes nothing and tells no one.
+    seen.clear()
+    assert promotion.promote("credit", "2", client=reg, on_champion=lambda: seen.append(("again",)))["changed"] is False
+    assert seen == []

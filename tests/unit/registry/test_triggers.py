@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -151,3 +152,141 @@ def test_without_the_signal_channel_the_wait_polls_at_the_short_interval(monkeyp
     # What the triggerer stores and rebuilds: the intervals survive.
     _, kwargs = ApprovalTrigger("m", "3", "http://x", 1.0, 2.0, 40.0, 0.5).serialize()
     assert ApprovalTrigger(**kwargs).serialize()[1] == kwargs and kwargs["fallback_interval"] == 40.0
+
+
+# --- deploying at the approval (on_approved) ----------------------------------------------------
+HOOK = "rtml.serve.deploy.deploy_approved"
+
+
+def _fake_hook(monkeypatch, result=None, fail: Exception | None = None) -> list:
+    """Stand in for the deploy function the DAG names; records (name, version, decision, thread)."""
+    import threading
+
+    from rtml.serve import deploy
+
+    calls: list = []
+
+    def hook(name, version, decision):
+        calls.append((name, version, dict(decision), threading.current_thread() is threading.main_thread()))
+        if fail is not None:
+            raise fail
+        return result if result is not None else {"promotion": {"version": version}, "served": {"version": version}}
+
+    monkeypatch.setattr(deploy, "deploy_approved", hook)
+    monkeypatch.setattr(deploy, "warm_up", lambda: None)
+    return calls
+
+
+def _run_hooked(monkeypatch, tags: dict[str, str], name_wait: float = 3600) -> dict:
+    from rtml.registry import triggers
+    from rtml.registry.triggers import ApprovalTrigger
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        mv = {"tags": [{"key": k, "value": v} for k, v in tags.items()], "aliases": ["challenger"]}
+        return httpx.Response(200, json={"model_version": mv})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    monkeypatch.setattr(triggers, "MIN_READ_GAP", 0.0)
+    trig = ApprovalTrigger("m", "3", "http://mlflow", deadline=time.time() + 86_400, poll_interval=3600,
+                           fallback_interval=3600, settle=0, on_approved=HOOK, name_wait=name_wait)
+    monkeypatch.setattr(trig, "_listener", lambda: _Signal(subscribed=False))
+
+    async def events() -> list[dict]:
+        return [event.payload async for event in trig.run()]
+
+    (payload,) = asyncio.run(asyncio.wait_for(events(), 30))
+    return payload
+
+
+def test_an_approval_deploys_from_the_trigger_off_the_event_loop(monkeypatch):
+    calls = _fake_hook(monkeypatch)
+    got = _run_hooked(monkeypatch, {"approval": "approved", "approval.by": "ann"})
+    assert got["status"] == "approved" and got["deployed"] == {"promotion": {"version": "3"}, "served": {"version": "3"}}
+    ((name, version, decision, on_main_thread),) = calls
+    assert (name, version, decision["by"], on_main_thread) == ("m", "3", "ann", False)
+
+
+def test_a_rejection_deploys_nothing(monkeypatch):
+    calls = _fake_hook(monkeypatch)
+    got = _run_hooked(monkeypatch, {"approval": "rejected", "approval.by": "bo"})
+    assert got["status"] == "rejected" and "deployed" not in got and calls == []
+
+
+def test_a_failing_hook_is_reported_in_the_event(monkeypatch):
+    _fake_hook(monkeypatch, fail=ConnectionError("registry down"))
+    got = _run_hooked(monkeypatch, {"approval": "approved", "approval.by": "ann"})
+    assert got["status"] == "approved" and "ConnectionError: registry down" in got["deployed"]["error"]
+
+
+def test_a_decision_without_a_name_waits_only_the_short_name_wait(monkeypatch):
+    """No signal comes and 'approval.by' never arrives: one extra look after name_wait, not a poll interval."""
+    from rtml.registry import triggers
+    from rtml.registry.triggers import ApprovalTrigger
+
+    signal = _Signal(subscribed=False)
+    calls = _fake_hook(monkeypatch)
+    tags = {"approval": "approved"}
+    reads = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal reads
+        reads += 1
+        mv = {"tags": [{"key": k, "value": v} for k, v in tags.items()], "aliases": ["challenger"]}
+        return httpx.Response(200, json={"model_version": mv})
+
+    real_client = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    monkeypatch.setattr(triggers, "MIN_READ_GAP", 0.0)
+    trig = ApprovalTrigger("m", "3", "http://mlflow", deadline=time.time() + 86_400, poll_interval=3600,
+                           fallback_interval=3600, settle=0, on_approved=HOOK, name_wait=0.25)
+    monkeypatch.setattr(trig, "_listener", lambda: signal)
+
+    async def first() -> dict:
+        async for event in trig.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    got = asyncio.run(asyncio.wait_for(first(), 30))
+    assert signal.waits == [0.25] and reads == 2
+    assert got["status"] == "approved" and got["by"] == "" and len(calls) == 1
+
+
+@pytest.mark.parametrize("path", ["os.system", "rtml", "rtml.serve.deploy.no_such_function", "rtml.serve.deploy.APPROVED"])
+def test_only_an_rtml_function_can_be_the_hook(path):
+    from rtml.registry.triggers import approval_hook, run_hook
+
+    with pytest.raises(ValueError, match="on_approved"):
+        approval_hook(path)
+    assert "on_approved" in run_hook(path, "m", "3", {})["error"]
+
+
+def test_the_hook_survives_serialization():
+    from rtml.registry.triggers import ApprovalTrigger
+
+    _, kwargs = ApprovalTrigger("m", "3", "http://x", 1.0, on_approved=HOOK, name_wait=0.5).serialize()
+    assert (kwargs["on_approved"], kwargs["name_wait"]) == (HOOK, 0.5)
+    assert ApprovalTrigger(**kwargs).serialize()[1] == kwargs
+
+
+def test_a_decision_made_before_the_task_deploys_from_the_task(monkeypatch, tmp_path):
+    """No deferral: the operator runs the hook itself and returns its result; rejected: no hook, skipped."""
+    from airflow.sdk.exceptions import AirflowSkipException
+    from support.registry import local_governance
+
+    from rtml.registry.audit import entries
+    from rtml.registry.triggers import WaitForApprovalOperator
+
+    gov = local_governance(tmp_path, monkeypatch)
+    next(gov)
+    calls = _fake_hook(monkeypatch)
+    op = WaitForApprovalOperator(task_id="wait", name="m", version="3", tracking_uri="http://x", on_approved=HOOK)
+    decided = {"name": "m", "version": "3", "status": "approved", "by": "ann", "at": ""}
+    monkeypatch.setattr(op, "_decided_already", lambda: dict(decided))
+    out = op.execute({})
+    assert out["deployed"]["served"] == {"version": "3"} and len(calls) == 1
+    assert [(e["action"], e["on_behalf_of"]) for e in entries()] == [("approval", "ann")]
+    decided.update(status="rejected", by="bo")
+    with pytest.raises(AirflowSkipException, match="rejected by bo"):
+        op.execute({})
+    assert len(calls) == 1
