@@ -198,9 +198,10 @@ class Tables:
                     table.overwrite(aligned, overwrite_filter=from_pyiceberg.EqualTo(BATCH_COLUMN, batch_id),
                                     snapshot_properties=props)
                 break
-            except (CommitFailedException, ValidationException) as err:
-                # Another writer committed first (or compaction rewrote this batch's day meanwhile):
-                # reload and replay (the overwrite is idempotent).
+            except (CommitFailedException, ValidationException, FileNotFoundError) as err:
+                # Another writer committed first (or compaction rewrote this batch's day meanwhile, or
+                # expired the snapshot this writer's cached metadata still starts from, deleting its
+                # manifests): reload and replay (the overwrite is idempotent).
                 self._open.pop(ident, None)
                 if attempt == _COMMIT_ATTEMPTS - 1:
                     raise TableError(f"table {ident}: batch {batch_id} not committed after {attempt + 1} tries: {err}") from err

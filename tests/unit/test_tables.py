@@ -110,6 +110,22 @@ def test_two_writers_of_one_table_both_commit(settings):
     assert Tables(settings).read("ds", "events").num_rows == 9
 
 
+def test_a_writer_whose_snapshot_another_expired_meanwhile_commits(tmp_path):
+    """Two serving replicas log to one table: while b idles, a's commits expire the snapshot b's
+    cached metadata starts from (and delete its manifests); b reloads and commits, nothing is lost."""
+    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"),
+                        lake_format="iceberg", table_snapshot_max=2)
+    a, b = Tables(settings), Tables(settings)
+    b.commit_batch("ds", "events", "b0", rows(3, 1), time_column="ts")
+    for k in range(1, 7):
+        a.commit_batch("ds", "events", f"a{k}", rows(3, 1 + k % 3, f"a{k}-"), time_column="ts")
+    stale = b.table("ds", "events").current_snapshot()
+    assert a.table("ds", "events").refresh().metadata.snapshot_by_id(stale.snapshot_id) is None
+    b.commit_batch("ds", "events", "b1", rows(3, 2, "b1-"), time_column="ts")
+    got = Tables(settings).read("ds", "events").to_pandas()
+    assert got.groupby(BATCH_COLUMN).size().to_dict() == {"b0": 3, "b1": 3, **{f"a{k}": 3 for k in range(1, 7)}}
+
+
 def produce(settings: Settings, **kw) -> dict:
     args = dict(rows=600, start=T0, rate=1.0, seed=3, label_delay=300.0, file_seconds=60.0)
     args.update(kw)
