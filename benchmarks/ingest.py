@@ -3,6 +3,7 @@
     python benchmarks/ingest.py [--rows 1000000] [--format jsonl|csv|parquet] [--files 10] [--no-kafka]
     python benchmarks/ingest.py --history 100,10000 [--lake-format files|iceberg]
     python benchmarks/ingest.py --dedupe 10 [--rows 100000] [--lake-format files|iceberg]
+    python benchmarks/ingest.py --commit-cost 100,1000
 
 The stream is the demo dataset replayed by the producer into landing files (a local folder). Two
 pipelines read exactly those files:
@@ -22,6 +23,11 @@ produced to a one-partition topic, and one ingest process (one worker) drains it
 -> lake -> manifest -> offsets committed, timed until the group's offset is at the end of the topic.
 Beside it, a plain consumer that only pulls the same messages into Python (the floor of any Kafka
 source in Python) and the landing zone's end-to-end rate above (the aim: at least 100k records/s).
+
+``--commit-cost A,B`` measures what one Iceberg batch commit (:meth:`Tables.commit_batch`, the real
+overwrite-by-batch) costs when the table already holds A, then B, batches committed the same way:
+each table is built by commits, then the sizes take turns committing 10 more batches, 5 rounds, and
+the median time per commit of each size and their ratio are printed (the aim: flat, within 1.5x).
 
 ``--history A,B`` measures what reading one day's training window costs when the lake holds A, then
 B, committed batches (the same batches in the window at both sizes, the rest before it): the aim is
@@ -66,6 +72,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--no-kafka", action="store_true", help="skip the Kafka topic -> lake measurement")
     ap.add_argument("--history", help="A,B: read cost of one day's window with A then B batches in the lake")
+    ap.add_argument("--commit-cost", help="A,B: time of one Iceberg batch commit with A then B batches in the table")
     ap.add_argument("--lake-format", choices=["files", "iceberg"], default="iceberg",
                     help="--history: the lake format measured")
     ap.add_argument("--kafka-before", action="store_true",
@@ -78,6 +85,9 @@ def main() -> None:
     if args.history:
         sizes = [int(x) for x in args.history.split(",")]
         history(sizes, args.lake_format, args.keep)
+        return
+    if args.commit_cost:
+        commit_cost([int(x) for x in args.commit_cost.split(",")], args.keep)
         return
 
     spec = load_spec()
@@ -475,6 +485,71 @@ def dedupe(n: int, rows: int, lake_format: str, keep: bool) -> None:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def commit_cost(sizes: list[int], keep: bool) -> None:
+    """Time one batch commit to an events table already holding ``n`` batches, for each n in ``sizes``."""
+    import statistics
+
+    from rtml.tables import Tables
+
+    spec = load_spec()
+    events, _ = prod.build(spec, rows=2_000, start=T0, rate=1.0, seed=0)
+    contract = Contract(spec, "events")
+    ds, tcol = spec.dataset.name, spec.event_time
+
+    def batch(i: int):  # 20 events on batch i's own 5 minutes
+        start = T0 + timedelta(minutes=5 * i)
+        part = events.iloc[(i * 20) % 1980:(i * 20) % 1980 + 20].copy()
+        bid = f"{start:%Y%m%dT%H%M%S}-{start + timedelta(minutes=5):%Y%m%dT%H%M%S}"
+        part[spec.event_id] = [f"{bid}-{j}" for j in range(len(part))]
+        part[tcol] = [start + timedelta(seconds=j) for j in range(len(part))]
+        return bid, contract.validate(_raw(part)).table
+
+    tables: list[tuple[int, Path, Tables]] = []
+    for n in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix="rtml-bench-commit-"))
+        t = Tables(Settings(storage="local", home=tmp, lake_uri=str(tmp / "lake"), lake_format="iceberg"))
+        t0 = time.perf_counter()
+        for i in range(n):
+            bid, rows = batch(i)
+            t.commit_batch(ds, "events", bid, rows, {"accepted": rows.num_rows}, time_column=tcol)
+        build = time.perf_counter() - t0
+        table = t.table(ds, "events").refresh()
+        print(f"iceberg table with {n:>6,} batches: built by commit_batch in {build:7.1f}s "
+              f"({build / n * 1000:.0f} ms a commit on average); now {len(table.metadata.snapshots)} snapshots, "
+              f"{len(table.current_snapshot().manifests(table.io))} manifests")
+        tables.append((n, tmp, t))
+    # Turns: a load that changes while the benchmark runs weighs on every size alike.
+    per: dict[int, list[float]] = {n: [] for n, *_ in tables}
+    nxt = {n: n for n, *_ in tables}
+    for _ in range(5):
+        for n, _tmp, t in tables:
+            t0 = time.perf_counter()
+            for _ in range(10):
+                bid, rows = batch(nxt[n])
+                nxt[n] += 1
+                t.commit_batch(ds, "events", bid, rows, {"accepted": rows.num_rows}, time_column=tcol)
+            per[n].append((time.perf_counter() - t0) / 10)
+    # A re-run of a batch deep in the history replaces its rows (the overwrite's delete path).
+    for n, _tmp, t in tables:
+        bid, rows = batch(n // 2)
+        t0 = time.perf_counter()
+        t.commit_batch(ds, "events", bid, rows, {"accepted": rows.num_rows}, time_column=tcol)
+        rerun = time.perf_counter() - t0
+        got = t.read(ds, "events", {bid}).num_rows
+        print(f"iceberg table with {n:>6,} batches: one commit {statistics.median(per[n]) * 1000:6.0f} ms "
+              f"(median of 5 x 10), a re-run of batch {n // 2} {rerun * 1000:6.0f} ms ({got} rows, not doubled)")
+    for _n, tmp, _t in tables:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if len(tables) > 1:
+        a, b = tables[0][0], tables[-1][0]
+        ratio = statistics.median(per[b]) / statistics.median(per[a])
+        print(f"ratio        : {b:,} vs {a:,} batches = {ratio:.2f}x the commit time "
+              f"(aim <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})")
 
 
 def _raw(frame: pd.DataFrame):

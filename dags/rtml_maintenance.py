@@ -8,9 +8,11 @@ Once a day, **maintain** runs `rtml.tables.maintain` on every table of the catal
    into one file, in one commit: readers see the old files or the new one, never a mix, and every
    row keeps its batch id.
 2. **Snapshot expiry** - snapshots older than `older_than_hours` (default: the settings'
-   `table_snapshot_retention_days`) are removed, except the `retain_last` newest and the current one;
-   then the files only they referenced are deleted. A model version trained on an expired snapshot
-   is read back from the current table (`rtml lineage` says whether its rows still match).
+   `table_snapshot_retention_days`) are removed, except the `retain_last` newest, the current one and
+   tagged ones (training tags the snapshots it read, `rtml-lineage-<id>`); then the files only they
+   referenced are deleted. (Writers also expire past `table_snapshot_max` snapshots, so that a commit's
+   cost stays flat between runs.) A model version trained on an expired snapshot is read back from the
+   current table (`rtml lineage` says whether its rows still match).
 
 The task log prints data files, snapshots and rows before/after per table (also its return value).
 """

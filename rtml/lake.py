@@ -420,6 +420,27 @@ class Lake:
         df = self._read(dataset, kind, chosen, schema_hash, candidates=candidates)
         return df.drop(columns="_batch") if not df.empty else df
 
+    def read_window(self, dataset: str, kind: str, time_column: str, start: Any, end: Any = None) -> pd.DataFrame:
+        """The rows of ``kind`` (the serving log: ``predictions``, ``shadow``) with ``time_column`` in
+        [start, end), in batch order: only the batches the day index lists for those days are read,
+        and a table prunes the days outside."""
+        import pandas as pd
+
+        lo = _utc(start)
+        hi = _utc(end) if end is not None else None
+
+        def meets(m: dict[str, Any]) -> bool:  # a batch whose newest row is older than the window has none for it
+            return m.get("watermark") is None or _utc(m["watermark"]) >= lo
+
+        candidates = self.window_manifests(dataset, kind, lo, hi)
+        df = self._read(dataset, kind, meets, time_column=time_column, start=lo, end=hi, candidates=candidates)
+        if df.empty:
+            return df
+        df = df.drop(columns="_batch")
+        when = pd.to_datetime(df[time_column], utc=True)
+        inside = (when >= lo) if hi is None else (when >= lo) & (when < hi)
+        return df[inside].reset_index(drop=True)
+
     def snapshots(self, dataset: str) -> dict[str, int | None]:
         """The current snapshot of each table of ``dataset`` (``lake_format: iceberg``; else empty):
         read a window at these and later commits cannot change what it returns."""

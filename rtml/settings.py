@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # snapshot is read back from the current table (its lineage check tells whether rows changed).
     table_snapshot_retention_days: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     table_snapshot_retain_last: int = Field(default=10, ge=1)
+    # Every commit copies the table's metadata (all its snapshots) several times: a writer expires the
+    # oldest snapshots past this many (tags, e.g. the lineage of trained versions, are kept), so that a
+    # commit costs the same after 100 or 10,000 batches.
+    table_snapshot_max: int = Field(default=50, ge=1)
 
     # MLflow tracking server and registry.
     mlflow_port: int = 5000

@@ -38,6 +38,23 @@ BATCH_COLUMN = "_batch"  # the micro-batch a row came in: what a re-run of the b
 NAMESPACE_SUFFIX = ""  # tables are <dataset>.<kind>: the dataset is the namespace
 SUMMARY_PREFIX = "rtml."
 _COMMIT_ATTEMPTS = 8  # concurrent writers (events and labels, the endpoint's log) retry a lost race
+LINEAGE_TAG = "rtml-lineage-"  # tags of the snapshots a training run read: never expired
+# What keeps a commit's cost flat as batches accumulate (pyiceberg 0.12):
+# - an overwrite's delete opens every manifest of the current snapshot to find the batch's earlier
+#   rows (its filter is on ``_batch``, which no partition summary prunes): merging the small
+#   manifests of each append keeps that a few files, not one per batch ever committed;
+# - full (not 16-character truncated) bounds of ``_batch``: a re-run's earlier files are dropped by
+#   their metadata alone, and other batches' files are never read as "might match";
+# - old metadata.json files are deleted (their log is copied into every new one).
+# The other cost, copies of the metadata with every snapshot, is bounded by the writer's expiry
+# (:meth:`Tables.commit_batch`, ``table_snapshot_max``).
+TABLE_PROPERTIES = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "16",
+    "write.metadata.metrics.column._batch": "full",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+}
 
 
 class TableError(RuntimeError):
@@ -113,6 +130,8 @@ class Tables:
         if table is None:
             if self.catalog.table_exists(ident):
                 table = self.catalog.load_table(ident)
+                if schema is not None:  # a writer: tables created by an older rtml get the properties
+                    table = _ensure_properties(table)
             elif schema is None:
                 raise TableError(f"table {ident} does not exist (nothing was written to it yet)")
             else:
@@ -129,7 +148,7 @@ class Tables:
 
         self.catalog.create_namespace_if_not_exists(dataset)
         try:
-            table = self.catalog.create_table(ident, schema=schema)
+            table = self.catalog.create_table(ident, schema=schema, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:  # another writer created it meanwhile
             return self.catalog.load_table(ident)
         if time_column and time_column in schema.names:
@@ -179,15 +198,52 @@ class Tables:
                     table.overwrite(aligned, overwrite_filter=from_pyiceberg.EqualTo(BATCH_COLUMN, batch_id),
                                     snapshot_properties=props)
                 break
-            except (CommitFailedException, ValidationException) as err:
-                # Another writer committed first (or compaction rewrote this batch's day meanwhile):
-                # reload and replay (the overwrite is idempotent).
+            except (CommitFailedException, ValidationException, FileNotFoundError) as err:
+                # Another writer committed first (or compaction rewrote this batch's day meanwhile, or
+                # expired the snapshot this writer's cached metadata still starts from, deleting its
+                # manifests): reload and replay (the overwrite is idempotent).
                 self._open.pop(ident, None)
                 if attempt == _COMMIT_ATTEMPTS - 1:
                     raise TableError(f"table {ident}: batch {batch_id} not committed after {attempt + 1} tries: {err}") from err
                 time.sleep(min(0.05 * 2 ** attempt, 1.0))
         snap = table.current_snapshot()
+        self._bound_snapshots(ident, table)
         return {"table": ident, "snapshot_id": snap.snapshot_id if snap else None}
+
+    def _bound_snapshots(self, ident: str, table: Table) -> None:
+        """Past ``table_snapshot_max`` snapshots by half as many again, expire the oldest down to it
+        (tags and branch heads kept): the metadata every commit copies stays the same size."""
+        from datetime import UTC, datetime
+
+        limit = self.settings.table_snapshot_max
+        if len(table.metadata.snapshots) <= limit + max(limit // 2, 1):
+            return
+        try:
+            _expire(self, ident, datetime.now(UTC), limit, set())
+        except Exception as err:  # noqa: BLE001 - the batch is committed; the next commit tries again
+            log.warning("table %s: old snapshots not expired: %s", ident, err)
+        self._open.pop(ident, None)
+
+    def keep(self, dataset: str, kind: str, snapshot_id: int | None) -> None:
+        """Tag ``snapshot_id`` (``rtml-lineage-<id>``) so that no expiry removes it: what a training
+        run read stays readable exactly as it was."""
+        if snapshot_id is None:
+            return
+        table = self.table(dataset, kind)
+        name = f"{LINEAGE_TAG}{snapshot_id}"
+        for _ in range(_COMMIT_ATTEMPTS):
+            table = table.refresh()
+            if name in table.metadata.refs:
+                return
+            if table.metadata.snapshot_by_id(snapshot_id) is None:  # expired meanwhile: reads fall back
+                log.warning("table %s: snapshot %s was expired before it could be kept", table.name(), snapshot_id)
+                return
+            try:
+                table.manage_snapshots().create_tag(snapshot_id, name).commit()
+                return
+            except Exception as err:  # noqa: BLE001 - another writer committed meanwhile: refresh, again
+                log.info("table %s: tag %s not created yet: %s", table.name(), name, err)
+        raise TableError(f"table {table.name()}: snapshot {snapshot_id} could not be tagged {name}")
 
     # --- reading ----------------------------------------------------------------------------------
     def read(
@@ -252,6 +308,18 @@ class Tables:
         return snap.snapshot_id if snap else None
 
 
+def _ensure_properties(table: Table) -> Table:
+    """``table`` with :data:`TABLE_PROPERTIES` set (one commit, only when one differs)."""
+    if all(table.properties.get(k) == v for k, v in TABLE_PROPERTIES.items()):
+        return table
+    try:
+        with table.transaction() as tx:
+            tx.set_properties(TABLE_PROPERTIES)
+    except Exception as err:  # noqa: BLE001 - another writer set them meanwhile
+        log.info("table %s: properties not set: %s", table.name(), err)
+    return table.refresh()
+
+
 def _expressions() -> Any:
     """pyiceberg's row filters; typed ``Any``: their constructors take (term, value) at run time,
     which their pydantic signatures hide from a type checker."""
@@ -285,7 +353,6 @@ def _align(rows: pa.Table, table: Table) -> pa.Table:
 # --- maintenance: compaction and snapshot expiry ---------------------------------------------------
 COMPACT_MIN_FILES = 8  # a day with at least this many small data files is rewritten into one
 COMPACT_SMALL_FILE_BYTES = 32 * 1024 * 1024
-METADATA_VERSIONS_KEPT = 50  # older metadata.json files are deleted after each commit
 
 
 def maintain(
@@ -363,11 +430,7 @@ def _live_files(table: Table) -> pa.Table:
 def _maintain_table(t: Tables, name: str, cutoff: Any, keep_last: int, min_files: int, small_bytes: int,
                     keep: set[int]) -> dict[str, Any]:
     table = t.catalog.load_table(name)
-    if table.properties.get("write.metadata.delete-after-commit.enabled") != "true":
-        with table.transaction() as tx:  # old metadata.json files do not pile up
-            tx.set_properties({"write.metadata.delete-after-commit.enabled": "true",
-                               "write.metadata.previous-versions-max": str(METADATA_VERSIONS_KEPT)})
-        table = t.catalog.load_table(name)
+    table = _ensure_properties(table)  # tables of an older rtml: old metadata.json files, small manifests
     files = _live_files(table)
     before = {"data_files_before": files.num_rows, "snapshots_before": len(table.metadata.snapshots),
               "rows_before": sum(files["record_count"].to_pylist()) if files.num_rows else 0}

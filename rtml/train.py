@@ -127,6 +127,8 @@ def load_window(
             stop = full[ts].max() + timedelta(microseconds=1)
     start = stop - timedelta(days=days)
     snapshots = lake.snapshots(spec.dataset.name)  # before reading: later commits cannot change the window
+    for kind, snap in snapshots.items():  # tagged: no expiry removes what this version trained on
+        lake.tables.keep(spec.dataset.name, kind, snap)
     df, batches = lake.labelled(spec, start, stop, snapshots=snapshots or None)
     if df.empty:
         raise NotEnoughData(

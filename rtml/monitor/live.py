@@ -91,15 +91,10 @@ def monitor(
         "reasons": [],
     }
 
-    # A batch whose newest prediction (watermark) is older than the window has nothing for it;
-    # the day index lists the window's days only (batches logged with their time range).
-    preds = lake.read_batches(
-        ds, "predictions", keep=lambda m: m.get("watermark") is None or _utc(m["watermark"]) >= since,
-        start=since, end=now,
-    )
+    # Only the window's batches (the day index) and, in a table, only its days are read.
+    preds = lake.read_window(ds, "predictions", "time", since, now)
     if not preds.empty:
         preds["time"] = pd.to_datetime(preds["time"], utc=True)
-        preds = preds[(preds["time"] >= since) & (preds["time"] < now)]
     report["predictions"] = int(len(preds))
     if preds.empty:
         report["message"] = "no predictions in the window: nothing to monitor"

@@ -1,6 +1,11 @@
 """The prediction log: answered predictions (and the challenger's shadow scores) buffered off the
 request path and written to the lake in small batches; bounded; a row that cannot be written goes
-to a dead letter, never back into the buffer."""
+to a dead letter, never back into the buffer.
+
+With ``lake_format: iceberg`` a flushed batch is one commit to the table ``<dataset>.<kind>``
+(partitioned by day of ``time``), its manifest written beside it as for the other kinds. A flush whose
+store failed is retried under the *same* batch id (with whatever was buffered meanwhile), so a commit
+that landed before the failure is replaced, never doubled."""
 
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ class PredictionLog:
         self._items: list[dict[str, Any]] = []
         self._rows = 0
         self._seq = 0
+        self._retry_id: str | None = None  # the batch id of a failed flush: the next one reuses it
         self.written_rows = 0
         self.written_batches = 0
         self.failed_writes = 0
@@ -162,7 +168,11 @@ class PredictionLog:
             if self.lake is None:
                 raise RuntimeError("no lake configured")
             key = self.lake.quarantine_key(self.spec.dataset.name, self.kind, batch_id)
-            self.lake.store.put(key, body)
+            try:  # a retried batch id may have dead-lettered rows already: keep them
+                earlier = self.lake.store.get(key)
+            except KeyError:
+                earlier = b""
+            self.lake.store.put(key, earlier + body)
             where = f"{self.lake.uri}/{key}"
         except Exception as err:  # noqa: BLE001 - the store is down too: keep them on local disk
             home = getattr(getattr(self.lake, "settings", None), "home", None) or tempfile.gettempdir()
@@ -185,7 +195,8 @@ class PredictionLog:
             return None
         self._seq += 1
         now = datetime.now(UTC)
-        batch_id = f"{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:05d}-{uuid.uuid4().hex[:6]}"
+        batch_id = self._retry_id or f"{now:%Y%m%dT%H%M%S%f}-{os.getpid()}-{self._seq:05d}-{uuid.uuid4().hex[:6]}"
+        self._retry_id = None
         # A row that cannot be encoded never goes back into the buffer: it would block every later flush.
         good, bad, encoded = self._encode_or_sort_out(items)
         if bad:
@@ -196,16 +207,16 @@ class PredictionLog:
         try:
             df, data = encoded
             ds = self.spec.dataset.name
-            key = self.lake.data_key(ds, self.kind, batch_id)
-            self.lake.store.put(key, data)
+            counts = {"records_in": int(len(df)) + len(bad), "accepted": int(len(df)), "quarantined": len(bad)}
+            files, snapshot = self._write(ds, batch_id, df, data, counts)
             manifest = {
                 "batch_id": batch_id,
                 "kind": self.kind,
-                "files": [key],
-                "records_in": int(len(df)) + len(bad),
-                "accepted": int(len(df)),
-                "quarantined": len(bad),
-                "min_time": df["time"].min().isoformat(),  # with the watermark: the batch's days in the day index
+                "files": files,
+                **snapshot,  # lake_format iceberg: the table and the snapshot that committed the batch
+                **counts,
+                "time_column": "time",
+                "min_time": df["time"].min().isoformat(),  # with the watermark: the batch's days (day index)
                 "watermark": df["time"].max().isoformat(),
                 "schema_hash": self.spec.schema_hash(),
                 "bytes": len(data),
@@ -219,10 +230,29 @@ class PredictionLog:
             # bounded, and the endpoint refuses new requests while it is full.
             self.failed_writes += 1
             self.put_back(good, good_rows)
+            self._retry_id = batch_id
             raise
         self.written_rows += len(df)
         self.written_batches += 1
         return manifest
+
+    def _write(self, ds: str, batch_id: str, df: pd.DataFrame, data: bytes,
+               counts: dict[str, int]) -> tuple[list[str], dict[str, Any]]:
+        """The batch's rows into the lake: one table commit (``lake_format: iceberg``) or one Parquet
+        file; returns the manifest's ``files`` and ``table``/``snapshot_id``."""
+        assert self.lake is not None
+        if getattr(self.lake, "iceberg", False):
+            import pyarrow as pa
+
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            # Iceberg stores microseconds (the endpoint's clock has no finer resolution).
+            at = table.schema.get_field_index("time")
+            table = table.set_column(at, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
+            return [], self.lake.tables.commit_batch(ds, self.kind, batch_id, table, summary=counts,
+                                                     time_column="time")
+        key = self.lake.data_key(ds, self.kind, batch_id)
+        self.lake.store.put(key, data)
+        return [key], {}
 
     def _frame(self, items: list[dict[str, Any]]) -> pd.DataFrame:
         # Column lists joined across micro-batches, then one DataFrame: a DataFrame per item

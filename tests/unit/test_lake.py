@@ -391,3 +391,42 @@ def test_batch_ids_list_the_committed_batches_without_reading_a_manifest(spec, t
     assert ids == [m["batch_id"] for m in lake.manifests(ds, "events")] and not counting.gets
     assert lake.manifest(ds, "events", ids[-1]) == lake.manifests(ds, "events")[-1]
     assert lake.manifest(ds, "events", "20990101T000000-none") is None
+
+
+@pytest.mark.parametrize("fmt", ["files", "iceberg"])
+def test_read_window_reads_the_windows_batches_and_rows_only(tmp_path, fmt):
+    """The serving log's reader: rows with time in [start, end), from the day index's batches (a batch
+    of another day is not fetched), the same for Parquet batches and table batches."""
+    import pyarrow as pa
+
+    from rtml.settings import Settings
+
+    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"), lake_format=fmt)
+    store = LocalStore(tmp_path / "lake")
+    lake = Lake(settings, store)
+    t0 = pd.Timestamp("2026-01-01T00:00:00Z")
+    for day in range(4):  # a batch per day, 6 rows 4 hours apart
+        bid = f"2026010{day + 1}T000000-p"
+        times = [t0 + pd.Timedelta(days=day, hours=4 * i) for i in range(6)]
+        frame = pa.table({"request_id": [f"d{day}-{i}" for i in range(6)],
+                          "time": pa.array(times, pa.timestamp("us", tz="UTC")), "score": [0.1 * i for i in range(6)]})
+        written: dict = {"files": []}
+        if lake.iceberg:
+            written.update(lake.tables.commit_batch("ds", "predictions", bid, frame, time_column="time"))
+        else:
+            key = lake.data_key("ds", "predictions", bid)
+            lake.write_table(key, frame.to_pandas())
+            written["files"] = [key]
+        lake.write_manifest("ds", "predictions", bid, {"batch_id": bid, "kind": "predictions", **written,
+                                                       "accepted": 6, "min_time": times[0].isoformat(),
+                                                       "watermark": times[-1].isoformat()})
+    start, end = t0 + pd.Timedelta(days=1, hours=12), t0 + pd.Timedelta(days=2, hours=8)
+    counting = CountingStore(store)
+    got = Lake(settings, counting).read_window("ds", "predictions", "time", start, end)
+    assert list(got["request_id"]) == ["d1-3", "d1-4", "d1-5", "d2-0", "d2-1"]
+    assert "_batch" not in got.columns
+    assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
+    assert not any("batch=20260101" in k or "batch=20260104" in k for k in counting.gets)
+    assert list(lake.read_window("ds", "predictions", "time", t0 + pd.Timedelta(days=3, hours=19))["request_id"]) == [
+        "d3-5"]  # open-ended: up to now
+    assert lake.read_window("ds", "predictions", "time", t0 + pd.Timedelta(days=9)).empty

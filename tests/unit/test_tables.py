@@ -110,6 +110,22 @@ def test_two_writers_of_one_table_both_commit(settings):
     assert Tables(settings).read("ds", "events").num_rows == 9
 
 
+def test_a_writer_whose_snapshot_another_expired_meanwhile_commits(tmp_path):
+    """Two serving replicas log to one table: while b idles, a's commits expire the snapshot b's
+    cached metadata starts from (and delete its manifests); b reloads and commits, nothing is lost."""
+    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"),
+                        lake_format="iceberg", table_snapshot_max=2)
+    a, b = Tables(settings), Tables(settings)
+    b.commit_batch("ds", "events", "b0", rows(3, 1), time_column="ts")
+    for k in range(1, 7):
+        a.commit_batch("ds", "events", f"a{k}", rows(3, 1 + k % 3, f"a{k}-"), time_column="ts")
+    stale = b.table("ds", "events").current_snapshot()
+    assert a.table("ds", "events").refresh().metadata.snapshot_by_id(stale.snapshot_id) is None
+    b.commit_batch("ds", "events", "b1", rows(3, 2, "b1-"), time_column="ts")
+    got = Tables(settings).read("ds", "events").to_pandas()
+    assert got.groupby(BATCH_COLUMN).size().to_dict() == {"b0": 3, "b1": 3, **{f"a{k}": 3 for k in range(1, 7)}}
+
+
 def produce(settings: Settings, **kw) -> dict:
     args = dict(rows=600, start=T0, rate=1.0, seed=3, label_delay=300.0, file_seconds=60.0)
     args.update(kw)
@@ -398,3 +414,67 @@ def test_an_unpartitioned_table_is_compacted_whole_and_an_empty_one_is_left_alon
     assert by_name["ds.labels"] | {"table": None} == {
         "table": None, "data_files_before": 0, "data_files_after": 0, "snapshots_before": 0, "snapshots_after": 0,
         "rows_before": 0, "rows_after": 0, "compacted": [], "snapshots_expired": [], "files_deleted": 0}
+
+
+# --- commit cost: table properties, bounded snapshots, lineage tags ---------------------------------------
+def test_tables_get_the_commit_cost_properties_and_an_older_table_is_upgraded(settings):
+    from rtml.tables import TABLE_PROPERTIES
+
+    t = Tables(settings)
+    t.commit_batch("ds", "events", "b1", rows(3, 1), time_column="ts")
+    assert all(t.table("ds", "events").properties.get(k) == v for k, v in TABLE_PROPERTIES.items())
+    t.catalog.create_namespace_if_not_exists("old")
+    t.catalog.create_table("old.events", schema=SCHEMA.append(pa.field(BATCH_COLUMN, pa.string(), nullable=False)))
+    assert Tables(settings).table("old", "events").properties.get("commit.manifest-merge.enabled") is None  # a reader
+    Tables(settings).commit_batch("old", "events", "b1", rows(3, 1), time_column="ts")  # a writer upgrades it
+    props = Tables(settings).table("old", "events").properties
+    assert all(props.get(k) == v for k, v in TABLE_PROPERTIES.items())
+
+
+def test_a_rerun_drops_its_earlier_file_by_metadata_and_reads_no_other_batch(settings):
+    """Full bounds of _batch: batch ids sharing their first 16 characters are told apart, so a re-run
+    deletes its earlier file outright (a ``delete`` snapshot) instead of reading and rewriting files."""
+    t = Tables(settings)
+    ids = ["20260101T000000-20260101T000500", "20260101T000000-20260101T001000"]  # same 16-character prefix
+    for k, bid in enumerate(ids):
+        t.commit_batch("ds", "events", bid, rows(4, 1, f"p{k}"), time_column="ts")
+    t.commit_batch("ds", "events", ids[0], rows(2, 1, "again"), time_column="ts")
+    table = t.table("ds", "events").refresh()
+    ops = [s.summary.operation.value for s in table.metadata.snapshots if s.summary]
+    assert ops == ["append", "append", "delete", "append"]
+    got = t.read("ds", "events").to_pandas()
+    assert got.groupby(BATCH_COLUMN).size().to_dict() == {ids[0]: 2, ids[1]: 4}
+
+
+def test_a_writer_keeps_the_snapshots_bounded_and_a_trained_windows_snapshots_are_kept(tmp_path):
+    """Past table_snapshot_max (+ half) the writer expires the oldest snapshots; the snapshots a
+    training window read are tagged and stay: the version's data reads back exactly, after a re-run."""
+    from rtml.tables import LINEAGE_TAG
+    from rtml.train import frame_digest, load_window, read_lineage
+
+    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"),
+                        lake_format="iceberg", table_snapshot_max=4)
+    produce(settings, rows=2400, bad_fraction=0.0)
+    lake = Lake(settings)
+    for k in range(2):
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    then, lineage = load_window(SPEC, lake, window_days=30)
+    kept = {k: v["snapshot_id"] for k, v in lineage["tables"].items()}
+    for k in range(2, 8):  # later batches land, and one of the window's batches is re-written smaller
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0 + k * FIVE, T0 + (k + 1) * FIVE, settings=settings, lake=lake)
+    first = lineage["events_batches"][0]
+    current = Tables(settings).read(DS, "events", {first}).drop_columns([BATCH_COLUMN])
+    Tables(settings).commit_batch(DS, "events", first, current.slice(0, 10), time_column=SPEC.event_time)
+    for kind in ("events", "labels"):
+        table = Tables(settings).table(DS, kind)
+        snaps = {s.snapshot_id for s in table.metadata.snapshots}
+        assert len(snaps) <= 4 + 2 + 1  # the bound, the slack, the lineage tag
+        assert kept[kind] in snaps and f"{LINEAGE_TAG}{kept[kind]}" in table.metadata.refs
+    back = read_lineage(SPEC, lineage, Lake(settings))
+    now, _ = Lake(settings).labelled(SPEC)
+    assert frame_digest(back) == frame_digest(then) == lineage["rows_digest"] != frame_digest(now)
+    per_batch = Tables(settings).read(DS, "events").to_pandas().groupby(BATCH_COLUMN).size().to_dict()
+    want = {m["batch_id"]: m["accepted"] for m in lake.manifests(DS, "events") if m["accepted"]}
+    assert per_batch == {**want, first: 10}  # no batch lost or doubled by the expiries

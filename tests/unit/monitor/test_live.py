@@ -18,11 +18,13 @@ from rtml.monitor.live import monitor
 from rtml.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["files", "iceberg"])
+def world(tmp_path_factory, request):
+    """The history as files; with ``iceberg`` the served predictions and labels are table commits
+    (as the endpoint's log and ingestion write them then), read through the same Lake API."""
     spec = toy_spec()
     home = tmp_path_factory.mktemp("monitor")
-    settings = Settings(home=home, storage="local")
+    settings = Settings(home=home, storage="local", lake_format=request.param)
     lake = Lake(settings)
     history = synthetic_frame(spec, 2000, seed=1)
     write_to_lake(lake, spec, history, batches=4)
@@ -55,9 +57,8 @@ def _serve(world, n: int, seed: int, drift: float = 0.0, scramble: bool = False,
     ds = spec.dataset.name
     batch = f"{start:%Y%m%dT%H%M%S}-{tag}"
     for kind, frame in (("predictions", preds), ("labels", live[[spec.event_id, spec.target.name]])):
-        key = lake.data_key(ds, kind, batch)
-        lake.write_table(key, frame.reset_index(drop=True))
-        lake.write_manifest(ds, kind, batch, {"batch_id": batch, "kind": kind, "files": [key],
+        written = _commit(lake, kind, batch, frame.reset_index(drop=True))
+        lake.write_manifest(ds, kind, batch, {"batch_id": batch, "kind": kind, **written,
                                               "records_in": n, "accepted": n, "quarantined": 0,
                                               "schema_hash": spec.schema_hash(),
                                               "watermark": live[spec.event_time].max().isoformat()})
@@ -65,6 +66,23 @@ def _serve(world, n: int, seed: int, drift: float = 0.0, scramble: bool = False,
     honest = quality_metrics(y, model.predict_proba(live[spec.feature_names])[:, 1], 0.35)["roc_auc"]
     end = pd.Timestamp(live[spec.event_time].max()) + timedelta(minutes=1)
     return end, honest
+
+
+def _commit(lake, kind: str, batch: str, frame: pd.DataFrame) -> dict:
+    """The batch's rows as a Parquet file, or (``lake_format: iceberg``) as one table commit."""
+    import pyarrow as pa
+
+    ds = toy_spec().dataset.name
+    if not lake.iceberg:
+        key = lake.data_key(ds, kind, batch)
+        lake.write_table(key, frame)
+        return {"files": [key]}
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if "time" in table.column_names:
+        at = table.schema.get_field_index("time")
+        table = table.set_column(at, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
+    snap = lake.tables.commit_batch(ds, kind, batch, table, time_column="time" if kind == "predictions" else None)
+    return {"files": [], **snap}
 
 
 def test_healthy_traffic_does_not_ask_for_retraining(world):

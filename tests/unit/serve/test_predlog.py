@@ -153,3 +153,93 @@ def test_a_failing_store_keeps_rows_and_the_bound_says_full(local_lake, spec):
     assert plog.flush()["accepted"] == 5 and plog.pending_rows == 0
     # the rows kept come first: the order of the log is the order of the answers
     assert list(lake.read_batches(spec.dataset.name, "predictions")["event_id"]) == ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def iceberg_lake(tmp_path):
+    """A folder lake in ``lake_format: iceberg`` (SQLite catalog under tmp_path)."""
+    from rtml.lake import Lake
+    from rtml.settings import Settings
+
+    return Lake(Settings(home=tmp_path / "home", storage="local", lake_uri=str(tmp_path / "lake"),
+                         lake_format="iceberg"))
+
+
+@pytest.mark.parametrize("kind", ["predictions", "shadow"])
+def test_with_iceberg_each_flush_is_one_commit_to_the_kinds_table(iceberg_lake, spec, kind):
+    from datetime import datetime
+
+    from rtml.tables import BATCH_COLUMN
+
+    lake, ds = iceberg_lake, spec.dataset.name
+    plog = PredictionLog(kind, spec, lake)
+    plog.add(log_item(3, ["a", "b", "c"]), 3)
+    later = log_item(2, ["d", "e"], 200.0)
+    later["time"] = datetime(2026, 1, 2, 23, 59)
+    plog.add(later, 2)
+    first = plog.flush()
+    plog.add(log_item(1, ["f"]), 1)
+    second = plog.flush()
+    assert first["files"] == [] == second["files"] and first["table"] == f"{ds}.{kind}"
+    assert (first["min_time"], first["watermark"]) == ("2026-01-01T00:00:00+00:00", "2026-01-02T23:59:00+00:00")
+    table = lake.tables.table(ds, kind)
+    snaps = [s for s in table.metadata.snapshots if s.summary and s.summary.get("rtml.batch")]
+    assert [s.summary["rtml.batch"] for s in snaps] == [first["batch_id"], second["batch_id"]]
+    assert [s.snapshot_id for s in snaps] == [first["snapshot_id"], second["snapshot_id"]]
+    assert snaps[0].summary["rtml.accepted"] == "5"
+    assert "day" in str(table.spec()) and "time" in str(table.spec())
+    rows = lake.read_batches(ds, kind)  # the Lake API reads the table batches as it reads files
+    assert list(rows["event_id"]) == ["a", "b", "c", "d", "e", "f"]
+    assert rows["row"].dtype == "int32" and rows["score"].dtype == "float64" and str(rows["time"].dt.tz) == "UTC"
+    assert lake.tables.read(ds, kind).column(BATCH_COLUMN).to_pylist().count(first["batch_id"]) == 5
+
+
+def test_with_iceberg_a_flush_retried_after_its_commit_is_not_doubled(iceberg_lake, spec):
+    """The commit landed but the manifest write failed: the rows are kept and the next flush commits
+    them (and the newer ones) under the same batch id, replacing the first commit's rows."""
+    lake, ds = iceberg_lake, spec.dataset.name
+    put = lake.store.put
+
+    def no_manifest(key, data):
+        if "_manifests" in key:
+            raise OSError("store down")
+        return put(key, data)
+
+    lake.store.put = no_manifest
+    plog = PredictionLog("predictions", spec, lake)
+    plog.add(log_item(3, ["a", "b", "c"]), 3)
+    with pytest.raises(OSError):
+        plog.flush()
+    assert plog.pending_rows == 3 and lake.tables.read(ds, "predictions").num_rows == 3  # committed, no manifest
+    assert lake.read_batches(ds, "predictions").empty  # not visible without its manifest
+    lake.store.put = put
+    plog.add(log_item(2, ["d", "e"]), 2)
+    manifest = plog.flush()
+    assert manifest["accepted"] == 5 and plog.pending_rows == 0
+    everything = lake.tables.read(ds, "predictions").to_pandas()  # every row of the table, manifest or not
+    assert sorted(everything["event_id"]) == ["a", "b", "c", "d", "e"]
+    assert set(everything["_batch"]) == {manifest["batch_id"]}
+    plog.add(log_item(1, ["f"]), 1)
+    assert plog.flush()["batch_id"] != manifest["batch_id"]  # a successful flush starts a new batch
+
+
+def test_a_retried_batch_keeps_the_rows_it_dead_lettered_before(local_lake, spec):
+    lake = local_lake
+    put = lake.store.put
+
+    def no_data(key, data):
+        if "quarantine" not in key:
+            raise OSError("store down")
+        return put(key, data)
+
+    lake.store.put = no_data
+    plog = PredictionLog("predictions", spec, lake)
+    plog.add(log_item(2, ["ok", "bad\ud800"]), 2)
+    with pytest.raises(OSError):
+        plog.flush()
+    lake.store.put = put
+    plog.add(log_item(2, ["ok2", "bad2\udc00"]), 2)
+    manifest = plog.flush()
+    qkey = lake.quarantine_key(spec.dataset.name, "predictions", manifest["batch_id"])
+    dead = [json.loads(line)["event_id"] for line in lake.store.get(qkey).decode("ascii").splitlines()]
+    assert dead == ["bad\ud800", "bad2\udc00"] and manifest["accepted"] == 2
