@@ -38,33 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-
-def _session_env(home: Path) -> None:
-    """The environment the test session uses (tests/conftest.py): a temp home, free ports."""
-    from rtml.platform.stack import free_port_block
-    from rtml.settings import get_settings
-
-    base = free_port_block(17)
-    for name in ("RTML_S3_ENDPOINT_URL", "RTML_MLFLOW_TRACKING_URI", "RTML_AIRFLOW_URL", "RTML_SERVE_URL",
-                 "RTML_KAFKA_BOOTSTRAP", "RTML_LAKE_URI", "RTML_MLFLOW_BACKEND_STORE_URI", "RTML_AIRFLOW_DB_URI",
-                 "RTML_DAGS_FOLDER", "RTML_PLUGINS_FOLDER", "MLFLOW_TRACKING_URI", "RTML_SERVE_TOKEN"):
-        os.environ.pop(name, None)
-    os.environ.update({
-        "RTML_HOME": str(home),
-        "RTML_STORAGE": "s3",
-        "RTML_S3_PORT": str(base),
-        "RTML_MLFLOW_PORT": str(base + 10),
-        "RTML_AIRFLOW_PORT": str(base + 11),
-        "RTML_SERVE_PORT": str(base + 14),
-        "RTML_KAFKA_PORT": str(base + 15),
-        "RTML_MLFLOW_WORKERS": "1",
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "rtml-bench"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "rtml-bench-secret"),
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
-    s = get_settings(refresh=True)
-    os.environ.update({"MLFLOW_S3_ENDPOINT_URL": s.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": s.s3_endpoint_url,
-                       "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri})
+from support.stack import use_session_env  # noqa: E402
 
 
 def _served(url: str, token: str) -> str | None:
@@ -131,7 +105,7 @@ def main() -> int:
     from rtml.settings import get_settings
 
     home = Path(tempfile.mkdtemp(prefix="rtml-approval-"))
-    _session_env(home)
+    use_session_env(home, "RTML_SERVE_TOKEN")  # the test session's environment: a temp home, free ports
     settings = get_settings(refresh=True)
     stack = TestStack(settings)
     serve: subprocess.Popen | None = None

@@ -25,7 +25,6 @@ tests do (SIGSTOP, a crash hook, patched store writes) and are no API a user sho
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -36,33 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from support.faults import FAULTS, Census, FaultResult, RedisServer, run_fault  # noqa: E402
-
-
-def _session_env(home: Path) -> None:
-    """The environment the test session uses (tests/conftest.py): a temp home, free ports."""
-    from rtml.platform.stack import free_port_block
-    from rtml.settings import get_settings
-
-    base = free_port_block(15)
-    for name in ("RTML_S3_ENDPOINT_URL", "RTML_MLFLOW_TRACKING_URI", "RTML_AIRFLOW_URL", "RTML_SERVE_URL",
-                 "RTML_LAKE_URI", "RTML_MLFLOW_BACKEND_STORE_URI", "RTML_AIRFLOW_DB_URI", "RTML_DAGS_FOLDER",
-                 "RTML_PLUGINS_FOLDER", "MLFLOW_TRACKING_URI"):
-        os.environ.pop(name, None)
-    os.environ.update({
-        "RTML_HOME": str(home),
-        "RTML_STORAGE": "s3",
-        "RTML_S3_PORT": str(base),
-        "RTML_MLFLOW_PORT": str(base + 10),
-        "RTML_AIRFLOW_PORT": str(base + 11),
-        "RTML_SERVE_PORT": str(base + 14),
-        "RTML_MLFLOW_WORKERS": "1",
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "rtml-bench"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "rtml-bench-secret"),
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
-    s = get_settings(refresh=True)
-    os.environ.update({"MLFLOW_S3_ENDPOINT_URL": s.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": s.s3_endpoint_url,
-                       "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri})
+from support.stack import use_session_env  # noqa: E402
 
 
 def main() -> int:
@@ -81,7 +54,7 @@ def main() -> int:
     from rtml.settings import get_settings
 
     home = Path(tempfile.mkdtemp(prefix="rtml-faults-"))
-    _session_env(home)
+    use_session_env(home)  # the test session's environment: a temp home, free ports
     settings = get_settings(refresh=True)
     stack = TestStack(settings)
     redis = RedisServer(home / "redis")

@@ -23,47 +23,19 @@ import pytest
 
 from rtml.settings import Settings, get_settings
 
-# Ports of one session, as offsets of a free block: S3 (+ the 9 SeaweedFS ports after it),
-# MLflow, Airflow (+ its 2 log-server ports), serving, Kafka (+ its controller).
-_S3, _MLFLOW, _AIRFLOW, _SERVE, _KAFKA, _BLOCK = 0, 10, 11, 14, 15, 17
-
 
 @pytest.fixture(scope="session", autouse=True)
 def rtml_session_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Session-wide RTML_*/AWS_* environment: a temp home and free ports (no service is started)."""
+    from support.stack import DERIVED, PORT_BLOCK, session_env
+
     from rtml.platform.stack import free_port_block
 
     home = tmp_path_factory.mktemp("rtml-home")
-    base = free_port_block(_BLOCK)
     mp = pytest.MonkeyPatch()
-    env = {
-        "RTML_HOME": str(home),
-        "RTML_STORAGE": "s3",
-        "RTML_S3_PORT": str(base + _S3),
-        "RTML_MLFLOW_PORT": str(base + _MLFLOW),
-        "RTML_AIRFLOW_PORT": str(base + _AIRFLOW),
-        "RTML_SERVE_PORT": str(base + _SERVE),
-        "RTML_KAFKA_PORT": str(base + _KAFKA),
-        "RTML_MLFLOW_WORKERS": "1",  # two shared cores: one worker (it still serves requests concurrently)
-        "AWS_ACCESS_KEY_ID": "rtml-test",
-        "AWS_SECRET_ACCESS_KEY": "rtml-test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    # Derived URLs/URIs must follow the new ports, not a value the developer's shell exported.
-    for name in (
-        "RTML_S3_ENDPOINT_URL",
-        "RTML_MLFLOW_TRACKING_URI",
-        "RTML_AIRFLOW_URL",
-        "RTML_SERVE_URL",
-        "RTML_KAFKA_BOOTSTRAP",
-        "RTML_LAKE_URI",
-        "RTML_MLFLOW_BACKEND_STORE_URI",
-        "RTML_AIRFLOW_DB_URI",
-        "RTML_DAGS_FOLDER",
-        "RTML_PLUGINS_FOLDER",
-    ):
+    for name in DERIVED:
         mp.delenv(name, raising=False)
-    for key, value in env.items():
+    for key, value in session_env(home, free_port_block(PORT_BLOCK)).items():
         mp.setenv(key, value)
     settings = get_settings(refresh=True)
     mp.setenv("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)

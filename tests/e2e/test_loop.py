@@ -10,18 +10,14 @@ with the approved version, its prediction log reaches the lake, and the monitori
 
 from __future__ import annotations
 
-import json
-import time
-
 import httpx
 import pytest
+from support.loop import assert_gated_and_champion, assert_served_logged_and_monitored
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def test_the_whole_loop(stack, airflow_settings, airflow_api):
-    from mlflow import MlflowClient
-
     from rtml.cli.demo import run_demo
     from rtml.lake import Lake
     from rtml.spec import load_spec
@@ -32,7 +28,6 @@ def test_the_whole_loop(stack, airflow_settings, airflow_api):
     # The serving endpoint as `rtml stack up` runs it: no champion yet, so alive but not ready.
     stack.ensure("serve")
     assert httpx.get(f"{settings.serve_url}/ready").status_code == 503
-    headers = {"Authorization": f"Bearer {settings.resolved_serve_token()}"}
     result = run_demo(settings, spec, approve=True, start_stack=False)
 
     # The demo leaves the whole loop live and says so.
@@ -51,40 +46,9 @@ def test_the_whole_loop(stack, airflow_settings, airflow_api):
     assert sum(m["accepted"] for m in manifests) >= 4000
 
     # Training and gates: a version passed every gate, a person approved it, it is champion.
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    version = result["version"]
-    mv = client.get_model_version(name, version)
-    assert result["gate_decision"] == "passed", result["gate_reasons"]
-    for gate in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision"):
-        assert mv.tags[gate] == "passed", (gate, mv.tags.get("gate.reasons"))
-    assert mv.tags.get("approval") == "approved"
-    assert client.get_model_version_by_alias(name, "champion").version == version
-    artifacts = {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
-    assert any(p.endswith(".html") for p in artifacts), artifacts
+    version = assert_gated_and_champion(settings, name, result)
 
-    # Serving: the endpoint answers with the approved version.
-    assert str(result["served"]["version"]) == str(version)
-    record = {f.name: None for f in spec.features}
-    record.update(Seniority=9, Home="rent", Time=60, Age=30, Marital="married", Records="no", Job="fixed",
-                  Expenses=73, Income=129.0, Assets=0.0, Debt=0.0, Amount=800, Price=846)
-    r = httpx.post(f"{settings.serve_url}/v1/predict", json=record, headers=headers, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert str(body.get("version") or body["predictions"][0]["version"]) == str(version)
-    assert httpx.post(f"{settings.serve_url}/v1/predict", json=record).status_code == 401
-
-    # The prediction log reaches the lake within seconds, and monitoring reads it through Airflow.
-    deadline = time.monotonic() + 60
-    while True:
-        preds = lake.read_batches(spec.dataset.name, "predictions")
-        if len(preds) or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert len(preds) >= 1 and str(version) in set(preds["version"].astype(str))
-    run_id = airflow_api.trigger("rtml_monitor", {"window_hours": 2})
-    state = airflow_api.wait("rtml_monitor", run_id, timeout=300)
-    assert state == "success", airflow_api.explain("rtml_monitor", run_id)
-    reports = [k for k in lake.store.list(f"{spec.dataset.name}/monitoring") if k.endswith("report.json")]
-    assert reports
-    report = json.loads(lake.store.get(sorted(reports)[-1]))
-    assert report["predictions"] >= 1
+    # Serving answers with the approved version; its prediction log reaches the lake within a minute,
+    # and monitoring reads it through Airflow.
+    assert str(result["served"]["version"]) == version
+    assert_served_logged_and_monitored(settings, spec, lake, airflow_api, version)

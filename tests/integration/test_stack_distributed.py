@@ -16,6 +16,7 @@ import httpx
 import psutil
 import pytest
 import redis
+from support.loop import assert_gated_and_champion, assert_served_logged_and_monitored
 from support.stack import distributed_stack
 
 from rtml.platform.distributed import (
@@ -94,7 +95,6 @@ def test_the_whole_loop_on_the_distributed_profile(dist):
     Runs first in this module: later tests register versions of the same model by hand, and the
     loop's DAGs are paused again after it so they do not act on those."""
     import psycopg2
-    from mlflow import MlflowClient
 
     from rtml.cli.demo import LOOP_DAGS, run_demo
     from rtml.ingest.kafka import group_lag, topic_name
@@ -125,16 +125,7 @@ def test_the_whole_loop_on_the_distributed_profile(dist):
             assert sum(m["accepted"] for m in manifests) >= 4000
 
             # Training and gates; the approver's tag made the version champion.
-            client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-            version = result["version"]
-            mv = client.get_model_version(name, version)
-            assert result["gate_decision"] == "passed", result["gate_reasons"]
-            for gate in ("gate.quality", "gate.fairness", "gate.drift", "gate.decision"):
-                assert mv.tags[gate] == "passed", (gate, mv.tags.get("gate.reasons"))
-            assert mv.tags.get("approval") == "approved"
-            assert client.get_model_version_by_alias(name, "champion").version == version
-            artifacts = {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
-            assert any(p.endswith(".html") for p in artifacts), artifacts
+            version = assert_gated_and_champion(settings, name, result)
 
             # Serving: whichever replica a new connection lands on answers with the approved version.
             replicas = {dist.running_pid(n) for n in dist.replica_names()}
@@ -147,30 +138,8 @@ def test_the_whole_loop_on_the_distributed_profile(dist):
                 if set(seen) == replicas:
                     break
             assert seen == dict.fromkeys(replicas, str(version))
-            record = {f.name: None for f in spec.features}
-            record.update(Seniority=9, Home="rent", Time=60, Age=30, Marital="married", Records="no",
-                          Job="fixed", Expenses=73, Income=129.0, Assets=0.0, Debt=0.0, Amount=800, Price=846)
-            r = httpx.post(f"{settings.serve_url}/v1/predict", json=record, headers=headers, timeout=30)
-            assert r.status_code == 200, r.text
-            body = r.json()
-            assert str(body.get("version") or body["predictions"][0]["version"]) == str(version)
-            assert httpx.post(f"{settings.serve_url}/v1/predict", json=record).status_code == 401
-
             # The prediction log reaches the lake, and monitoring reads it through Airflow.
-            deadline = time.monotonic() + 60
-            while True:
-                preds = lake.read_batches(spec.dataset.name, "predictions")
-                if len(preds) or time.monotonic() > deadline:
-                    break
-                time.sleep(2)
-            assert len(preds) >= 1 and str(version) in set(preds["version"].astype(str))
-            run_id = api.trigger("rtml_monitor", {"window_hours": 2})
-            state = api.wait("rtml_monitor", run_id, timeout=300)
-            assert state == "success", api.explain("rtml_monitor", run_id)
-            reports = [k for k in lake.store.list(f"{spec.dataset.name}/monitoring") if k.endswith("report.json")]
-            assert reports
-            report = json.loads(lake.store.get(sorted(reports)[-1]))
-            assert report["predictions"] >= 1
+            assert_served_logged_and_monitored(settings, spec, lake, api, version)
         finally:
             for dag_id in LOOP_DAGS:
                 api.pause(dag_id)

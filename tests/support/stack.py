@@ -1,9 +1,54 @@
-"""The local stack of one test session (used by the ``stack`` fixture in ``tests/conftest.py``)."""
+"""The local stack of one test session (used by the ``stack`` fixture in ``tests/conftest.py``), and
+the session's environment (a temporary home, free ports), which the benchmarks that start a stack use too."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rtml.platform.stack import Stack, StackError, process_family
-from rtml.settings import Settings
+from rtml.settings import Settings, get_settings
+
+# Ports of one session, as offsets of a free block: S3 (+ the 9 SeaweedFS ports after it),
+# MLflow, Airflow (+ its 2 log-server ports), serving, Kafka (+ its controller).
+S3_PORT, MLFLOW_PORT, AIRFLOW_PORT, SERVE_PORT, KAFKA_PORT, PORT_BLOCK = 0, 10, 11, 14, 15, 17
+# Derived URLs/URIs must follow the session's ports, not a value the developer's shell exported.
+DERIVED = ("RTML_S3_ENDPOINT_URL", "RTML_MLFLOW_TRACKING_URI", "RTML_AIRFLOW_URL", "RTML_SERVE_URL",
+           "RTML_KAFKA_BOOTSTRAP", "RTML_LAKE_URI", "RTML_MLFLOW_BACKEND_STORE_URI", "RTML_AIRFLOW_DB_URI",
+           "RTML_DAGS_FOLDER", "RTML_PLUGINS_FOLDER")
+
+
+def session_env(home: Path, base: int, access_key: str = "rtml-test",
+                secret_key: str = "rtml-test-secret") -> dict[str, str]:
+    """``RTML_*``/``AWS_*`` of a session in ``home`` on the free port block starting at ``base``."""
+    return {
+        "RTML_HOME": str(home),
+        "RTML_STORAGE": "s3",
+        "RTML_S3_PORT": str(base + S3_PORT),
+        "RTML_MLFLOW_PORT": str(base + MLFLOW_PORT),
+        "RTML_AIRFLOW_PORT": str(base + AIRFLOW_PORT),
+        "RTML_SERVE_PORT": str(base + SERVE_PORT),
+        "RTML_KAFKA_PORT": str(base + KAFKA_PORT),
+        "RTML_MLFLOW_WORKERS": "1",  # two shared cores: one worker (it still serves requests concurrently)
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def use_session_env(home: Path, *unset: str) -> Settings:
+    """For a script (a benchmark): this process's environment becomes a session's in ``home`` (also
+    ``MLFLOW_TRACKING_URI``), with ``unset`` removed too; returns its settings."""
+    from rtml.platform.stack import free_port_block
+
+    for name in (*DERIVED, "MLFLOW_TRACKING_URI", *unset):
+        os.environ.pop(name, None)
+    os.environ.update(session_env(home, free_port_block(PORT_BLOCK), os.environ.get("AWS_ACCESS_KEY_ID", "rtml-bench"),
+                                  os.environ.get("AWS_SECRET_ACCESS_KEY", "rtml-bench-secret")))
+    s = get_settings(refresh=True)
+    os.environ.update({"MLFLOW_S3_ENDPOINT_URL": s.s3_endpoint_url, "AWS_ENDPOINT_URL_S3": s.s3_endpoint_url,
+                       "MLFLOW_TRACKING_URI": s.mlflow_tracking_uri})
+    return s
 
 
 class TestStack:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -177,11 +178,16 @@ def _fake_hook(monkeypatch, result=None, fail: Exception | None = None) -> list:
     return calls
 
 
-def _run_hooked(monkeypatch, tags: dict[str, str], name_wait: float = 3600) -> dict:
+def _hooked_trigger(monkeypatch, tags: dict[str, str], name_wait: float, signal: _Signal) -> tuple[Any, list[str]]:
+    """An ApprovalTrigger with the deploy hook, reading ``tags`` from a fake MLflow; returns it and the
+    list of MLflow reads it makes."""
     from rtml.registry import triggers
     from rtml.registry.triggers import ApprovalTrigger
 
+    reads: list[str] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
+        reads.append(request.url.path)
         mv = {"tags": [{"key": k, "value": v} for k, v in tags.items()], "aliases": ["challenger"]}
         return httpx.Response(200, json={"model_version": mv})
 
@@ -190,7 +196,12 @@ def _run_hooked(monkeypatch, tags: dict[str, str], name_wait: float = 3600) -> d
     monkeypatch.setattr(triggers, "MIN_READ_GAP", 0.0)
     trig = ApprovalTrigger("m", "3", "http://mlflow", deadline=time.time() + 86_400, poll_interval=3600,
                            fallback_interval=3600, settle=0, on_approved=HOOK, name_wait=name_wait)
-    monkeypatch.setattr(trig, "_listener", lambda: _Signal(subscribed=False))
+    monkeypatch.setattr(trig, "_listener", lambda: signal)
+    return trig, reads
+
+
+def _run_hooked(monkeypatch, tags: dict[str, str], name_wait: float = 3600) -> dict:
+    trig, _ = _hooked_trigger(monkeypatch, tags, name_wait, _Signal(subscribed=False))
 
     async def events() -> list[dict]:
         return [event.payload async for event in trig.run()]
@@ -221,26 +232,9 @@ def test_a_failing_hook_is_reported_in_the_event(monkeypatch):
 
 def test_a_decision_without_a_name_waits_only_the_short_name_wait(monkeypatch):
     """No signal comes and 'approval.by' never arrives: one extra look after name_wait, not a poll interval."""
-    from rtml.registry import triggers
-    from rtml.registry.triggers import ApprovalTrigger
-
     signal = _Signal(subscribed=False)
     calls = _fake_hook(monkeypatch)
-    tags = {"approval": "approved"}
-    reads = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal reads
-        reads += 1
-        mv = {"tags": [{"key": k, "value": v} for k, v in tags.items()], "aliases": ["challenger"]}
-        return httpx.Response(200, json={"model_version": mv})
-
-    real_client = httpx.AsyncClient
-    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
-    monkeypatch.setattr(triggers, "MIN_READ_GAP", 0.0)
-    trig = ApprovalTrigger("m", "3", "http://mlflow", deadline=time.time() + 86_400, poll_interval=3600,
-                           fallback_interval=3600, settle=0, on_approved=HOOK, name_wait=0.25)
-    monkeypatch.setattr(trig, "_listener", lambda: signal)
+    trig, reads = _hooked_trigger(monkeypatch, {"approval": "approved"}, 0.25, signal)
 
     async def first() -> dict:
         async for event in trig.run():
@@ -248,7 +242,7 @@ def test_a_decision_without_a_name_waits_only_the_short_name_wait(monkeypatch):
         raise AssertionError("no event")
 
     got = asyncio.run(asyncio.wait_for(first(), 30))
-    assert signal.waits == [0.25] and reads == 2
+    assert signal.waits == [0.25] and len(reads) == 2
     assert got["status"] == "approved" and got["by"] == "" and len(calls) == 1
 
 
