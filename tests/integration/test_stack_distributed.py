@@ -71,7 +71,10 @@ def _as_client_of(stack: DistributedStack, user: str = MLFLOW_ADMIN) -> Iterator
     # this one must not keep talking to this stack once it is down.
     saved_uris = tracking_uri._tracking_uri, registry_uri._registry_uri
     os.environ.update({**stack.settings.env(), **stack.settings.s3_env(),
-                       "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri})
+                       "MLFLOW_TRACKING_URI": stack.settings.mlflow_tracking_uri,
+                       "MLFLOW_REGISTRY_URI": stack.settings.mlflow_tracking_uri})
+    # An earlier test's set_tracking_uri/set_registry_uri would win over the environment: clear them.
+    tracking_uri._tracking_uri = registry_uri._registry_uri = None
     os.environ.update(stack.access_env("airflow"))
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, stack.mlflow_password(user)
     get_settings(refresh=True)

@@ -13,9 +13,10 @@ import httpx
 def assert_gated_and_champion(settings, name: str, result: dict[str, Any]) -> str:
     """The demo's version passed every gate, carries a person's approval, is champion, and has its HTML
     reports; returns the version."""
-    from mlflow import MlflowClient
+    from rtml.registry.client import mlflow_client
 
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    # Its registry explicitly: the process-wide registry URI may name another test's server.
+    client = mlflow_client(settings)
     version = result["version"]
     mv = client.get_model_version(name, version)
     assert result["gate_decision"] == "passed", result["gate_reasons"]
