@@ -404,20 +404,16 @@ class Lake:
         batch_ids: Iterable[str] | None = None,
         keep: Callable[[dict[str, Any]], bool] | None = None,
         schema_hash: str | None = None,
-        start: Any = None,
-        end: Any = None,
     ) -> pd.DataFrame:
         """The accepted rows of the given committed batches (all when None, or those whose manifest
         ``keep`` accepts), in batch order. With ``schema_hash``, batches written under another
-        contract raise :class:`SchemaMismatch`. ``start`` and ``end``: only the batches whose time
-        range may meet [start, end), listed from the day index (callers filter the rows by time)."""
+        contract raise :class:`SchemaMismatch`. A time window's rows: :meth:`read_window`."""
         wanted = None if batch_ids is None else set(batch_ids)
 
         def chosen(m: dict[str, Any]) -> bool:
             return (wanted is None or m["batch_id"] in wanted) and (keep is None or keep(m))
 
-        candidates = self.window_manifests(dataset, kind, start, end) if start is not None and end is not None else None
-        df = self._read(dataset, kind, chosen, schema_hash, candidates=candidates)
+        df = self._read(dataset, kind, chosen, schema_hash)
         return df.drop(columns="_batch") if not df.empty else df
 
     def read_window(self, dataset: str, kind: str, time_column: str, start: Any, end: Any = None) -> pd.DataFrame:

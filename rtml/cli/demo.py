@@ -6,11 +6,13 @@
    files and batches whenever the demo runs, so the model and its gate decisions are the same too.
    With ``RTML_SOURCE=kafka`` (the distributed profile's stream) the replay goes to the Kafka topics
    instead and ``rtml_ingest`` reads them to their end (:func:`ingest_from_kafka`), in place of 3.;
-3. unpauses the ingestion DAG and lets the scheduler's own run (the latest complete interval,
-   which sweeps every landing file not ingested yet) finish, then backfills the ingestion DAG over
-   the replay's intervals through Airflow's REST API (as the UI's *Backfill* does). A backfill only covers intervals the scheduler never schedules itself
-   (``rtml_ingest`` has ``catchup=False``: it only creates runs from the latest complete interval
-   on), so the two never create the same run (:func:`backfill_range`);
+3. unpauses the ingestion DAG and ingests the whole replay as one batch per kind
+   (:func:`sweep_landing`: one triggered run, which sweeps every landing file not ingested yet, as
+   the scheduler's own run does), then backfills the ingestion DAG over the replay's intervals
+   through Airflow's REST API (as the UI's *Backfill* does), which finds every file taken already.
+   A backfill only covers intervals the scheduler never schedules itself (``rtml_ingest`` has
+   ``catchup=False``: it only creates runs from the latest complete interval on), so the two never
+   create the same run (:func:`backfill_range`);
 4. trains once all of it is in: ``rtml_train`` stays paused during the backfill (a paused DAG
    queues no Asset-triggered run), then is unpaused and triggered, so training never sees a half
    ingested replay;
@@ -136,7 +138,10 @@ def wait_idle(af: Any, dag_id: str, timeout: float = 600) -> None:
 
 
 def wait_scheduled(af: Any, dag_id: str, timeout: float = 600) -> None:
-    """Wait until ``dag_id`` has a run the scheduler created itself and no queued or running run."""
+    """Wait until ``dag_id`` has a run the scheduler created itself and no queued or running run.
+
+    Any scheduled run counts, an earlier one too: only for a DAG that never ran before does this
+    mean its run of the latest interval is over (the stack benchmarks' new stacks)."""
     deadline = time.monotonic() + timeout
     while True:
         r = af.get(f"/api/v2/dags/{dag_id}/dagRuns", params={"run_type": ["scheduled"], "limit": 1})
@@ -146,6 +151,31 @@ def wait_scheduled(af: Any, dag_id: str, timeout: float = 600) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the scheduler created no run of {dag_id} within {timeout:.0f}s (is it unpaused?)")
         time.sleep(2)
+
+
+def sweep_landing(af: Any, end: datetime, minutes: int, now: datetime | None = None, timeout: float = 900) -> str:
+    """Ingest every landing file keyed before ``end`` (the replay) with one triggered run of
+    ``rtml_ingest``, then wait until no run of it is active; returns the run id.
+
+    A triggered run takes every file keyed before the end of the latest complete interval that no
+    batch has taken, and so does the scheduler's own run, created when the DAG is unpaused (or
+    already done in this interval, before the replay landed). Runs are one at a time
+    (``max_active_runs=1``), so whichever goes first takes the whole replay as one batch per kind
+    and the other finds nothing: the batches (the newest one is what the drift gate reads) never
+    depend on the clock or on which run the scheduler started first."""
+    closed = _floor(now or datetime.now(UTC), minutes)
+    if end > closed:
+        raise ValueError(
+            f"the replay ends at {end:%Y-%m-%d %H:%M} UTC, after the latest complete ingestion interval "
+            f"(ending {closed:%Y-%m-%d %H:%M} UTC): no run may take it whole yet; wait for it or replay "
+            "from an earlier --start"
+        )
+    run_id = af.trigger("rtml_ingest", {})
+    state = af.wait("rtml_ingest", run_id, timeout=timeout)
+    if state != "success":
+        raise RuntimeError(f"rtml_ingest run {run_id} ended {state}:\n{af.explain('rtml_ingest', run_id)}")
+    wait_idle(af, "rtml_ingest", timeout=timeout)
+    return run_id
 
 
 def _training_active(af: Any) -> bool:
@@ -206,13 +236,14 @@ def ingest_from_kafka(
     max_runs: int = 10,
 ) -> tuple[dict[str, Any], int]:
     """With ``RTML_SOURCE=kafka``: replay into the topics and let ``rtml_ingest`` take all of it;
-    returns the replay's summary and the number of ingestion runs that read it.
+    returns the replay's summary and the number of ``rtml_ingest`` runs it triggered.
 
     The replay is produced while ``rtml_ingest`` is paused: its watcher would start a run on the
     first records, which would take part of the replay, and the batches (the newest one is what the
     drift gate reads) would depend on timing. Unpaused, the scheduler's run of the latest interval
-    reads both topics to their end; manual runs follow only while the ingest groups lag (a replay
-    larger than one run's batches, or a run that found nothing)."""
+    and triggered runs read both topics from the ingest groups' offsets, one run at a time, until
+    the groups lag no more (a replay larger than one run's batches takes several). The scheduler's
+    own run (created at unpause) reads them the same way: which of them goes first changes no batch."""
     from rtml.ingest.kafka import group_lag
 
     af.pause("rtml_ingest")
@@ -221,9 +252,8 @@ def ingest_from_kafka(
     for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
         af.unpause(dag_id)
     _say("rtml_ingest reads the topics (Airflow UI: Dags > rtml_ingest) ...")
-    wait_scheduled(af, "rtml_ingest")
     topics = [t for t in (produced.get("event_topic"), produced.get("label_topic")) if t]
-    runs = 1
+    runs = 0
     while lag := sum(group_lag(t, settings=settings) for t in topics):
         if runs >= max_runs:
             raise RuntimeError(f"{lag} record(s) of {', '.join(topics)} still not ingested after {runs} rtml_ingest runs")
@@ -278,20 +308,17 @@ def run_demo(
             first, end = (datetime.fromisoformat(x) for x in produced["interval"])
             for dag_id in ("rtml_promote", "rtml_ingest", "rtml_monitor"):
                 af.unpause(dag_id)
-            # Unpaused, rtml_ingest gets the scheduler's own run of the latest complete interval, which
-            # sweeps every landing file not ingested yet, the replay included. It finishes before the
-            # backfill starts, so which run takes which file (and so the batches, the newest batch the
-            # drift gate reads, the model) never depends on which of them the scheduler started first.
-            wait_scheduled(af, "rtml_ingest")
-            _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC "
-                 "(Airflow UI: Dags > rtml_ingest) ...")
+            _say("rtml_ingest sweeps the replay (Airflow UI: Dags > rtml_ingest) ...")
+            sweep_landing(af, end, settings.ingest_interval_minutes)
+            _say(f"backfilling rtml_ingest over {first:%Y-%m-%d %H:%M}..{end:%H:%M} UTC: its runs find "
+                 "every file ingested already, and take none twice ...")
             runs = backfill_ingest(af, first, end, settings.ingest_interval_minutes)
             failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
             if failed:
                 raise RuntimeError(f"ingestion runs failed: {failed}")
             wait_idle(af, "rtml_ingest")
-            n_runs = len(runs)
-        _say(f"{n_runs} ingestion runs succeeded; training on the whole replay (rtml_train) ...")
+            n_runs = 1 + len(runs)
+        _say(f"the replay is in the lake ({n_runs} rtml_ingest runs triggered); training on all of it (rtml_train) ...")
         # The window ends with the replay, whatever newer data the lake holds (a user's, other runs').
         run_id = af.trigger("rtml_train", {"force": True, "window_end": end.isoformat()})
         state = af.wait("rtml_train", run_id, timeout=1200)

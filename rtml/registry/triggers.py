@@ -288,8 +288,9 @@ class WaitForApprovalOperator(BaseOperator):
         event = event or {}
         status = event.get("status")
         who = f" by {event['by']}" if event.get("by") else ""
-        if status in (APPROVED, REJECTED):
+        if status in (APPROVED, REJECTED) and not (event.get("deployed") or {}).get("recorded"):
             # The decision log is the record: a decision it cannot hold does not deploy anything.
+            # (When the wait deployed, deploy_approved logged it first.)
             from rtml.registry.promotion import record_observed_decision
 
             record_observed_decision(self.name, str(self.version), status, event.get("by", ""), event.get("at", ""),

@@ -55,9 +55,17 @@ def reload_and_wait(version: str, timeout: float = 120.0) -> dict[str, Any]:
     """Ask the endpoint to load the champion now and wait until it answers with ``version``: every
     replica of it, when several share one address (``rtml.serve.replicas``), so that the smoke check
     that follows cannot meet a replica still on the old version."""
-    from rtml.serve.client import request_reload, wait_for_version
+    from rtml.serve.client import request_reload
 
     request_reload()
+    return served_version(str(version), timeout=timeout)
+
+
+def served_version(version: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until the endpoint (every replica) answers with ``version``; returns the version and,
+    with several replicas, what each serves."""
+    from rtml.serve.client import wait_for_version
+
     info = wait_for_version(str(version), timeout=timeout)
     return {"version": str(version), **({"replicas": info["replicas"]} if "replicas" in info else {})}
 
@@ -115,6 +123,7 @@ def deploy_approved(name: str, version: str, decision: Mapping[str, Any], timeou
         record_observed_decision(name, version, APPROVED, by, str(decision.get("at") or ""),
                                  via="MLflow tag seen by rtml_promote")
         seconds["record"] = round(time.monotonic() - start, 3)
+        out["recorded"] = True  # the wait's execute_complete need not read the log again
         out["promotion"] = promote(name, version, approver=by or UNNAMED_APPROVER, on_champion=push_reload)
         seconds["promote"] = round(time.monotonic() - start, 3)
     except PromotionError as err:
@@ -128,10 +137,7 @@ def deploy_approved(name: str, version: str, decision: Mapping[str, Any], timeou
             pushed[0].join(timeout)
             if push_failed:
                 raise DeploymentError(f"the endpoint's reload failed: {push_failed[0]}")
-            from rtml.serve.client import wait_for_version
-
-            info = wait_for_version(version, timeout=max(1.0, timeout - (time.monotonic() - start)))
-            out["served"] = {"version": version, **({"replicas": info["replicas"]} if "replicas" in info else {})}
+            out["served"] = served_version(version, timeout=max(1.0, timeout - (time.monotonic() - start)))
         else:  # already the champion (a repeat, or `rtml approve` was first): make sure it is served
             out["served"] = reload_and_wait(version, timeout=timeout)
     except Exception as err:  # noqa: BLE001 - reported in the event; the reload task fails with it
@@ -174,11 +180,7 @@ def reload_after_promotion(promoted: Mapping[str, Any], timeout: float = 120.0) 
         raise DeploymentError(f"the reload at the approval failed: {promoted['reload_error']}")
     served = promoted.get("served") or {}
     if str(served.get("version")) == version:
-        from rtml.serve.client import wait_for_version
-
-        info = wait_for_version(version, timeout=timeout)
-        return {"version": version, "reloaded_at_approval": True,
-                **({"replicas": info["replicas"]} if "replicas" in info else {})}
+        return {**served_version(version, timeout=timeout), "reloaded_at_approval": True}
     return reload_and_wait(version, timeout=timeout)
 
 

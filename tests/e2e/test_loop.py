@@ -47,6 +47,15 @@ def test_the_whole_loop(stack, airflow_settings, airflow_api):
 
     # Training and gates: a version passed every gate, a person approved it, it is champion.
     version = assert_gated_and_champion(settings, name, result)
+    # ... trained on the replay as one events batch, whatever the scheduler ran before (so every
+    # run of the demo ingests the same batches and makes the same decisions).
+    from rtml.registry.client import mlflow_client
+
+    client = mlflow_client(settings)
+    base = client.get_model_version(name, version).tags.get("rtml.base_version") or version
+    used = client.get_run(client.get_model_version(name, base).run_id).data.tags["rtml.events_batches"].split(",")
+    by_id = {m["batch_id"]: m for m in manifests}
+    assert len([b for b in used if by_id[b]["accepted"]]) == 1, used
 
     # Serving answers with the approved version; its prediction log reaches the lake within a minute,
     # and monitoring reads it through Airflow.

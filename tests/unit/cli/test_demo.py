@@ -125,7 +125,6 @@ def _kafka_demo(monkeypatch, lags, states=("success",)):
         return (left.pop(0) if len(left) > 1 else left[0]) if topic.endswith("events") else 0
 
     monkeypatch.setattr(demo, "replay", replay)
-    monkeypatch.setattr(demo, "wait_scheduled", lambda af_, dag_id, timeout=600: af.calls.append(("scheduled", dag_id)))
     monkeypatch.setattr(demo, "wait_idle", lambda af_, dag_id, timeout=600: af.calls.append(("idle", dag_id)))
     monkeypatch.setattr(kafka, "group_lag", group_lag)
     return demo, af
@@ -134,18 +133,18 @@ def _kafka_demo(monkeypatch, lags, states=("success",)):
 def test_kafka_replay_is_produced_while_ingestion_is_paused_then_read_by_the_schedulers_run(monkeypatch):
     demo, af = _kafka_demo(monkeypatch, lags=[0])
     produced, runs = demo.ingest_from_kafka(af, spec=None, settings=None)
-    assert runs == 1 and produced["event_topic"] == "rtml.d.events"
+    assert runs == 0 and produced["event_topic"] == "rtml.d.events"
     # Paused before the replay (its watcher would start a run on the first records), unpaused after.
     assert af.calls.index(("pause", "rtml_ingest")) < af.calls.index(("replay", "kafka"))
     assert af.calls.index(("replay", "kafka")) < af.calls.index(("unpause", "rtml_ingest"))
-    assert af.calls.index(("unpause", "rtml_ingest")) < af.calls.index(("scheduled", "rtml_ingest"))
     assert not [c for c in af.calls if c[0] == "trigger"]  # nothing left: no manual run
+    assert af.calls[-1] == ("idle", "rtml_ingest")
 
 
-def test_kafka_records_left_after_the_scheduled_run_are_read_by_manual_runs(monkeypatch):
+def test_kafka_records_left_are_read_by_triggered_runs_until_the_groups_lag_no_more(monkeypatch):
     demo, af = _kafka_demo(monkeypatch, lags=[700, 200, 0])
     _, runs = demo.ingest_from_kafka(af, spec=None, settings=None)
-    assert runs == 3
+    assert runs == 2
     assert [c for c in af.calls if c[0] == "trigger"] == [("trigger", "rtml_ingest")] * 2
     assert af.calls[-1] == ("idle", "rtml_ingest")
 
@@ -160,3 +159,33 @@ def test_kafka_failed_ingestion_run_is_explained(monkeypatch):
     demo, af = _kafka_demo(monkeypatch, lags=[5], states=("failed",))
     with pytest.raises(RuntimeError, match="ended failed:\nwhy manual-"):
         demo.ingest_from_kafka(af, spec=None, settings=None)
+
+
+def _landing_demo(monkeypatch, states=("success",)):
+    from rtml.cli import demo
+
+    af = _Airflow(states)
+    monkeypatch.setattr(demo, "wait_idle", lambda af_, dag_id, timeout=600: af.calls.append(("idle", dag_id)))
+    return demo, af
+
+
+def test_the_replay_is_swept_by_one_triggered_run_whatever_the_scheduler_ran_before(monkeypatch):
+    """One run takes all of it: the batches never depend on which run the scheduler started first."""
+    demo, af = _landing_demo(monkeypatch)
+    run_id = demo.sweep_landing(af, REPLAY_START + timedelta(minutes=10), 5, now=T)
+    assert af.calls == [("trigger", "rtml_ingest"), ("idle", "rtml_ingest")]
+    assert run_id == "manual-1"
+
+
+@pytest.mark.parametrize("now", [REPLAY_START + timedelta(minutes=9, seconds=59), REPLAY_START + timedelta(minutes=5)])
+def test_a_replay_no_run_may_take_whole_yet_is_refused_before_any_run(monkeypatch, now):
+    demo, af = _landing_demo(monkeypatch)
+    with pytest.raises(ValueError, match="earlier --start"):
+        demo.sweep_landing(af, REPLAY_START + timedelta(minutes=10), 5, now=now)
+    assert af.calls == []
+
+
+def test_a_failed_sweep_is_explained(monkeypatch):
+    demo, af = _landing_demo(monkeypatch, states=("failed",))
+    with pytest.raises(RuntimeError, match="ended failed:\nwhy manual-1"):
+        demo.sweep_landing(af, REPLAY_START + timedelta(minutes=10), 5, now=T)

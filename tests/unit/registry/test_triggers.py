@@ -284,3 +284,17 @@ def test_a_decision_made_before_the_task_deploys_from_the_task(monkeypatch, tmp_
     with pytest.raises(AirflowSkipException, match="rejected by bo"):
         op.execute({})
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("deployed, reads", [({"recorded": True, "promotion": {"version": "3"}}, 0), ({}, 1)])
+def test_the_approval_is_logged_by_the_wait_only_when_the_deployment_did_not(monkeypatch, deployed, reads):
+    """deploy_approved logs the decision before it promotes: execute_complete then reads no log."""
+    from rtml.registry import promotion
+    from rtml.registry.triggers import WaitForApprovalOperator
+
+    logged: list[tuple] = []
+    monkeypatch.setattr(promotion, "record_observed_decision", lambda *a, **k: logged.append(a))
+    op = WaitForApprovalOperator(task_id="wait", name="m", version="3", tracking_uri="http://x")
+    event = {"status": "approved", "by": "ann", "at": "", "deployed": deployed}
+    assert op.execute_complete({}, event) == event
+    assert len(logged) == reads
