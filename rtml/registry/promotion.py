@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -267,17 +269,33 @@ def check_eligible(client: MlflowClient, name: str, version: str | int, force: b
 
 LOCK_PREFIX = "_audit/locks"
 LEASE_POLL = 0.2  # seconds between tries for a held lease (a webhook event waits behind `rtml approve`)
+# A live holder renews its lease every quarter of this; a holder that died (a killed triggerer or
+# worker) stops renewing, and its lease is broken this long after its last renewal.
+LEASE_TTL = 60.0
+
+
+def _renew_lease(store: Any, key: str, token: str) -> bool:
+    """Move the lease's ``at`` to now if it is still ours; False when it is not (broken, released)."""
+    try:
+        held = json.loads(store.get(key))
+    except (KeyError, ValueError):
+        return False
+    if held.get("token") != token:
+        return False
+    store.put(key, json.dumps({**held, "at": time.time()}).encode())
+    return True
 
 
 @contextlib.contextmanager
-def promotion_guard(name: str, what: str = "promotion", wait: float = 120.0, ttl: float = 900.0) -> Iterator[None]:
+def promotion_guard(name: str, what: str = "promotion", wait: float = 120.0, ttl: float = LEASE_TTL) -> Iterator[None]:
     """One promotion or rollback of a model at a time, across processes and hosts: a lease object
-    in the lake, created only if absent. A lease older than ``ttl`` (a crashed holder) is broken."""
+    in the lake, created only if absent, renewed while held. A lease not renewed for ``ttl`` (its
+    holder died) is broken."""
     from rtml.registry.audit import _create, actor, open_log_store
 
     store = open_log_store()
     key = f"{LOCK_PREFIX}/{name.replace('/', '_')}.lock"
-    token = f"{time.time_ns()}-{id(store)}"
+    token = f"{time.time_ns()}-{os.getpid()}-{id(store)}"
     body = json.dumps({"token": token, "what": what, "by": actor()[0], "at": time.time()}).encode()
     deadline = time.monotonic() + wait
     while not _create(store, key, body):
@@ -294,9 +312,21 @@ def promotion_guard(name: str, what: str = "promotion", wait: float = 120.0, ttl
                 "one at a time"
             )
         time.sleep(LEASE_POLL)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(ttl / 4):
+            with contextlib.suppress(Exception):  # a store hiccup: the next renewal tries again
+                if not _renew_lease(store, key, token):
+                    return
+
+    renewer = threading.Thread(target=renew, name=f"rtml-lease-{name}", daemon=True)
+    renewer.start()
     try:
         yield
     finally:
+        stop.set()
+        renewer.join()
         with contextlib.suppress(Exception):
             if json.loads(store.get(key)).get("token") == token:
                 store.delete(key)

@@ -256,3 +256,64 @@ def test_on_champion_is_told_once_the_alias_moved_before_the_card_and_lines(lake
     seen.clear()
     assert promotion.promote("credit", "2", client=reg, on_champion=lambda: seen.append(("again",)))["changed"] is False
     assert seen == []
+
+
+def _lease(name: str = "m") -> tuple:
+    from rtml.registry.audit import open_log_store
+    from rtml.registry.promotion import LOCK_PREFIX
+
+    return open_log_store(), f"{LOCK_PREFIX}/{name}.lock"
+
+
+def test_a_held_lease_makes_another_promotion_wait_then_refuse_naming_it(lake):
+    from rtml.registry.promotion import PromotionError, promotion_guard
+
+    with promotion_guard("m", "rollback"):
+        with pytest.raises(PromotionError, match="another rollback of m by tester is in progress"):
+            with promotion_guard("m", wait=0.3):
+                pass
+    with promotion_guard("m"):  # released
+        pass
+
+
+def test_the_lease_of_a_holder_that_died_is_broken_after_its_ttl(lake):
+    """A killed triggerer renews nothing: its lease is taken over once it is ``ttl`` old, not before."""
+    import json
+    import time
+
+    from rtml.registry.promotion import PromotionError, promotion_guard
+
+    store, key = _lease()
+    store.put(key, json.dumps({"token": "dead", "what": "promotion", "by": "x", "at": time.time() - 61}).encode())
+    with promotion_guard("m", wait=0.3, ttl=60):
+        assert json.loads(store.get(key))["token"] != "dead"
+    store.put(key, json.dumps({"token": "alive", "what": "promotion", "by": "x", "at": time.time() - 30}).encode())
+    with pytest.raises(PromotionError):
+        with promotion_guard("m", wait=0.3, ttl=60):
+            pass
+
+
+def test_a_live_holder_renews_its_lease_and_only_its_own(lake, monkeypatch):
+    import json
+
+    from rtml.registry import promotion
+
+    renewed = threading.Event()
+    real = promotion._renew_lease
+
+    def spy(store, key, token):
+        ok = real(store, key, token)
+        renewed.set()
+        return ok
+
+    monkeypatch.setattr(promotion, "_renew_lease", spy)
+    store, key = _lease()
+    with promotion.promotion_guard("m", ttl=0.02):
+        assert renewed.wait(30)  # the renewer runs beside the holder's work
+        mine = json.loads(store.get(key))
+        assert promotion._renew_lease(store, key, mine["token"])
+        assert json.loads(store.get(key))["at"] >= mine["at"]
+        assert not promotion._renew_lease(store, key, "someone-else")  # never writes over another's lease
+    assert not promotion._renew_lease(store, key, mine["token"])  # released: nothing to renew
+    with pytest.raises(KeyError):
+        store.get(key)
