@@ -289,7 +289,8 @@ class KafkaSource:
     def _committed(self, partition: int) -> int | None:
         from confluent_kafka import TopicPartition
 
-        tp = self._connect().committed([TopicPartition(self.topic, partition)], timeout=30)[0]
+        consumer = self._connect()
+        tp = until_coordinated(lambda: consumer.committed([TopicPartition(self.topic, partition)], timeout=30))[0]
         return tp.offset if tp.offset >= 0 else None
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
@@ -492,6 +493,29 @@ class KafkaSource:
         self._save_state()
 
 
+# What a group's coordinator answers while the broker elects or loads it (a group never used yet, a
+# broker just started): not an answer, ask again.
+COORDINATOR_PENDING = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE")
+
+
+def until_coordinated(call: Callable[[], Any], timeout: float = 30, pause: float = 0.5) -> Any:
+    """``call()`` (a group offsets request), asked again while the group's coordinator is pending,
+    for up to ``timeout`` seconds; any other error, or a coordinator still pending then, is raised."""
+    from confluent_kafka import KafkaError as BrokerError
+    from confluent_kafka import KafkaException
+
+    pending = {getattr(BrokerError, name) for name in COORDINATOR_PENDING}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not isinstance(err, BrokerError) or err.code() not in pending or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+
+
 def group_lag(topic: str, group: str | None = None, settings: Settings | None = None, timeout: float = 30) -> int:
     """Records of ``topic`` past ``group``'s committed offsets (default: the ingest group of the
     topic, as :func:`rtml.ingest.batches.ingest_kafka` names it): 0 once ingestion took everything.
@@ -504,7 +528,8 @@ def group_lag(topic: str, group: str | None = None, settings: Settings | None = 
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         parts = sorted(c.list_topics(topic, timeout=timeout).topics[topic].partitions)
-        committed = c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout)
+        committed = until_coordinated(lambda: c.committed([TopicPartition(topic, p) for p in parts], timeout=timeout),
+                                      timeout=timeout)
         lag = 0
         for tp in committed:
             lo, hi = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout, cached=False)

@@ -242,3 +242,43 @@ def test_a_burst_starts_one_run_and_a_later_record_another():
     # Another topic (the labels) has its own memory; a record with no timestamp always signals.
     assert signal(FakeMessage(ts=(1, sent), topic="rtml.ds.labels"), max_age_seconds=60, now=1_008.0, signalled=memo)
     assert signal(FakeMessage(ts=(0, -1), offset=9), max_age_seconds=60, now=1_009.0, signalled=memo)["offset"] == 9
+
+
+def _failing_then(codes: list[int], result="offsets"):
+    from confluent_kafka import KafkaError, KafkaException
+
+    calls: list[int] = []
+
+    def call():
+        calls.append(1)
+        if len(calls) <= len(codes):
+            raise KafkaException(KafkaError(codes[len(calls) - 1]))
+        return result
+
+    return call, calls
+
+
+def test_group_offsets_are_asked_again_while_the_groups_coordinator_is_pending():
+    """A group never used yet: the broker answers NOT_COORDINATOR / loading until it has elected one."""
+    from confluent_kafka import KafkaError
+
+    from rtml.ingest.kafka import until_coordinated
+
+    call, calls = _failing_then([KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                 KafkaError.COORDINATOR_NOT_AVAILABLE])
+    assert until_coordinated(call, timeout=30, pause=0) == "offsets" and len(calls) == 4
+
+
+def test_other_broker_errors_and_a_coordinator_never_elected_are_raised():
+    from confluent_kafka import KafkaError, KafkaException
+
+    from rtml.ingest.kafka import until_coordinated
+
+    call, calls = _failing_then([KafkaError.GROUP_AUTHORIZATION_FAILED])
+    with pytest.raises(KafkaException, match="GROUP_AUTHORIZATION_FAILED"):
+        until_coordinated(call, timeout=30, pause=0)
+    assert len(calls) == 1
+    call, calls = _failing_then([KafkaError.NOT_COORDINATOR] * 1000)
+    with pytest.raises(KafkaException, match="NOT_COORDINATOR"):
+        until_coordinated(call, timeout=0, pause=0)
+    assert len(calls) == 1
