@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 TOKEN = "unit-test-token"
@@ -67,3 +69,20 @@ def wait_until(cond, timeout=10.0):
             return True
         time.sleep(0.02)
     return False
+
+
+@contextlib.contextmanager
+def refusing_puts(store, when: Callable[[str], bool] = lambda key: True, message: str = "store down") -> Iterator[None]:
+    """The store refuses (``OSError(message)``) every put of a key ``when`` accepts, until the block ends."""
+    put = store.put
+
+    def refusing(key, data):
+        if when(key):
+            raise OSError(message)
+        return put(key, data)
+
+    store.put = refusing
+    try:
+        yield
+    finally:
+        store.put = put

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.serving import refusing_puts
 
 from rtml.serve.predlog import PredictionLog
 
@@ -75,17 +76,10 @@ def test_a_row_the_log_cannot_write_goes_to_the_dead_letter_and_the_rest_is_writ
 
 
 def test_the_dead_letter_falls_back_to_local_disk_when_the_lake_refuses_it(local_lake, spec, tmp_path):
-    put = local_lake.store.put
-
-    def no_quarantine(key, data):
-        if "quarantine" in key:
-            raise OSError("quarantine area down")
-        return put(key, data)
-
-    local_lake.store.put = no_quarantine
     plog = PredictionLog("predictions", spec, local_lake)
     plog.add(log_item(2, ["ok", "bad\udc00"]), 2)
-    assert plog.flush()["accepted"] == 1
+    with refusing_puts(local_lake.store, lambda key: "quarantine" in key, "quarantine area down"):
+        assert plog.flush()["accepted"] == 1
     path = tmp_path / "serve-dead-letter" / "predictions.jsonl"
     (row,) = [json.loads(line) for line in path.read_text("ascii").splitlines()]
     assert row["event_id"] == "bad\udc00" and row["kind"] == "predictions"
@@ -140,16 +134,14 @@ def test_the_last_flush_waits_for_one_still_writing(local_lake, spec):
 
 def test_a_failing_store_keeps_rows_and_the_bound_says_full(local_lake, spec):
     lake = local_lake
-    put = lake.store.put
-    lake.store.put = lambda key, data: (_ for _ in ()).throw(OSError("store down"))
     plog = PredictionLog("predictions", spec, lake, max_rows=5)
-    plog.add(log_item(3, ["a", "b", "c"]), 3)
-    with pytest.raises(OSError):
-        plog.flush()
-    assert plog.pending_rows == 3 and not plog.full and plog.dead_rows == 0 and plog.failed_writes == 1
-    plog.add(log_item(2, ["d", "e"]), 2)
-    assert plog.full
-    lake.store.put = put
+    with refusing_puts(lake.store):
+        plog.add(log_item(3, ["a", "b", "c"]), 3)
+        with pytest.raises(OSError):
+            plog.flush()
+        assert plog.pending_rows == 3 and not plog.full and plog.dead_rows == 0 and plog.failed_writes == 1
+        plog.add(log_item(2, ["d", "e"]), 2)
+        assert plog.full
     assert plog.flush()["accepted"] == 5 and plog.pending_rows == 0
     # the rows kept come first: the order of the log is the order of the answers
     assert list(lake.read_batches(spec.dataset.name, "predictions")["event_id"]) == ["a", "b", "c", "d", "e"]
@@ -198,21 +190,13 @@ def test_with_iceberg_a_flush_retried_after_its_commit_is_not_doubled(iceberg_la
     """The commit landed but the manifest write failed: the rows are kept and the next flush commits
     them (and the newer ones) under the same batch id, replacing the first commit's rows."""
     lake, ds = iceberg_lake, spec.dataset.name
-    put = lake.store.put
-
-    def no_manifest(key, data):
-        if "_manifests" in key:
-            raise OSError("store down")
-        return put(key, data)
-
-    lake.store.put = no_manifest
     plog = PredictionLog("predictions", spec, lake)
     plog.add(log_item(3, ["a", "b", "c"]), 3)
-    with pytest.raises(OSError):
-        plog.flush()
+    with refusing_puts(lake.store, lambda key: "_manifests" in key):
+        with pytest.raises(OSError):
+            plog.flush()
     assert plog.pending_rows == 3 and lake.tables.read(ds, "predictions").num_rows == 3  # committed, no manifest
     assert lake.read_batches(ds, "predictions").empty  # not visible without its manifest
-    lake.store.put = put
     plog.add(log_item(2, ["d", "e"]), 2)
     manifest = plog.flush()
     assert manifest["accepted"] == 5 and plog.pending_rows == 0
@@ -225,19 +209,10 @@ def test_with_iceberg_a_flush_retried_after_its_commit_is_not_doubled(iceberg_la
 
 def test_a_retried_batch_keeps_the_rows_it_dead_lettered_before(local_lake, spec):
     lake = local_lake
-    put = lake.store.put
-
-    def no_data(key, data):
-        if "quarantine" not in key:
-            raise OSError("store down")
-        return put(key, data)
-
-    lake.store.put = no_data
     plog = PredictionLog("predictions", spec, lake)
     plog.add(log_item(2, ["ok", "bad\ud800"]), 2)
-    with pytest.raises(OSError):
+    with refusing_puts(lake.store, lambda key: "quarantine" not in key), pytest.raises(OSError):
         plog.flush()
-    lake.store.put = put
     plog.add(log_item(2, ["ok2", "bad2\udc00"]), 2)
     manifest = plog.flush()
     qkey = lake.quarantine_key(spec.dataset.name, "predictions", manifest["batch_id"])

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from support.serving import AUTH, FakeSource, good_record, make_client, wait_until
+from support.serving import AUTH, FakeSource, good_record, make_client, refusing_puts, wait_until
 
 from rtml.serve.server import ServeConfig, jsonable_rows
 
@@ -268,15 +268,14 @@ def test_full_prediction_log_gives_503(local_lake, spec, fitted):
     rec = good_record(spec)
     with client:
         assert wait_until(lambda: server.ready)
-        put = lake.store.put
-        lake.store.put = lambda key, data: (_ for _ in ()).throw(OSError("store down"))
-        assert client.post("/v1/predict", json={"records": [rec] * 4}, headers=AUTH).status_code == 200
-        r = client.post("/v1/predict", json=rec, headers=AUTH)
-        assert r.status_code == 503 and r.headers["retry-after"] and "prediction log" in r.json()["error"]
-        text = client.get("/metrics").text
-        assert metric(text, 'rtml_overload_rejections_total{reason="log_full"}') == 1
-        assert metric(text, 'rtml_log_pending_rows{kind="predictions"}') == 4
-        lake.store.put = put  # the store is back: the rows are written, requests are accepted again
+        with refusing_puts(lake.store):
+            assert client.post("/v1/predict", json={"records": [rec] * 4}, headers=AUTH).status_code == 200
+            r = client.post("/v1/predict", json=rec, headers=AUTH)
+            assert r.status_code == 503 and r.headers["retry-after"] and "prediction log" in r.json()["error"]
+            text = client.get("/metrics").text
+            assert metric(text, 'rtml_overload_rejections_total{reason="log_full"}') == 1
+            assert metric(text, 'rtml_log_pending_rows{kind="predictions"}') == 4
+        # the store is back: the rows are written, requests are accepted again
         assert wait_until(lambda: server.predictions.pending_rows == 0)
         assert client.post("/v1/predict", json=rec, headers=AUTH).status_code == 200
     assert len(lake.read_batches(spec.dataset.name, "predictions")) == 5
