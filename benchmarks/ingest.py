@@ -578,7 +578,11 @@ def _commit(lake, spec, kind: str, bid: str, table, first: bool = False) -> None
         rows = table.append_column(pa.field(BATCH_COLUMN, pa.string(), nullable=False),
                                    pa.array([bid] * table.num_rows, pa.string()))
         t.append(_align(rows, t), snapshot_properties={f"{SUMMARY_PREFIX}batch": bid})
-        manifest.update({"table": lake.tables.identifier(ds, kind), "snapshot_id": t.current_snapshot().snapshot_id})
+        ident = lake.tables.identifier(ds, kind)
+        manifest.update({"table": ident, "snapshot_id": t.current_snapshot().snapshot_id})
+        # As the writer does after each commit: old snapshots expired past table_snapshot_max, so the
+        # metadata each commit copies stays the same size (without it building 10,000 batches is quadratic).
+        lake.tables._bound_snapshots(ident, t)
     elif lake.iceberg:
         manifest.update(lake.tables.commit_batch(ds, kind, bid, table, time_column=tcol))
     else:

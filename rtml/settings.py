@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     # How batches are stored: "files" (Parquet per batch, listed by JSON manifests) or "iceberg"
     # (one Apache Iceberg table per dataset and kind, see rtml.tables; the manifests stay the ledger).
-    lake_format: Literal["files", "iceberg"] = "files"
-    catalog_uri: str = ""  # Iceberg SQL catalog; default: sqlite:///<home>/catalog/catalog.db
+    lake_format: Literal["files", "iceberg"] = "iceberg"
+    # Iceberg SQL catalog; default (resolved_catalog_uri): SQLite under <home>/catalog, one per lake.
+    catalog_uri: str = ""
     # Table maintenance (rtml.tables.maintain, the rtml_maintenance DAG): snapshots older than this are
     # expired, except the newest table_snapshot_retain_last; a model version trained on an expired
     # snapshot is read back from the current table (its lineage check tells whether rows changed).
@@ -123,8 +124,6 @@ class Settings(BaseSettings):
         self.home = Path(self.home).expanduser().resolve()
         if not self.lake_uri:
             self.lake_uri = f"s3://{self.lake_bucket}" if self.storage == "s3" else str(self.home / "lake")
-        if not self.catalog_uri:
-            self.catalog_uri = f"sqlite:///{self.home / 'catalog' / 'catalog.db'}"
         if not self.s3_endpoint_url:
             self.s3_endpoint_url = f"http://{self.host}:{self.s3_port}"
         if not self.mlflow_tracking_uri:
@@ -179,6 +178,21 @@ class Settings(BaseSettings):
         if self.webhook_secret:
             return self.webhook_secret
         return _secret_once(self.home / "keys" / "webhook_secret", 32)
+
+    def resolved_catalog_uri(self) -> str:
+        """``catalog_uri``, else a SQLite catalog under ``<home>/catalog`` for this lake: ``catalog.db``
+        for the home's default lake, ``catalog-<digest of lake_uri>.db`` for any other. Resolved when
+        asked (not at validation), so a copy with another ``lake_uri`` (``rtml ingest --lake``) never
+        registers its tables in another lake's catalog."""
+        if self.catalog_uri:
+            return self.catalog_uri
+        default_lake = f"s3://{self.lake_bucket}" if self.storage == "s3" else str(self.home / "lake")
+        name = "catalog.db"
+        if self.lake_uri.rstrip("/") != default_lake:
+            import hashlib
+
+            name = f"catalog-{hashlib.sha256(self.lake_uri.rstrip('/').encode()).hexdigest()[:12]}.db"
+        return f"sqlite:///{self.home / 'catalog' / name}"
 
     def env(self) -> dict[str, str]:
         """This settings object as RTML_* variables, for child processes (Airflow tasks, servers)."""

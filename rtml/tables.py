@@ -61,18 +61,27 @@ class TableError(RuntimeError):
     """A table could not be opened, written or read; the message names the table."""
 
 
+WAREHOUSE = "_iceberg"  # under the lake: the tables' data and metadata
+
+
+def table_prefix(dataset: str, kind: str) -> str:
+    """The keys of table ``<dataset>.<kind>`` under the lake (its data and metadata; set at creation,
+    so that a service's storage grant can name exactly the tables it writes)."""
+    return f"{WAREHOUSE}/{dataset}.db/{kind}/"
+
+
 def warehouse_uri(settings: Settings) -> str:
     """Where table data and metadata live: ``_iceberg`` under the lake (same store, same credentials)."""
     lake = settings.lake_uri.rstrip("/")
     if lake.startswith("s3://"):
-        return f"{lake}/_iceberg"
+        return f"{lake}/{WAREHOUSE}"
     path = lake.removeprefix("file://")
-    return f"file://{path}/_iceberg"
+    return f"file://{path}/{WAREHOUSE}"
 
 
 def catalog_properties(settings: Settings) -> dict[str, str]:
     """The SQL catalog's properties (what Spark's or another engine's catalog must match)."""
-    props = {"type": "sql", "uri": settings.catalog_uri, "warehouse": warehouse_uri(settings)}
+    props = {"type": "sql", "uri": settings.resolved_catalog_uri(), "warehouse": warehouse_uri(settings)}
     if settings.lake_uri.startswith("s3://"):
         props.update({
             "s3.endpoint": settings.s3_endpoint_url,
@@ -88,10 +97,11 @@ def open_catalog(settings: Settings | None = None) -> Catalog:
     from pyiceberg.catalog import load_catalog
 
     s = settings or get_settings()
-    if s.catalog_uri.startswith("sqlite:///"):
+    uri = s.resolved_catalog_uri()
+    if uri.startswith("sqlite:///"):
         from pathlib import Path
 
-        Path(s.catalog_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if not s.lake_uri.startswith("s3://"):
         from pathlib import Path
 
@@ -130,25 +140,38 @@ class Tables:
         if table is None:
             if self.catalog.table_exists(ident):
                 table = self.catalog.load_table(ident)
+                self._check_location(ident, table)
                 if schema is not None:  # a writer: tables created by an older rtml get the properties
                     table = _ensure_properties(table)
             elif schema is None:
                 raise TableError(f"table {ident} does not exist (nothing was written to it yet)")
             else:
-                table = self._create(dataset, ident, _with_batch(schema), time_column)
+                table = self._create(dataset, kind, _with_batch(schema), time_column)
             self._open[ident] = table
         if schema is not None:
             table = self._evolve(table, _with_batch(schema))
             self._open[ident] = table
         return table
 
-    def _create(self, dataset: str, ident: str, schema: pa.Schema, time_column: str | None) -> Table:
+    def _check_location(self, ident: str, table: Table) -> None:
+        """A catalog shared by two lakes would hand one lake's writer the other's table."""
+        warehouse = warehouse_uri(self.settings)
+        location = table.location().rstrip("/")
+        if not (location + "/").startswith(warehouse + "/") and not (location + "/").startswith(
+                warehouse.removeprefix("file://") + "/"):
+            raise TableError(f"table {ident} of catalog {self.settings.resolved_catalog_uri()} is at {location}, "
+                             f"not in this lake ({warehouse}): give each lake its own catalog (RTML_CATALOG_URI)")
+
+    def _create(self, dataset: str, kind: str, schema: pa.Schema, time_column: str | None) -> Table:
         from pyiceberg.exceptions import TableAlreadyExistsError
         from pyiceberg.transforms import DayTransform
 
+        ident = self.identifier(dataset, kind)
         self.catalog.create_namespace_if_not_exists(dataset)
+        # The location pyiceberg would pick, stated: access grants (rtml.platform.access) name it.
+        location = warehouse_uri(self.settings).removesuffix(WAREHOUSE) + table_prefix(dataset, kind).rstrip("/")
         try:
-            table = self.catalog.create_table(ident, schema=schema, properties=TABLE_PROPERTIES)
+            table = self.catalog.create_table(ident, schema=schema, location=location, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:  # another writer created it meanwhile
             return self.catalog.load_table(ident)
         if time_column and time_column in schema.names:
@@ -209,6 +232,15 @@ class Tables:
         snap = table.current_snapshot()
         self._bound_snapshots(ident, table)
         return {"table": ident, "snapshot_id": snap.snapshot_id if snap else None}
+
+    def has_batch(self, dataset: str, kind: str, batch_id: str) -> bool:
+        """Whether the table holds rows of ``batch_id`` (planned from file metadata: the full bounds
+        of ``_batch`` prune every other batch's files, no data file is read)."""
+        if not self.exists(dataset, kind):
+            return False
+        table = self.table(dataset, kind)
+        scan = table.scan(row_filter=_expressions().EqualTo(BATCH_COLUMN, batch_id), selected_fields=(BATCH_COLUMN,))
+        return any(True for _ in scan.plan_files())
 
     def _bound_snapshots(self, ident: str, table: Table) -> None:
         """Past ``table_snapshot_max`` snapshots by half as many again, expire the oldest down to it

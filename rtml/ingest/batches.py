@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from rtml.spec import ProjectSpec
 
 ROWS_PER_PART = 1_000_000
+QUARANTINE_KIND = "quarantine"  # the table <dataset>.quarantine (lake_format iceberg): rejects of every kind
 SETTLE_SECONDS = 5.0
 # Duplicate ids are looked for in the batches of this many days before the current one.
 DEDUPE_LOOKBACK_DAYS = 2.0
@@ -310,6 +311,8 @@ def ingest_batch(
         lake.store.put(qkey, quarantine_lines(rejects))
     elif lake.store.exists(qkey):
         lake.store.delete(qkey)
+    if lake.iceberg:
+        _commit_quarantine(lake, ds, kind, bid, rejects, contract.time_column)
     _crash_point("data")
 
     tcol = contract.time_column
@@ -371,6 +374,20 @@ def ingest_batch(
 
 
 # --- the two ways to pick a batch ----------------------------------------------------------------
+def _commit_quarantine(lake: Lake, ds: str, kind: str, bid: str, rejects: list[dict[str, Any]],
+                       time_column: str | None) -> None:
+    """The batch's rejects as its rows of the table ``<ds>.quarantine`` (the file stays the manifest's
+    pointer; the table is what SQL and Spark query). Events and labels batches of one interval share
+    an id, so the table's batch is ``<kind>/<id>``. A batch without rejects costs no commit, unless
+    an earlier attempt of it left rows: they are replaced by none."""
+    from rtml.ingest.contract import quarantine_table
+
+    key = f"{kind}/{bid}"
+    if rejects or lake.tables.has_batch(ds, QUARANTINE_KIND, key):
+        lake.tables.commit_batch(ds, QUARANTINE_KIND, key, quarantine_table(kind, bid, rejects, time_column),
+                                 time_column="time")
+
+
 def ingest_interval(
     spec: ProjectSpec,
     kind: str,

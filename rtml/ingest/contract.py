@@ -41,13 +41,14 @@ import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from rtml.spec import ProjectSpec
 
@@ -727,6 +728,34 @@ def quarantine_lines(rejects: list[dict[str, Any]]) -> bytes:
     # Lone surrogates (only possible inside JSON strings) become \\udXXX escapes: the line stays
     # valid JSON and reads back as the very same string.
     return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace") if lines else b""
+
+
+def quarantine_table(kind: str, batch_id: str, rejects: list[dict[str, Any]], time_column: str | None) -> pa.Table:
+    """Rejected items as rows of the table ``<dataset>.quarantine``: the kind and batch they came in,
+    their reasons, the item as its quarantine line (the same JSON) and the record's own time when it
+    has a readable one (the table's day partition; else null)."""
+    import pyarrow as pa
+
+    items = [quarantine_lines([r]).decode("utf-8").rstrip("\n") for r in rejects]
+    return pa.table({
+        "kind": pa.array([kind] * len(rejects), pa.string()),
+        "batch": pa.array([batch_id] * len(rejects), pa.string()),
+        "reasons": pa.array([[str(x) for x in r.get("reasons") or []] for r in rejects], pa.list_(pa.string())),
+        "item": pa.array(items, pa.string()),
+        "time": pa.array([_record_time(r, time_column) for r in rejects], pa.timestamp("us", tz="UTC")),
+    })
+
+
+def _record_time(item: dict[str, Any], time_column: str | None) -> datetime | None:
+    rec = item.get("record")
+    value = rec.get(time_column) if time_column and isinstance(rec, dict) else None
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except (ValueError, OverflowError):  # not a time, or one no UTC day holds
+        return None
 
 
 def _dump(item: dict[str, Any]) -> str:

@@ -25,15 +25,19 @@ import logging
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rtml.lake import LABEL_CLOCK_SKEW, Lake, _utc
 from rtml.names import CHAMPION, EVAL_DIR, LIVE_FAIRNESS_TAG, MODEL_CARD
 from rtml.settings import Settings, get_settings
 from rtml.spec import ProjectSpec
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 MIN_LABELLED = 50  # below this, live metrics are too noisy to act on
 TAG_LIMIT = 5000  # MLflow's longest model version tag value
+MONITORING_KIND = "monitoring"  # the table <dataset>.monitoring: one row per check (lake_format iceberg)
 
 log = logging.getLogger("rtml.monitor.live")
 
@@ -274,4 +278,33 @@ def _save(lake: Lake, spec: ProjectSpec, report: dict[str, Any], html_path: Path
         report["drift_report"] = lake.store.url(f"{base}/live_drift.html")
     lake.store.put(f"{base}/report.json", json.dumps(report, indent=2, sort_keys=True, default=str).encode())
     report["report"] = lake.store.url(f"{base}/report.json")
+    if lake.iceberg:
+        # One row per check in the table <dataset>.monitoring (Spark/SQL over the history of checks);
+        # the check's time is its batch, so a re-saved report replaces its row.
+        snap = lake.tables.commit_batch(spec.dataset.name, MONITORING_KIND, stamp, monitoring_row(report),
+                                        time_column="checked_at")
+        report["table"] = snap["table"]
     return report
+
+
+def monitoring_row(report: dict[str, Any]) -> pa.Table:
+    """A monitoring report as one table row: the verdict and headline numbers as columns, the whole
+    report as JSON (a check's details vary with what it could check)."""
+    import pyarrow as pa
+
+    drift = report.get("drift") or {}
+    fair = report.get("live_fairness") or {}
+    share = drift.get("drifted_share")
+    return pa.table({
+        "checked_at": pa.array([datetime.fromisoformat(report["checked_at"])], pa.timestamp("us", tz="UTC")),
+        "model": pa.array([report.get("model")], pa.string()),
+        "model_versions": pa.array([[str(v) for v in report.get("model_versions", [])]], pa.list_(pa.string())),
+        "predictions": pa.array([report.get("predictions", 0)], pa.int64()),
+        "labelled_predictions": pa.array([report.get("labelled_predictions")], pa.int64()),
+        "drifted_share": pa.array([float(share) if isinstance(share, (int, float)) else None], pa.float64()),
+        "drift_passed": pa.array([drift.get("passed") if isinstance(drift.get("passed"), bool) else None], pa.bool_()),
+        "fairness_passed": pa.array([fair.get("passed") if isinstance(fair.get("passed"), bool) else None], pa.bool_()),
+        "retrain": pa.array([bool(report.get("retrain"))], pa.bool_()),
+        "reasons": pa.array([[str(r) for r in report.get("reasons", [])]], pa.list_(pa.string())),
+        "report": pa.array([json.dumps(report, sort_keys=True, default=str)], pa.string()),
+    })

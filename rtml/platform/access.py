@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from rtml.registry.audit import PREFIX as AUDIT_PREFIX
 from rtml.settings import Settings
+from rtml.tables import table_prefix
 
 # --- object store ------------------------------------------------------------------------------------
 S3_ADMIN = "rtml-admin"
@@ -75,11 +76,12 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def serve_log_prefixes(dataset: str) -> list[str]:
-    """The lake keys the endpoint writes for ``dataset`` (rtml.lake's layout for its log kinds)."""
+    """The lake keys the endpoint writes for ``dataset`` (rtml.lake's layout for its log kinds, and
+    their Iceberg tables: data and metadata; the SQL catalog's row is the catalog database's)."""
     out = []
     for kind in SERVE_LOG_KINDS:
         out += [f"{dataset}/{kind}/", f"{dataset}/quarantine/{kind}/", f"{dataset}/_manifests/{kind}/",
-                f"_index/{dataset}/{kind}/"]
+                f"_index/{dataset}/{kind}/", table_prefix(dataset, kind)]
     return out
 
 
@@ -165,8 +167,12 @@ def write_minio_policies(folder: Path, settings: Settings, datasets: Iterable[st
 # Role (suffix) -> the databases (suffixes) it owns: Airflow's metadata db also holds the Celery results;
 # MLflow's tracking/registry db and, natively, its users db (compose keeps that one in a SQLite file).
 PG_ROLES: dict[str, tuple[str, ...]] = {"airflow": ("airflow",), "mlflow": ("mlflow", "mlflow_auth")}
+# Compose also keeps the lake's Iceberg SQL catalog in PostgreSQL (natively: SQLite under RTML_HOME,
+# which every process of the one machine shares): its role is the tables' writers' (Airflow's workers
+# and the endpoint, whose prediction logs are tables too); what each may write is its S3 grant.
+COMPOSE_PG_ROLES: dict[str, tuple[str, ...]] = {**PG_ROLES, "catalog": ("catalog",)}
 # How docker-compose.yml hands each role's password to PostgreSQL's init script and to its service.
-PG_PASSWORD_ENV = {"airflow": "AIRFLOW_DB_PASSWORD", "mlflow": "MLFLOW_DB_PASSWORD"}
+PG_PASSWORD_ENV = {"airflow": "AIRFLOW_DB_PASSWORD", "mlflow": "MLFLOW_DB_PASSWORD", "catalog": "CATALOG_DB_PASSWORD"}
 ROLE_OPTIONS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 
 

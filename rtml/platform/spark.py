@@ -51,7 +51,7 @@ def _is_s3(settings: Settings) -> bool:
 def artifacts(settings: Settings) -> list[tuple[str, str, str]]:
     """(group, artifact, version) of each jar Spark needs for this lake's catalog."""
     out = [("org.apache.iceberg", f"iceberg-spark-runtime-{SPARK_LINE}_{SCALA}", ICEBERG)]
-    scheme = settings.catalog_uri.split(":", 1)[0].split("+", 1)[0]
+    scheme = settings.resolved_catalog_uri().split(":", 1)[0].split("+", 1)[0]
     if scheme == "sqlite":
         out.append(SQLITE_JDBC)
     elif scheme in ("postgresql", "postgres"):
@@ -141,7 +141,7 @@ def spark_conf(settings: Settings, jars: list[Path]) -> dict[str, str]:
         f"{cat}.type": "jdbc",
         f"{cat}.warehouse": warehouse_uri(settings),
     }
-    conf.update({f"{cat}.{k}": v for k, v in jdbc_catalog(settings.catalog_uri).items()})
+    conf.update({f"{cat}.{k}": v for k, v in jdbc_catalog(settings.resolved_catalog_uri()).items()})
     if _is_s3(settings):
         # Iceberg's S3FileIO on the lake's store (path-style: SeaweedFS or MinIO on one host).
         conf.update({

@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from support.lake import lake_state
 
 from rtml.ingest import produce as prod
 from rtml.ingest.batches import ingest_interval
@@ -35,8 +36,7 @@ def s3_lake(s3_settings: Settings):
 
 
 def snapshot(settings: Settings) -> dict[str, bytes]:
-    store = Lake(settings).store
-    return {k: store.get(k) for k in store.list(DS)}
+    return lake_state(Lake(settings), DS, SPEC.event_id)
 
 
 def test_landing_on_s3_conserves_and_is_idempotent(s3_lake):

@@ -338,6 +338,7 @@ def _refused(call: Callable[[], Any]) -> str:
 
 def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
     from rtml.platform.access import S3_ADMIN, S3_AIRFLOW, S3_MLFLOW, S3_SERVE, spec_datasets
+    from rtml.tables import table_prefix
 
     s, tag = dist.settings, uuid.uuid4().hex[:8]
     lake, models = s.lake_bucket, s.mlflow_bucket
@@ -373,12 +374,18 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
     serve.put_object(Bucket=lake, Key=log, Body=b"prediction")
     serve.put_object(Bucket=lake, Key=f"_index/{ds}/shadow/2026-11-26/{tag}.json", Body=b"{}")
     assert serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/predictions/")["KeyCount"] >= 1
+    # ... and its logs' Iceberg tables (data and metadata), not the events' table.
+    table_file = f"{table_prefix(ds, 'shadow')}metadata/{tag}.json"
+    serve.put_object(Bucket=lake, Key=table_file, Body=b"{}")
+    assert serve.get_object(Bucket=lake, Key=table_file)["Body"].read() == b"{}"
     for call in (lambda: serve.put_object(Bucket=lake, Key=event, Body=b"forged"),
                  lambda: serve.delete_object(Bucket=lake, Key=event),
                  lambda: serve.get_object(Bucket=lake, Key=event),
                  lambda: serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/events/"),
                  lambda: serve.put_object(Bucket=lake, Key=f"{ds}/_manifests/events/{tag}.json", Body=b"{}"),
                  lambda: serve.put_object(Bucket=lake, Key=f"other_{tag}/predictions/x.parquet", Body=b"x"),
+                 lambda: serve.put_object(Bucket=lake, Key=f"{table_prefix(ds, 'events')}metadata/{tag}.json",
+                                          Body=b"{}"),
                  lambda: serve.put_object(Bucket=models, Key=artifact, Body=b"x"),
                  lambda: serve.get_object(Bucket=models, Key=artifact)):
         assert _refused(call) == denied
@@ -392,7 +399,8 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
     assert _refused(lambda: s3_client(s, auth=(S3_SERVE, "wrong")).list_objects_v2(
         Bucket=lake, Prefix=f"{ds}/predictions/")) == "SignatureDoesNotMatch"
     assert _refused(lambda: s3_client(s, auth=("rtml-local", "rtml-local-secret")).list_buckets()) != ""
-    admin.delete_objects(Bucket=lake, Delete={"Objects": [{"Key": event}, {"Key": f"_index/{ds}/shadow/2026-11-26/{tag}.json"}]})
+    admin.delete_objects(Bucket=lake, Delete={"Objects": [{"Key": event}, {"Key": table_file},
+                                                          {"Key": f"_index/{ds}/shadow/2026-11-26/{tag}.json"}]})
 
 
 def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist):

@@ -188,7 +188,7 @@ def test_a_writer_killed_around_its_commit_leaves_all_or_none_on_s3(iceberg_s3, 
     settings = iceberg_s3
     _produce(settings, rows=120)
     env = {**os.environ, "RTML_STORAGE": "s3", "RTML_LAKE_URI": settings.lake_uri, "RTML_LAKE_FORMAT": "iceberg",
-           "RTML_CATALOG_URI": settings.catalog_uri, "RTML_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+           "RTML_CATALOG_URI": settings.resolved_catalog_uri(), "RTML_S3_ENDPOINT_URL": settings.s3_endpoint_url,
            "RTML_TEST_CRASH_AFTER_WRITE": stage}
     cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",
            "--start", T0.isoformat(), "--end", (T0 + FIVE).isoformat(), "--json"]

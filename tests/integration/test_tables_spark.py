@@ -113,5 +113,5 @@ def test_spark_sees_the_batches_and_snapshots_rtml_committed(lake_settings, spar
 def test_the_catalog_file_is_the_one_rtml_writes(lake_settings):
     from rtml.platform.spark import jdbc_catalog
 
-    path = Path(lake_settings.catalog_uri.removeprefix("sqlite:///"))
-    assert path.is_file() and jdbc_catalog(lake_settings.catalog_uri) == {"uri": f"jdbc:sqlite:{path}"}
+    path = Path(lake_settings.resolved_catalog_uri().removeprefix("sqlite:///"))
+    assert path.is_file() and jdbc_catalog(lake_settings.resolved_catalog_uri()) == {"uri": f"jdbc:sqlite:{path}"}

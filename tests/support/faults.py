@@ -89,14 +89,32 @@ def _committed(lake: Lake, kind: str) -> Iterator[tuple[dict[str, Any], list[str
     """Each committed batch: (its summary, the ids of its accepted rows, its quarantined items)."""
     import pyarrow.parquet as pq
 
+    in_table: dict[str, list[str]] | None = None
     for m in lake.manifests(DS, kind):
         ids: list[str] = []
+        if m.get("table"):  # a table batch: its rows, read once for every batch
+            if in_table is None:
+                in_table = _table_ids(lake, kind)
+            ids += in_table.get(m["batch_id"], [])
         for key in m.get("files", []):
             ids += pq.read_table(io.BytesIO(lake.store.get(key)), columns=[EID]).column(EID).to_pylist()
         items = []
         if m.get("quarantine"):
             items = [json.loads(x) for x in lake.store.get(m["quarantine"]).decode().splitlines() if x.strip()]
         yield m, ids, items
+
+
+def _table_ids(lake: Lake, kind: str) -> dict[str, list[str]]:
+    """The ids of the table's current rows, by the batch they came in."""
+    from rtml.tables import BATCH_COLUMN
+
+    if not lake.tables.exists(DS, kind):
+        return {}
+    rows = lake.tables.read(DS, kind, columns=(EID,))  # with the batch column
+    out: dict[str, list[str]] = {}
+    for eid, batch in zip(rows.column(EID).to_pylist(), rows.column(BATCH_COLUMN).to_pylist(), strict=True):
+        out.setdefault(batch, []).append(eid)
+    return out
 
 
 def quarantined_id(item: dict[str, Any]) -> str | None:

@@ -454,7 +454,7 @@ def _url_user(url: str) -> tuple[str | None, str | None, str]:
 
 
 def test_each_service_uses_its_own_database_role(profiles, services):
-    from rtml.platform.access import PG_PASSWORD_ENV, PG_ROLES, compose_init_sql
+    from rtml.platform.access import COMPOSE_PG_ROLES, PG_PASSWORD_ENV, compose_init_sql
 
     (stack, _), (env, _) = profiles
     cfg = stack.config
@@ -483,11 +483,18 @@ def test_each_service_uses_its_own_database_role(profiles, services):
         assert ("POSTGRES_PASSWORD" in _env(svc)) == (name == "postgres"), name
         assert "rtml:" not in " ".join(_env(svc).values()), f"{name} connects as the superuser"
     postgres = _env(services["postgres"])
-    assert {PG_PASSWORD_ENV[r] for r in PG_ROLES} <= set(postgres)
+    assert {PG_PASSWORD_ENV[r] for r in COMPOSE_PG_ROLES} <= set(postgres)
     script = (ROOT / "docker/postgres/init-roles.sh").read_text()
     sql = script.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
     # Compose keeps MLflow's users in SQLite (docker/mlflow/basic_auth.ini): no mlflow_auth database.
-    assert sql == compose_init_sql({r: tuple(d for d in dbs if d != "mlflow_auth") for r, dbs in PG_ROLES.items()})
-    for role in PG_ROLES:
+    assert sql == compose_init_sql({r: tuple(d for d in dbs if d != "mlflow_auth")
+                                    for r, dbs in COMPOSE_PG_ROLES.items()})
+    for role in COMPOSE_PG_ROLES:
         assert f'-v {role}_password="${PG_PASSWORD_ENV[role]}"' in script
     assert "./docker/postgres/init-roles.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in services["postgres"]["volumes"]
+    # The lake's Iceberg catalog: every writer of tables (Airflow, the endpoint's logs) as the catalog's role.
+    for name in [*PROFILE_TO_COMPOSE["airflow"], "rtml-serve"]:
+        m = re.fullmatch(r"postgresql\+psycopg2://(\w+):(\$\{[^}]*\})@postgres:5432/(\w+)",
+                         _env(services[name])["RTML_CATALOG_URI"])
+        assert m and (m[1], m[3]) == ("catalog", "catalog") and m[2].startswith("${CATALOG_DB_PASSWORD:?"), name
+        assert "postgres" in services[name]["depends_on"], name

@@ -46,8 +46,14 @@ def rows(n: int, day: int, prefix: str = "e") -> pa.Table:
 
 
 def test_catalog_and_warehouse_follow_the_settings(tmp_path):
+    home = Settings(storage="local", home=tmp_path / "h")
+    assert home.resolved_catalog_uri() == f"sqlite:///{tmp_path / 'h' / 'catalog' / 'catalog.db'}"
     local = Settings(storage="local", home=tmp_path / "h", lake_uri=str(tmp_path / "lake"))
-    assert local.catalog_uri == f"sqlite:///{tmp_path / 'h' / 'catalog' / 'catalog.db'}"
+    # Another lake of the same home has a catalog of its own, also when only lake_uri was changed
+    # (rtml ingest --lake): its tables are never registered in another lake's catalog.
+    other = home.model_copy(update={"lake_uri": str(tmp_path / "lake")})
+    assert local.resolved_catalog_uri() == other.resolved_catalog_uri() != home.resolved_catalog_uri()
+    assert local.resolved_catalog_uri().startswith(f"sqlite:///{tmp_path / 'h' / 'catalog'}/catalog-")
     assert warehouse_uri(local) == f"file://{tmp_path / 'lake'}/_iceberg"
     assert "s3.endpoint" not in catalog_properties(local)
     s3 = Settings(storage="s3", home=tmp_path / "h", lake_bucket="b", s3_endpoint_url="http://127.0.0.1:9",
@@ -478,3 +484,26 @@ def test_a_writer_keeps_the_snapshots_bounded_and_a_trained_windows_snapshots_ar
     per_batch = Tables(settings).read(DS, "events").to_pandas().groupby(BATCH_COLUMN).size().to_dict()
     want = {m["batch_id"]: m["accepted"] for m in lake.manifests(DS, "events") if m["accepted"]}
     assert per_batch == {**want, first: 10}  # no batch lost or doubled by the expiries
+
+
+def test_has_batch_answers_from_file_metadata(settings):
+    tables = Tables(settings)
+    assert tables.has_batch("ds", "events", "b1") is False  # no table yet
+    tables.commit_batch("ds", "events", "b1", rows(3, 1), time_column="ts")
+    tables.commit_batch("ds", "events", "b2", rows(2, 2), time_column="ts")
+    assert tables.has_batch("ds", "events", "b1") and tables.has_batch("ds", "events", "b2")
+    assert not tables.has_batch("ds", "events", "b")  # a prefix of both is neither
+    tables.commit_batch("ds", "events", "b1", rows(0, 1), time_column="ts")  # re-run with no rows
+    assert not tables.has_batch("ds", "events", "b1") and tables.has_batch("ds", "events", "b2")
+
+
+def test_a_table_of_another_lake_is_refused_not_written(tmp_path):
+    """A catalog shared by two lakes by mistake (RTML_CATALOG_URI set for both): the second lake's
+    writer must not put its rows in the first lake's table."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Settings(storage="local", home=tmp_path / "h", lake_uri=str(tmp_path / "one"), catalog_uri=shared)
+    second = first.model_copy(update={"lake_uri": str(tmp_path / "two")})
+    Tables(first).commit_batch("ds", "events", "b1", rows(2, 1), time_column="ts")
+    with pytest.raises(TableError, match=r"ds\.events .*one.*not in this lake.*two"):
+        Tables(second).commit_batch("ds", "events", "b1", rows(2, 1), time_column="ts")
+    assert not (tmp_path / "two").exists() or not any((tmp_path / "two").rglob("*.parquet"))

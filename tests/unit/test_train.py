@@ -300,7 +300,8 @@ def test_no_registered_model_means_everything_is_new(spec, lake, monkeypatch):
 # --- lineage read back ------------------------------------------------------------------------------------
 def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_reported(spec, lake, tmp_path,
                                                                                      monkeypatch):
-    """rtml lineage: the run's lineage.json (from MLflow, faked here) read back from a file lake."""
+    """rtml lineage: the run's lineage.json (from MLflow, faked here) read back from a file lake (a table
+    lake reads the snapshots it names: tests/unit/test_tables.py)."""
     import json
 
     import mlflow
@@ -308,6 +309,7 @@ def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_repo
     from rtml.settings import Settings
     from rtml.train import version_lineage
 
+    lake = Lake(Settings(home=tmp_path / "home", storage="local", lake_uri=str(tmp_path / "lake"), lake_format="files"))
     write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=4), batches=3)
     df, lin = load_window(spec, lake, end="2026-01-01T02:00:00", window_days=1)
     assert lin["rows_digest"].startswith("sha256:") and "tables" not in lin  # a file lake has no snapshots
@@ -317,7 +319,7 @@ def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_repo
     asked = []
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
                         lambda uri, dst_path, tracking_uri: asked.append(uri) or str(tmp_path / "lineage.json"))
-    s = Settings(home=tmp_path / "home", storage="local")
+    s = lake.settings
     out = version_lineage(spec, "toy", "3", settings=s, lake=lake)
     assert asked == ["runs:/run-7/lineage.json"]
     assert out["matches"] is True and out["rows"] == len(df) == 120 and out["digest"] == lin["rows_digest"]

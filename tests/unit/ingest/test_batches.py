@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support.lake import lake_state
 
 from rtml.ingest import produce as prod
 from rtml.ingest.batches import ingest_interval, last_interval
@@ -37,8 +38,7 @@ def produce(settings: Settings, **kw) -> dict:
 
 
 def lake_bytes(settings: Settings) -> dict[str, bytes]:
-    store = Lake(settings).store
-    return {k: store.get(k) for k in store.list(DS)}
+    return lake_state(Lake(settings), DS, SPEC.event_id)
 
 
 def test_intervals_conserve_every_record(settings):
@@ -71,6 +71,31 @@ def test_intervals_conserve_every_record(settings):
     assert all(json.loads(line)["reasons"] for line in q)
 
 
+def test_rejects_are_rows_of_the_quarantine_table_once_however_often_the_batch_runs(settings):
+    """With tables, each batch's rejects are also rows of ``<dataset>.quarantine`` (kind, batch,
+    reasons, the quarantine line): as many as the manifest counts, the same items as its file."""
+    from rtml.ingest.batches import QUARANTINE_KIND
+
+    produce(settings, bad_fraction=0.05)
+    lake = Lake(settings)
+    for _ in range(2):  # a re-run replaces the batch's rows, never doubles them
+        for kind in ("events", "labels"):
+            ingest_interval(SPEC, kind, T0, T0 + FIVE, settings=settings, lake=lake)
+    if not lake.iceberg:
+        assert not lake.tables.exists(DS, QUARANTINE_KIND)
+        return
+    rows = lake.tables.read(DS, QUARANTINE_KIND).to_pandas()
+    m = lake.manifests(DS, "events")[0]
+    mine = rows[(rows["kind"] == "events") & (rows["batch"] == m["batch_id"])]
+    assert m["quarantined"] > 0 and len(mine) == m["quarantined"]
+    assert sorted(mine["item"]) == sorted(lake.store.get(m["quarantine"]).decode().splitlines())
+    assert all(list(r) == json.loads(i)["reasons"] and len(r) for r, i in zip(mine["reasons"], mine["item"], strict=True))
+    # A record whose own time is readable is filed under its day (the table's partition).
+    timed = mine["time"].dropna()
+    assert len(timed) and ((timed >= pd.Timestamp(T0) - timedelta(days=1)) & (timed < pd.Timestamp(T0) + timedelta(days=1))).all()
+    assert "events" in set(rows["kind"]) <= {"events", "labels"} and not rows.duplicated(["kind", "batch", "item"]).any()
+
+
 def test_same_batch_three_times_is_byte_identical(settings):
     produce(settings, bad_fraction=0.02)
     lake = Lake(settings)
@@ -79,7 +104,7 @@ def test_same_batch_three_times_is_byte_identical(settings):
         results.append(ingest_interval(SPEC, "events", T0, T0 + FIVE, settings=settings, lake=lake))
         snapshots.append(lake_bytes(settings))
     assert snapshots[0] == snapshots[1] == snapshots[2]
-    assert len([k for k in snapshots[0] if k.endswith(".parquet")]) == 1
+    assert len([k for k in snapshots[0] if k.endswith(".parquet") or k.startswith("table/")]) == 1
     counts = [(r["records_in"], r["accepted"], r["quarantined"]) for r in results]
     assert counts[0] == counts[1] == counts[2] and counts[0][0] == 300
 
@@ -392,6 +417,8 @@ class _CountingStore:
 def test_a_drain_reads_the_lookback_once_and_still_sees_batches_committed_meanwhile(settings):
     from rtml.ingest.batches import CommittedIds, committed_ids
 
+    # Counted in Parquet reads of the batch files: the file lake's (a table's files are its own).
+    settings = settings.model_copy(update={"lake_format": "files"})
     produce(settings, rows=900)  # three 5-minute intervals of events
     lake = Lake(settings)
     for k in range(2):

@@ -106,6 +106,16 @@ def test_drifted_traffic_asks_for_retraining(world):
     assert any(r.startswith("drift: live") for r in report["reasons"])
     numeric = set(spec.numeric_features)
     assert numeric & set(report["drift"]["drifted_features"])
+    lake = world[2]
+    if lake.iceberg:  # the check is a row of <dataset>.monitoring, queryable beside the data
+        from rtml.monitor.live import MONITORING_KIND
+
+        rows = lake.tables.read(spec.dataset.name, MONITORING_KIND).to_pandas()
+        (row,) = rows[rows["checked_at"] == pd.Timestamp(report["checked_at"])].itertuples()
+        assert row.retrain and list(row.reasons) == report["reasons"] and row.drift_passed is False
+        assert row.drifted_share == report["drift"]["drifted_share"] and row.predictions == report["predictions"]
+        assert json.loads(row.report)["window"] == report["window"]
+        assert report["table"] == f"{spec.dataset.name}.{MONITORING_KIND}"
 
 
 def test_degraded_live_quality_asks_for_retraining(world):

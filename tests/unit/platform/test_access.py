@@ -57,6 +57,28 @@ def test_the_endpoint_may_write_every_key_its_log_writes_and_no_event_or_label_k
     assert not allowed(lake.data_key("other", "predictions", bid))  # another dataset's log
 
 
+def test_the_endpoint_may_write_its_log_tables_and_no_file_of_the_events_table(tmp_path):
+    """Every file a commit writes (data, manifests, metadata) is under the grant for the log kinds'
+    tables, and none of the events table's is."""
+    import pyarrow as pa
+
+    from rtml.tables import Tables
+
+    lake_dir = tmp_path / "lake"
+    settings = Settings(home=tmp_path / "home", storage="local", lake_uri=str(lake_dir), lake_format="iceberg")
+    tables = Tables(settings)
+    rows = pa.table({"time": pa.array([1_790_000_000_000_000], pa.timestamp("us", tz="UTC")), "x": [1.0]})
+    files = {}
+    for kind in ("predictions", "events"):
+        before = set(lake_dir.rglob("*"))
+        tables.commit_batch("ds", kind, "b1", rows, time_column="time")
+        files[kind] = [p.relative_to(lake_dir).as_posix() for p in set(lake_dir.rglob("*")) - before if p.is_file()]
+        assert files[kind], kind
+    prefixes = serve_log_prefixes("ds")
+    assert all(any(f.startswith(p) for p in prefixes) for f in files["predictions"]), files["predictions"]
+    assert not any(f.startswith(p) for f in files["events"] for p in prefixes), files["events"]
+
+
 def test_grants_follow_the_lake_and_artifact_locations(tmp_path):
     s = Settings(home=tmp_path, lake_uri="s3://data/rtml", mlflow_bucket="models")
     grants = s3_grants(s, ["ds", "ds"])

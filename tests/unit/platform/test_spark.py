@@ -57,7 +57,8 @@ def test_conf_for_a_folder_lake(tmp_path):
     conf = sp.spark_conf(s, jars)
     cat = "spark.sql.catalog.rtml"
     assert conf[cat] == "org.apache.iceberg.spark.SparkCatalog" and conf[f"{cat}.type"] == "jdbc"
-    assert conf[f"{cat}.uri"] == f"jdbc:sqlite:{tmp_path / 'home' / 'catalog' / 'catalog.db'}"
+    assert conf[f"{cat}.uri"] == "jdbc:sqlite:" + s.resolved_catalog_uri().removeprefix("sqlite:///")
+    assert conf[f"{cat}.uri"].startswith(f"jdbc:sqlite:{tmp_path / 'home' / 'catalog'}/catalog-")
     assert conf[f"{cat}.warehouse"] == f"file://{tmp_path / 'lake'}/_iceberg"
     assert conf["spark.jars"] == f"{jars[0]},{jars[1]}"
     assert conf["spark.driver.memory"] == "512m" and conf["spark.sql.shuffle.partitions"] == "2"
