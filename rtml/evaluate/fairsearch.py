@@ -24,6 +24,17 @@ each attribute's disparities. The kept candidate meets every limit (with the mar
 ``max_quality_loss``, with the best decision metric; when none does, there is no mitigated variant
 and the trade-off (quality vs the worst fairness margin) of every candidate is reported instead.
 Deterministic: the same rows give the same rule.
+
+Known gap, left on purpose: the served variant applies the thresholds to the plain model fitted on
+ALL the training rows, which on new rows selects more than the fold models whose scores the rule was
+fitted on (same holdout rows, same rule: +2.4 points on the credit demo over replay seeds 0-39, +9.7
+on mortgage_denial over seeds 0-9; ``benchmarks/score_mismatch.py``). Removing it did not pass the
+gate more often on seeds 0-39 of the credit demo (32 of 40 as is): thresholds mapped per group by
+quantile onto 10-fold scores 31, fitted on 10-fold scores 27, fitted on the newest 30% of the
+training rows scored by a model of the older rows (served instead) 24, the same rule with the fold
+models' own scores 27.3. The holdout's small groups' sampling noise decides the gate, not this gap;
+the gap does make the holdout's quality loss larger than the search accounted (mortgage_denial,
+seeds 0-9: 0.039 balanced accuracy vs 0.013 with the quantile mapping).
 """
 
 from __future__ import annotations
