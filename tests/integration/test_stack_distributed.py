@@ -403,7 +403,7 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
                                                           {"Key": f"_index/{ds}/shadow/2026-11-26/{tag}.json"}]})
 
 
-def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist):
+def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist, monkeypatch):
     """Beyond the grants: a real answered prediction reaches the lake as a committed batch (data,
     manifest, day index), written by a replica that holds only the serving identity."""
     from _serving import credit_rows
@@ -419,6 +419,9 @@ def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist):
     raw, _ = credit_rows(1)
     record = frame_to_records(raw[spec.feature_names])[0]
     admin = S3Store(dist.settings.lake_bucket, settings=dist.settings, client=_s3(dist, "rtml-admin"))
+    # The tables' files are read with the environment's keys (as every rtml process does): the admin's.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rtml-admin")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", dist.s3_secret("rtml-admin"))
     lake = Lake(dist.settings, admin)
     before = {m["batch_id"] for m in lake.manifests(spec.dataset.name, "predictions")}
     token = dist.settings.resolved_serve_token()
@@ -434,6 +437,7 @@ def test_the_endpoint_writes_its_prediction_log_with_its_own_keys(dist):
     assert new, "no prediction-log batch reached the lake"
     frame = lake.read_batches(spec.dataset.name, "predictions", [m["batch_id"] for m in new])
     assert request_id in set(frame["request_id"])
+    assert all(m["table"] == f"{spec.dataset.name}.predictions" for m in new)  # a table commit, by the replica
     assert admin.exists(f"_index/{spec.dataset.name}/predictions/_complete")
 
 

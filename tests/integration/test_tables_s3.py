@@ -135,7 +135,10 @@ def test_ingestion_onto_s3_conserves_records_and_a_rerun_replaces(iceberg_s3, fi
     with psycopg2.connect(pg_catalog.replace("+psycopg2", "")) as conn, conn.cursor() as cur:
         cur.execute("SELECT table_namespace, table_name, metadata_location FROM iceberg_tables ORDER BY 2")
         rows = cur.fetchall()
-    assert [(ns, name) for ns, name, _ in rows if ns == DS] == [(DS, "events"), (DS, "labels")]
+    # The rejects (3 % of the events were broken) are rows of the quarantine table, once each.
+    assert [(ns, name) for ns, name, _ in rows if ns == DS] == [(DS, "events"), (DS, "labels"), (DS, "quarantine")]
+    rejected = Tables(settings).read(DS, "quarantine").to_pandas()
+    assert len(rejected) == sum(m["quarantined"] for m in manifests + lake.manifests(DS, "labels")) > 0
     assert all(loc.startswith(f"{warehouse}/") for ns, _, loc in rows if ns == DS)
 
 
