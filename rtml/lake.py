@@ -98,13 +98,15 @@ def index_days(m: dict[str, Any]) -> list[str]:
     return [f"{d:%Y-%m-%d}" for d in pd.date_range(lo, hi, freq="D")]
 
 
-def _children(store: ObjectStore, prefix: str) -> list[str]:
-    """The names directly below ``prefix`` (stores without ``children`` list every key below it)."""
+def _children(store: ObjectStore, prefix: str, after: str = "") -> list[str]:
+    """The names directly below ``prefix`` that sort after ``after`` (stores without ``children``
+    list every key below it)."""
     children = getattr(store, "children", None)
     if children is not None:
-        return list(children(prefix))
+        names = children(prefix, after) if after else children(prefix)
+        return [n for n in names if n > after]
     cut = len(prefix.strip("/")) + 1
-    return sorted({key[cut:].split("/", 1)[0] for key in store.list(prefix)})
+    return sorted({name for key in store.list(prefix) if (name := key[cut:].split("/", 1)[0]) > after})
 
 
 def to_parquet_bytes(df: pd.DataFrame) -> bytes:
@@ -329,12 +331,12 @@ class Lake:
                 out.append(json.loads(self.store.get(key)))
         return sorted(out, key=lambda m: m["batch_id"])
 
-    def batch_ids(self, dataset: str, kind: str) -> list[str]:
-        """Every committed batch id of a kind, oldest first: the manifests' names, none of them read
-        (read the few needed with :meth:`manifest`)."""
+    def batch_ids(self, dataset: str, kind: str, after: str = "") -> list[str]:
+        """Every committed batch id of a kind (that sorts after ``after``), oldest first: the
+        manifests' names, none of them read (read the few needed with :meth:`manifest`)."""
         # One delimited listing of the names (no stat of each file, as a full listing does).
-        names = _children(self.store, f"{dataset}/_manifests/{kind}")
-        return sorted(name.removesuffix(".json") for name in names if name.endswith(".json"))
+        names = _children(self.store, f"{dataset}/_manifests/{kind}", after)
+        return sorted(bid for name in names if name.endswith(".json") and (bid := name.removesuffix(".json")) > after)
 
     def manifest(self, dataset: str, kind: str, batch_id: str) -> dict[str, Any] | None:
         """One committed batch's manifest (None: not committed)."""

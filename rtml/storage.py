@@ -88,12 +88,13 @@ class LocalStore:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    def children(self, prefix: str) -> builtins.list[str]:
-        """The names directly below ``prefix`` (files and "folders"), without listing deeper."""
+    def children(self, prefix: str, after: str = "") -> builtins.list[str]:
+        """The names directly below ``prefix`` (files and "folders"), without listing deeper; with
+        ``after``, only the names that sort after it."""
         base = self.root / _clean(prefix)
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-"))
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".tmp-") and p.name > after)
 
     def url(self, key: str) -> str:
         return str(self._path(key))
@@ -151,12 +152,15 @@ class S3Store:
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
-    def children(self, prefix: str) -> builtins.list[str]:
-        """The names directly below ``prefix``: one delimited listing, not every key below it."""
+    def children(self, prefix: str, after: str = "") -> builtins.list[str]:
+        """The names directly below ``prefix``: one delimited listing, not every key below it; with
+        ``after``, the listing starts after that name (the store skips the ones before: a listing of
+        the recent names of a long history costs what they cost)."""
         full = self._key(prefix) + "/"
         out: set[str] = set()
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+        extra = {"StartAfter": full + after} if after else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/", **extra):
             out.update(p["Prefix"][len(full):].rstrip("/") for p in page.get("CommonPrefixes", []))
             out.update(obj["Key"][len(full):] for obj in page.get("Contents", []))
         return sorted(out)

@@ -102,8 +102,11 @@ class CommittedIds:
         """The committed batch ids that count for ``before``, oldest first (from the manifest names)."""
         t0 = _batch_time(before)
         horizon = t0 - timedelta(days=self.lookback_days) if t0 else None
+        # Ingestion's batch ids start with their time (intervals, Kafka offsets, stream ids): the
+        # listing starts at the lookback's horizon, so it costs what the lookback holds, not the history.
+        after = f"{horizon:%Y%m%dT%H%M%S}" if horizon is not None else ""
         out = []
-        for bid in self.lake.batch_ids(self.spec.dataset.name, self.kind):
+        for bid in self.lake.batch_ids(self.spec.dataset.name, self.kind, after):
             if bid >= before:
                 continue
             bt = _batch_time(bid)

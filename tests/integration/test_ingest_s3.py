@@ -39,6 +39,16 @@ def snapshot(settings: Settings) -> dict[str, bytes]:
     return lake_state(Lake(settings), DS, SPEC.event_id)
 
 
+def test_children_after_a_name_start_the_listing_there(s3_lake):
+    """The S3 listing with StartAfter and a delimiter (what the duplicate check lists its lookback with)."""
+    store = Lake(s3_lake).store
+    for k in ("m/20260101-a.json", "m/20260102-b.json", "m/20260103-c.json", "m/sub/deeper.json"):
+        store.put(k, b"{}")
+    assert store.children("m") == ["20260101-a.json", "20260102-b.json", "20260103-c.json", "sub"]
+    assert store.children("m", "20260102") == ["20260102-b.json", "20260103-c.json", "sub"]
+    assert store.children("m", "20260102-b.json") == ["20260103-c.json", "sub"]
+
+
 def test_landing_on_s3_conserves_and_is_idempotent(s3_lake):
     settings = s3_lake
     assert settings.lake_uri.startswith("s3://")

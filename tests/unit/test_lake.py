@@ -391,6 +391,9 @@ def test_batch_ids_list_the_committed_batches_without_reading_a_manifest(spec, t
     assert ids == [m["batch_id"] for m in lake.manifests(ds, "events")] and not counting.gets
     assert lake.manifest(ds, "events", ids[-1]) == lake.manifests(ds, "events")[-1]
     assert lake.manifest(ds, "events", "20990101T000000-none") is None
+    # From a name on (the duplicate check lists its lookback, not the history): also without children.
+    assert lake.batch_ids(ds, "events", after=ids[1]) == ids[2:]
+    assert Lake(store=counting).batch_ids(ds, "events", after=ids[1][:15]) == ids[1:]
 
 
 @pytest.mark.parametrize("fmt", ["files", "iceberg"])

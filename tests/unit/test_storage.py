@@ -87,6 +87,14 @@ def test_list_below_a_prefix_sorted_without_temp_files(store):
     assert store.list("nothing/here") == []
 
 
+def test_children_after_a_name_skip_the_names_before_it(store):
+    for k in ("m/20260101-a.json", "m/20260102-b.json", "m/20260103-c.json", "m/sub/deeper.json"):
+        store.put(k, b"{}")
+    assert store.children("m") == ["20260101-a.json", "20260102-b.json", "20260103-c.json", "sub"]
+    assert store.children("m", "20260102") == ["20260102-b.json", "20260103-c.json", "sub"]
+    assert store.children("m", "20260102-b.json") == ["20260103-c.json", "sub"]  # after: exclusive
+
+
 def test_put_leaves_no_temp_file_and_a_failed_put_keeps_the_old_object(store):
     store.put("k", b"old")
     with pytest.raises(TypeError):
