@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = ""  # default: http://<host>:<s3_port> for the embedded SeaweedFS
     s3_port: int = 8333
     s3_region: str = "us-east-1"
-    # How batches are stored: "files" (Parquet per batch, listed by JSON manifests) or "iceberg"
-    # (one Apache Iceberg table per dataset and kind, see rtml.tables; the manifests stay the ledger).
+    # How batches are stored: "iceberg" (one Apache Iceberg table per dataset and kind, see rtml.tables;
+    # the manifests stay the ledger) or "files" (Parquet per batch: the lakes before tables, which
+    # `rtml lake migrate` moves into tables).
     lake_format: Literal["files", "iceberg"] = "iceberg"
     # Iceberg SQL catalog; default (resolved_catalog_uri): SQLite under <home>/catalog, one per lake.
     catalog_uri: str = ""
