@@ -55,7 +55,9 @@ class AirflowClient:
                     raise
                 time.sleep(1.0 * (attempt + 1))
                 continue
-            if r.status_code < 500 or "database is locked" not in r.text or attempt == 4:
+            # "database is locked" (a rolled-back write) or, from the backfill API, "Database is locked.
+            # Backfill creation is not supported ..." (the partial backfill removed so that a retry may create it).
+            if r.status_code < 500 or "database is locked" not in r.text.lower() or attempt == 4:
                 return r
             time.sleep(0.5 * (attempt + 1))
         return r

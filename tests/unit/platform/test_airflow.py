@@ -102,6 +102,15 @@ def test_a_locked_database_is_retried_with_growing_pauses(api, http_stub, clock)
     assert all(c.json() == {"is_paused": False} for c in calls)
 
 
+def test_a_backfill_refused_on_a_locked_database_is_retried(api, http_stub, clock):
+    # Airflow 3's backfill API: 503 with a capitalised message, the partial backfill cleaned up.
+    answer, calls = _failing_then(1, 503, '{"detail":"Database is locked. Backfill creation is not supported on '
+                                          'SQLite under concurrent access. Please use PostgreSQL or MySQL."}')
+    http_stub.route("POST", "/api/v2/backfills", answer)
+    r = api.post("/api/v2/backfills", json={"dag_id": "d"})
+    assert r.status_code == 200 and len(calls) == 2 and clock.sleeps == [0.5]
+
+
 def test_a_database_that_stays_locked_gives_up_after_five_tries(api, http_stub, clock):
     answer, calls = _failing_then(99, 503, "database is locked")
     http_stub.route("DELETE", "/api/v2/dags/d", answer)
