@@ -157,7 +157,10 @@ def cluster_id(settings: Settings) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cid = "-"
+    # Like Kafka's own Uuid.randomUuid: an id starting with "-" reads as an option on a command line.
+    while cid.startswith("-"):
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     path.write_text(cid + "\n")
     return cid
 
@@ -189,7 +192,8 @@ def prepare_broker(settings: Settings, timeout: float = 600, log: Path | None = 
     if (broker_dir(settings) / "data" / "meta.properties").exists():
         return
     cmd = [java_bin(), "-Xmx256m", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-           "-t", cluster_id(settings), "-c", str(props), "--ignore-formatted"]
+           # One argument with "=": a kept id that starts with "-" is still the option's value.
+           f"--cluster-id={cluster_id(settings)}", "-c", str(props), "--ignore-formatted"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     if log is not None:
         with open(log, "a") as fh:

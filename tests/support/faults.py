@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -232,6 +233,12 @@ class TriggerStore:
         return getattr(self._store, name)
 
 
+def fault_seed(name: str, base: int = 100, span: int = 10_000) -> int:
+    """The data seed of one fault: fixed by its name, so a run's outcome never depends on the draw,
+    and distinct per fault, so faults sharing a lake or stream never produce the same ids."""
+    return base + zlib.crc32(name.encode()) % span
+
+
 def fresh_lake(settings: Settings, name: str) -> Settings:
     """The settings with a lake prefix of its own (under the lake bucket on S3, or a subfolder)."""
     tag = f"faults-{name}-{uuid.uuid4().hex[:8]}"
@@ -323,7 +330,7 @@ def fault_worker_killed(settings: Settings, source: str, stage: str, redis: Redi
     """``rtml ingest`` dies (os._exit, no cleanup) after writing the batch's data (``stage="data"``)
     or its manifest (``"manifest"``, before the Redis ack); the next run recovers."""
     t = time.monotonic()
-    seed = 100 + uuid.uuid4().int % 10_000
+    seed = fault_seed(f"kill-{source}-{stage}")
     s = fresh_lake(settings, f"kill-{source}-{stage}")
     lake = Lake(s)
     try:
@@ -398,7 +405,7 @@ def fault_store_outage(settings: Settings, seconds: float = 30.0, rows: int = 24
     from rtml.ingest.batches import ingest_interval
 
     t = time.monotonic()
-    seed = 100 + uuid.uuid4().int % 10_000
+    seed = fault_seed("s3-outage")
     s = fresh_lake(settings, "s3-outage")
     assert s.lake_uri.startswith("s3://"), "the object store outage needs the S3 store"
     try:
@@ -430,7 +437,7 @@ def fault_redis_restart(settings: Settings, redis: RedisServer, rows: int = 300)
     from rtml.ingest.batches import ingest_stream
 
     t = time.monotonic()
-    seed = 100 + uuid.uuid4().int % 10_000
+    seed = fault_seed("redis-restart")
     s = _settings_with_redis(fresh_lake(settings, "redis-restart"), redis.url)
     stream = f"rtml-faults:{uuid.uuid4().hex[:8]}:events"
     try:
@@ -485,7 +492,7 @@ def fault_mlflow_down(settings: Settings, rows: int = 600) -> FaultResult:
     from rtml.platform.stack import Stack
 
     t = time.monotonic()
-    seed = 100 + uuid.uuid4().int % 10_000
+    seed = fault_seed("mlflow-down")
     tag = uuid.uuid4().hex[:8]
     s = fresh_lake(settings, "mlflow-down").model_copy(update={"mlflow_experiment": f"rtml-faults-{tag}"})
     spec: ProjectSpec = SPEC.model_copy(update={"model": SPEC.model.model_copy(update={"registered_name": f"faults_{tag}"})})
@@ -552,7 +559,7 @@ def fault_scheduler_killed(settings: Settings, api, rows: int = 240, timeout: fl
     from rtml.platform.stack import Stack, process_family
 
     t = time.monotonic()
-    seed = 10_000 + uuid.uuid4().int % 80_000
+    seed = fault_seed("scheduler-killed", base=10_000, span=80_000)
     stack = Stack(settings)
     lake = Lake(settings)
     # Keys in the past, unique to this call: the run's sweep takes them.

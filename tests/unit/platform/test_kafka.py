@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
@@ -194,6 +195,14 @@ def test_cluster_id_is_made_once_and_kept(settings):
     assert kafka.cluster_id(other) != cid  # one per state folder
 
 
+def test_a_cluster_id_never_starts_with_a_dash(settings, monkeypatch):
+    # 0xF8 encodes to "-" first: the storage tool read such an id as an option and refused to format.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    assert base64.urlsafe_b64encode(b"\xf8" + bytes(15)).startswith(b"-")
+    assert kafka.cluster_id(settings) == base64.urlsafe_b64encode(b"\x10" + bytes(15)).decode().rstrip("=")
+
+
 def test_broker_command_line(settings, java):
     cmd = kafka.broker_command(settings)
     d = settings.home / "kafka"
@@ -220,7 +229,7 @@ def test_prepare_formats_the_storage_with_the_cluster_id(settings, resolved, jav
     [(cmd, kw)] = run.calls
     props = settings.home / "kafka" / "server.properties"
     assert cmd == [java, "-Xmx256m", "-cp", f"{resolved}/*", "kafka.tools.StorageTool", "format",
-                   "-t", kafka.cluster_id(settings), "-c", str(props), "--ignore-formatted"]
+                   f"--cluster-id={kafka.cluster_id(settings)}", "-c", str(props), "--ignore-formatted"]
     assert kw["stdin"] == subprocess.DEVNULL and props.exists()
     assert log.read_text() == "earlier\nFormatting metadata directory\n"  # appended, not replaced
 
