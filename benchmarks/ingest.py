@@ -32,7 +32,8 @@ the median time per commit of each size and their ratio are printed (the aim: fl
 ``--history A,B`` measures what reading one day's training window costs when the lake holds A, then
 B, committed batches (the same batches in the window at both sizes, the rest before it): the aim is
 that the read costs what the window costs, within 1.5x from A to B. It prints how each lake was built
-(Iceberg batches by append: see ``history``) and the best of 5 reads, the sizes in turns. Timings are
+(Iceberg batches by append: see ``history``; the daily maintenance of ``rtml_maintenance`` runs
+whenever the batches reach a new day, as it would in use) and the best of 5 reads, the sizes in turns. Timings are
 wall-clock on this machine.
 
 ``--dedupe N`` measures the cross-batch duplicate check of a drain of N batches of ``--rows`` events
@@ -338,6 +339,7 @@ def _committed(settings: Settings, topic: str, group: str) -> int:
 def history(sizes: list[int], lake_format: str, keep: bool) -> None:
     """Read one day's window of a lake holding ``n`` batches, for each n in ``sizes``."""
     from rtml.lake import Lake
+    from rtml.tables import maintain
 
     spec = load_spec()
     events, labels = prod.build(spec, rows=2_000, start=T0, rate=1.0, seed=0)
@@ -358,10 +360,21 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         t = time.perf_counter()
         day = timedelta(days=1)
         contract = {"events": Contract(spec, "events"), "labels": Contract(spec, "labels")}
+        maintained, maintenance, last_day = 0, 0.0, None
         for i in range(n):
             # batch i: 20 events (and labels) on its own 5 minutes, the last per_day batches on the window day
             start = (T0 - day * 365 + timedelta(minutes=5 * i) if i < n - per_day
                      else T0 + timedelta(minutes=5 * (i - n + per_day)))
+            if lake.iceberg and last_day is not None and start.date() != last_day:
+                # What the daily rtml_maintenance DAG does to a lake in use: yesterday's small files
+                # compacted, old snapshots expired (the lake read below is one that is maintained).
+                m0 = time.perf_counter()
+                maintain(settings, older_than_hours=0, tables=lake.tables)
+                maintenance += time.perf_counter() - m0
+                maintained += 1
+            last_day = start.date()
+            if i and i % 1000 == 0:
+                print(f"  {i:,} batches in {time.perf_counter() - t:6.1f}s", flush=True)
             for kind, frame in (("events", events), ("labels", labels)):
                 part = frame.iloc[(i * 20) % 1980:(i * 20) % 1980 + 20].copy()
                 bid = f"{start:%Y%m%dT%H%M%S}-b{i:06d}"
@@ -376,7 +389,10 @@ def history(sizes: list[int], lake_format: str, keep: bool) -> None:
         window, _ = Lake(settings).labelled(spec, T0, T0 + day)  # warm-up: imports, caches of the OS
         lakes.append((n, tmp, settings, len(window)))
         how = " (batches by append)" if fast else ""
-        print(f"{lake_format} lake with {n:>6,} batches ({per_day} in the window): built in {build:6.1f}s{how}")
+        if maintained:
+            how += f", of which {maintenance:.1f}s in {maintained} daily maintenance runs"
+        print(f"{lake_format} lake with {n:>6,} batches ({per_day} in the window): built in {build:6.1f}s{how}",
+              flush=True)
     # The sizes are read in turns, each time by a fresh reader (no cached table metadata), and the
     # best of 5 counts: a load that changes while the benchmark runs weighs on every size alike.
     best = {n: float("inf") for n, *_ in lakes}
