@@ -1,8 +1,7 @@
 """
 ### rtml_maintenance: compaction and snapshot expiry of the lake's Iceberg tables
 
-Once a day, **maintain** runs `rtml.tables.maintain` on every table of the catalog
-(`lake_format: iceberg`; with `files` the task is *skipped* and says why):
+Once a day, **maintain** runs `rtml.tables.maintain` on every table of the catalog:
 
 1. **Compaction** - a day partition with many small data files (one per micro-batch) is rewritten
    into one file, in one commit: readers see the old files or the new one, never a mix, and every
@@ -43,17 +42,10 @@ from airflow.sdk import Param, dag, task
 def rtml_maintenance():
     @task
     def maintain(params: dict | None = None) -> dict:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         from rtml.settings import get_settings
         from rtml.tables import maintain
 
         settings = get_settings(refresh=True)
-        if settings.lake_format != "iceberg":
-            message = ("lake_format is files: the lake has no Iceberg tables to maintain "
-                       "(set RTML_LAKE_FORMAT=iceberg, after `rtml lake migrate`)")
-            print(message)
-            raise AirflowSkipException(message)
         params = params or {}
         hours, last = params.get("older_than_hours"), params.get("retain_last")
         result = maintain(settings, older_than_hours=None if hours is None else float(hours),

@@ -1,16 +1,19 @@
-"""The data lake: layout, deterministic Parquet, batch manifests, and readers for later stages.
+"""The data lake: batch manifests over Iceberg tables, and readers for later stages.
 
 Layout under the lake root (an S3 prefix or a folder), per dataset::
 
-    <dataset>/<kind>/date=YYYY-MM-DD/batch=<batch_id>/part-00000.parquet     accepted records
+    _iceberg/<dataset>.db/<kind>/                                            the table <dataset>.<kind> (rtml.tables)
     <dataset>/quarantine/<kind>/date=YYYY-MM-DD/batch=<batch_id>/rejected.jsonl   with reasons
     <dataset>/_manifests/<kind>/<batch_id>.json                              one per batch
     _index/<dataset>/<kind>/<YYYY-MM-DD|wide|undated>/<batch_id>.json        the day index (beside the datasets)
 
-``kind`` is ``events`` (features, no label), ``labels`` (delayed outcomes, joined by event id) or
-``predictions`` (the serving log). A batch is identified by ``batch_id`` and always written to the
-same keys, so a retry or a backfill of the same batch replaces its files instead of adding any.
-The manifest is written last: a batch without a manifest is not visible to readers.
+``kind`` is ``events`` (features, no label), ``labels`` (delayed outcomes, joined by event id),
+``predictions`` or ``shadow`` (the serving log). A batch is identified by ``batch_id``: its rows are
+one commit to its table (a retry or a backfill of the same batch replaces them instead of adding
+any), and its manifest names the table and snapshot. The manifest is written last: a batch without
+a manifest is not visible to readers. Lakes written before tables held a batch's rows in Parquet
+files listed in its manifest (``files``); ``rtml lake migrate`` moves them into tables, and readers
+refuse such batches with a message that says so (:class:`UnmigratedBatches`).
 Each manifest records the ``schema_hash`` of the contract its rows were checked against; readers
 that build training data (:meth:`Lake.labelled`, :meth:`Lake.latest_labels`) refuse to mix batches
 of another schema (:class:`SchemaMismatch`, naming the batches) instead of silently mixing them.
@@ -19,7 +22,7 @@ Stages hand each other these references (lake URI, manifest keys, batch ids), ne
 The day index makes a window read cost what the window costs, not what the lake's history costs:
 beside each manifest (written just before it) a small entry per day of event time the batch covers
 (``min_time``..``watermark``, UTC days) carries what a reader needs (batch id, schema hash, time
-range, files or table). A window lists only its days' entries (plus ``wide``: batches spanning more
+range, table). A window lists only its days' entries (plus ``wide``: batches spanning more
 than :data:`INDEX_MAX_DAYS` days, and ``undated``: rows without a time range) instead of every
 manifest ever written. A re-run batch rewrites its entries and drops those of days it left; an
 entry that disagrees with another of its batch, or names a file gone since, is settled by the
@@ -39,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rtml.settings import Settings, get_settings
-from rtml.storage import ObjectStore, open_store
+from rtml.storage import ObjectStore, open_store, store_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,6 +138,18 @@ class SchemaMismatch(ValueError):
     """Committed batches written under another data contract than the one being read with."""
 
 
+class UnmigratedBatches(RuntimeError):
+    """Batches whose rows are Parquet files of a lake written before tables (``rtml lake migrate``)."""
+
+    def __init__(self, lake_uri: str, dataset: str, kind: str, batch_ids: list[str]) -> None:
+        shown = ", ".join(batch_ids[:3]) + (f" and {len(batch_ids) - 3} more" if len(batch_ids) > 3 else "")
+        super().__init__(
+            f"{dataset}/{kind}: {len(batch_ids)} batch(es) ({shown}) are Parquet files of a lake written "
+            f"before tables, which rtml no longer reads: run `rtml lake migrate --lake {lake_uri}` once "
+            "to move them into its tables (batch ids and counts kept)")
+        self.batch_ids = batch_ids
+
+
 def check_schema(manifests: list[dict[str, Any]], expected: str, what: str) -> None:
     """Raise :class:`SchemaMismatch` if a batch with rows was written under another schema hash."""
     other: dict[str, list[str]] = {}
@@ -167,13 +182,18 @@ class BatchRef:
 
 class Lake:
     def __init__(self, settings: Settings | None = None, store: ObjectStore | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.store = store or open_store(self.settings.lake_uri, self.settings)
+        settings = settings or get_settings()
+        self.store = store or open_store(settings.lake_uri, settings)
+        if store is not None and store.uri != store_uri(settings.lake_uri):
+            # Another lake than the settings' (a model's lineage, ``--lake``): its own tables and
+            # default catalog, never the settings' lake's.
+            settings = settings.model_copy(update={"lake_uri": store.uri})
+        self.settings = settings
         self._tables: Tables | None = None
 
     @property
     def tables(self) -> Tables:
-        """The lake's Iceberg tables (``lake_format: iceberg``; a manifest naming a ``table``)."""
+        """The lake's Iceberg tables: ``<dataset>.<kind>`` in its catalog, under ``<lake>/_iceberg``."""
         if self._tables is None:
             from rtml.tables import Tables
 
@@ -181,17 +201,10 @@ class Lake:
         return self._tables
 
     @property
-    def iceberg(self) -> bool:
-        return self.settings.lake_format == "iceberg"
-
-    @property
     def uri(self) -> str:
         return self.store.uri
 
     # --- layout ---------------------------------------------------------------------------------
-    def data_key(self, dataset: str, kind: str, batch_id: str, part: int = 0) -> str:
-        return f"{dataset}/{kind}/date={_date_of(batch_id)}/batch={batch_id}/part-{part:05d}.parquet"
-
     def quarantine_key(self, dataset: str, kind: str, batch_id: str) -> str:
         return f"{dataset}/quarantine/{kind}/date={_date_of(batch_id)}/batch={batch_id}/rejected.jsonl"
 
@@ -199,14 +212,6 @@ class Lake:
         return f"{dataset}/_manifests/{kind}/{batch_id}.json"
 
     # --- writing --------------------------------------------------------------------------------
-    def write_table(self, key: str, df: pd.DataFrame) -> int:
-        data = to_parquet_bytes(df)
-        self.store.put(key, data)
-        return len(data)
-
-    def read_table(self, key: str) -> pd.DataFrame:
-        return from_parquet_bytes(self.store.get(key))
-
     def index_key(self, dataset: str, kind: str, day: str, batch_id: str) -> str:
         return f"_index/{dataset}/{kind}/{day}/{batch_id}.json"
 
@@ -366,38 +371,37 @@ class Lake:
         chosen = [m for m in found if keep is None or keep(m)]
         if schema_hash is not None:
             check_schema(chosen, schema_hash, f"{dataset}/{kind}")
-        frames = []
+        chosen = self.in_tables(dataset, kind, chosen)
         in_table = {m["batch_id"]: i for i, m in enumerate(chosen) if m.get("table")}
-        if in_table:
-            # One scan for every chosen batch of the table (a window prunes by day), then batch order.
-            rows = self.tables.read(dataset, kind, set(in_table), time_column=time_column, start=start, end=end,
-                                    snapshot_id=snapshot_id, keep_null_time=keep_null_time)
-            if rows.num_rows:
-                df = rows.to_pandas()
-                df["_order"] = df["_batch"].map(in_table)
-                frames.append(df.sort_values("_order", kind="stable").drop(columns="_order"))
-        for m in chosen:
-            for part in self._read_files(dataset, kind, m):
-                frames.append(part.assign(_batch=m["batch_id"]))
-        if len(frames) > 1 and in_table:
-            order = {m["batch_id"]: i for i, m in enumerate(chosen)}
-            df = pd.concat(frames, ignore_index=True)
-            return df.iloc[df["_batch"].map(order).argsort(kind="stable")].reset_index(drop=True)
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if not in_table:
+            return pd.DataFrame()
+        # One scan for every chosen batch of the table (a window prunes by day), then batch order.
+        rows = self.tables.read(dataset, kind, set(in_table), time_column=time_column, start=start, end=end,
+                                snapshot_id=snapshot_id, keep_null_time=keep_null_time)
+        if not rows.num_rows:
+            return pd.DataFrame()
+        df = rows.to_pandas()
+        df["_order"] = df["_batch"].map(in_table)
+        return df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
-    def _read_files(self, dataset: str, kind: str, m: dict[str, Any]) -> list[pd.DataFrame]:
-        try:
-            return [self.read_table(key) for key in m.get("files", [])]
-        except KeyError:
-            if not m.get("_indexed"):
-                raise
-        # A stale index entry (its batch re-run with fewer parts, a crash between the two writes):
-        # the manifest says which files the batch has now.
-        fresh = self._manifest(dataset, kind, m["batch_id"]) or {}
-        if fresh.get("table"):
-            log.warning("%s/%s batch %s moved to a table since its index entry: not read by this window",
-                        dataset, kind, m["batch_id"])
-        return [self.read_table(key) for key in fresh.get("files", [])]
+    def in_tables(self, dataset: str, kind: str, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``manifests`` with every batch in a table; an index entry written before its batch was
+        migrated is settled by the manifest. Raises :class:`UnmigratedBatches` for batches whose
+        rows are still Parquet files (a lake written before tables)."""
+        out, legacy = [], []
+        for m in manifests:
+            if m.get("files"):
+                fresh = self._manifest(dataset, kind, m["batch_id"]) if m.get("_indexed") else m
+                if fresh is None:  # re-run or dropped meanwhile: nothing committed to read
+                    continue
+                if fresh.get("files"):
+                    legacy.append(m["batch_id"])
+                    continue
+                m = {**fresh, "_indexed": True} if m.get("_indexed") else fresh
+            out.append(m)
+        if legacy:
+            raise UnmigratedBatches(self.uri, dataset, kind, legacy)
+        return out
 
     def read_batches(
         self,
@@ -411,11 +415,14 @@ class Lake:
         ``keep`` accepts), in batch order. With ``schema_hash``, batches written under another
         contract raise :class:`SchemaMismatch`. A time window's rows: :meth:`read_window`."""
         wanted = None if batch_ids is None else set(batch_ids)
+        # Named batches: only their manifests are fetched, not every manifest of the kind.
+        candidates = None if wanted is None else sorted(
+            (m for bid in wanted if (m := self._manifest(dataset, kind, bid)) is not None), key=lambda m: m["batch_id"])
 
         def chosen(m: dict[str, Any]) -> bool:
             return (wanted is None or m["batch_id"] in wanted) and (keep is None or keep(m))
 
-        df = self._read(dataset, kind, chosen, schema_hash)
+        df = self._read(dataset, kind, chosen, schema_hash, candidates=candidates)
         return df.drop(columns="_batch") if not df.empty else df
 
     def read_window(self, dataset: str, kind: str, time_column: str, start: Any, end: Any = None) -> pd.DataFrame:
@@ -440,10 +447,8 @@ class Lake:
         return df[inside].reset_index(drop=True)
 
     def snapshots(self, dataset: str) -> dict[str, int | None]:
-        """The current snapshot of each table of ``dataset`` (``lake_format: iceberg``; else empty):
-        read a window at these and later commits cannot change what it returns."""
-        if not self.iceberg:
-            return {}
+        """The current snapshot of each table of ``dataset``: read a window at these and later
+        commits cannot change what it returns."""
         return {kind: self.tables.snapshot(dataset, kind) for kind in ("events", "labels")}
 
     def latest_labels(self, spec: ProjectSpec, snapshot_id: int | None = None,

@@ -83,9 +83,9 @@ def migrate(
     Killed anywhere and run again, nothing is lost or doubled: before 2 the batch is committed
     again (a commit replaces the batch's rows), after 2 only the files left over are deleted.
     Batches without rows stay as they are. At the end, every table batch of a kind is counted in the
-    current table and compared with its manifest's ``accepted``. Readers (:class:`rtml.lake.Lake`)
-    read table batches whatever ``lake_format`` says; set ``RTML_LAKE_FORMAT=iceberg`` so that new
-    batches are written to the tables too. ``dry_run`` only reports what would be done.
+    current table and compared with its manifest's ``accepted``. Until then readers (:class:`rtml.lake.Lake`)
+    refuse the lake's Parquet batches (:class:`rtml.lake.UnmigratedBatches`, naming this command).
+    ``dry_run`` only reports what would be done.
     """
     from rtml.lake import KINDS, Lake
 
@@ -117,8 +117,6 @@ def migrate(
                   for m in report["mismatches"]]
     if not lines:
         lines.append(f"nothing to migrate: no batch manifests in {lake.uri}")
-    elif not dry_run and s.lake_format != "iceberg":
-        lines.append("new batches are still written as files: set RTML_LAKE_FORMAT=iceberg")
     report["message"] = "\n".join(lines)
     return report
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_SPEC = Path(__file__).parent / "examples" / "credit_risk.yaml"
@@ -41,10 +41,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str = ""  # default: http://<host>:<s3_port> for the embedded SeaweedFS
     s3_port: int = 8333
     s3_region: str = "us-east-1"
-    # How batches are stored: "iceberg" (one Apache Iceberg table per dataset and kind, see rtml.tables;
-    # the manifests stay the ledger) or "files" (Parquet per batch: the lakes before tables, which
-    # `rtml lake migrate` moves into tables).
-    lake_format: Literal["files", "iceberg"] = "iceberg"
+    # How batches are stored: one Apache Iceberg table per dataset and kind (rtml.tables), the manifests
+    # the ledger. The one value left; "files" (Parquet per batch, the lakes before tables) is refused
+    # with what to do: `rtml lake migrate` moves such a lake into tables.
+    lake_format: Literal["iceberg"] = "iceberg"
     # Iceberg SQL catalog; default (resolved_catalog_uri): SQLite under <home>/catalog, one per lake.
     catalog_uri: str = ""
     # Table maintenance (rtml.tables.maintain, the rtml_maintenance DAG): snapshots older than this are
@@ -119,6 +119,15 @@ class Settings(BaseSettings):
     serve_max_queue_rows: int = Field(default=4096, ge=1)  # rows waiting for a model call
     serve_max_log_rows: int = Field(default=200_000, ge=1)  # prediction-log rows not yet in the lake
     serve_model_timeout_seconds: float = Field(default=10.0, gt=0)  # a model call longer than this fails
+
+    @field_validator("lake_format", mode="before")
+    @classmethod
+    def _no_file_lakes(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "files":
+            raise ValueError("'files' (Parquet per batch, the lakes before tables) is no longer written or read: "
+                             "unset RTML_LAKE_FORMAT, and move an existing lake into tables once with "
+                             "`rtml lake migrate --lake <lake uri>`")
+        return value
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

@@ -194,6 +194,13 @@ def ensure_bucket(bucket: str, settings: Settings | None = None, auth: tuple[str
         client.create_bucket(Bucket=bucket)
 
 
+def store_uri(uri: str) -> str:
+    """The ``uri`` of the store :func:`open_store` opens for ``uri`` (without opening it)."""
+    if uri.startswith("s3://"):
+        return uri.rstrip("/")
+    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+
+
 def open_store(uri: str | None = None, settings: Settings | None = None) -> ObjectStore:
     """The store behind a URI: ``s3://bucket/prefix`` or a folder path (``file://`` optional)."""
     s = settings or get_settings()

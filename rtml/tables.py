@@ -1,7 +1,6 @@
 """The lake's Apache Iceberg tables (pyiceberg, SQL catalog): one table per dataset and kind.
 
-``RTML_LAKE_FORMAT=iceberg`` puts the accepted rows of every micro-batch in a table
-``<dataset>.<kind>`` instead of loose Parquet files: one Iceberg commit per batch, atomic (a reader
+The accepted rows of every micro-batch go to a table ``<dataset>.<kind>``: one Iceberg commit per batch, atomic (a reader
 sees all of a batch or none of it) and idempotent (a re-run batch *replaces* its rows: the commit
 overwrites the rows whose ``_batch`` is that batch id, in the same transaction that adds the new
 ones). The snapshot summary carries the batch's counts (``rtml.batch``, ``rtml.records_in``,

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 # The modules that contribute verbs, in the order of the loop.
 COMMAND_MODULES = [
     "rtml.cli.stack",
@@ -144,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"rtml: error: {err}", file=sys.stderr)
         return err.code
+    except ValidationError as err:
+        if err.title != "Settings":
+            raise
+        # RTML_* variables refused by the settings: each named, no traceback.
+        msg = "; ".join(f"RTML_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in err.errors())
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "error": f"settings: {msg}"}))
+        else:
+            print(f"rtml: error: settings: {msg}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     if result is None:

@@ -14,8 +14,11 @@ def _cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     from rtml.migration import migrate
     from rtml.tables import TableError
 
+    settings = get_settings()
+    if args.lake:
+        settings = settings.model_copy(update={"lake_uri": args.lake})
     try:
-        return migrate(get_settings(), datasets=args.dataset or None, kinds=tuple(args.kind) if args.kind else None,
+        return migrate(settings, datasets=args.dataset or None, kinds=tuple(args.kind) if args.kind else None,
                        dry_run=args.dry_run)
     except TableError as err:
         from rtml.cli import CLIError
@@ -28,9 +31,6 @@ def _cmd_maintain(args: argparse.Namespace) -> dict[str, Any]:
     from rtml.tables import TableError, maintain
 
     settings = get_settings()
-    if settings.lake_format != "iceberg":
-        return {"ok": True, "skipped": True,
-                "message": "lake_format is files: no tables to maintain (RTML_LAKE_FORMAT=iceberg uses them)"}
     if args.older_than_hours is not None and not (math.isfinite(args.older_than_hours) and args.older_than_hours >= 0):
         raise CLIError(f"--older-than-hours must be a finite number >= 0, got {args.older_than_hours}")
     if args.retain_last is not None and args.retain_last < 1:
@@ -55,6 +55,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     m = command(lake_sub, "migrate", _cmd_migrate,
                 "move a file lake's batches (Parquet listed by manifests) into Iceberg tables, batch by batch; "
                 "resumable, checks row counts per batch")
+    m.add_argument("--lake", help="lake URI (default: RTML_LAKE_URI)")
     m.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: every dataset)")
     m.add_argument("--kind", action="append", choices=KINDS, help="only this kind (repeatable; default: all)")
     m.add_argument("--dry-run", action="store_true", help="print what would be migrated; change nothing")

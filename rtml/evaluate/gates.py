@@ -499,24 +499,22 @@ def newest_events(ctx: Context, max_rows: int = 50_000) -> tuple[pd.DataFrame, l
     ds = ctx.spec.dataset.name
     used = ctx.lineage.get("events_batches", [])
     last = used[-1] if used else ""
-    committed = lake.batch_ids(ds, "events")  # names only: the manifests read are the newest few
-    frames, ids, rows = [], [], 0
-    for bid in reversed([b for b in committed if b > last]):  # newest first, until max_rows
+    committed = lake.batch_ids(ds, "events", after=last)  # names only: the manifests read are the newest few
+    ids, rows = [], 0
+    for bid in reversed(committed):  # newest first, until max_rows
         m = lake.manifest(ds, "events", bid) or {}
-        if not m.get("files"):
+        if not int(m.get("accepted") or 0):
             continue
-        for key in m["files"]:
-            frames.append(lake.read_table(key))
-            rows += len(frames[-1])
         ids.append(bid)
+        rows += int(m["accepted"])
         if rows >= max_rows:
             break
-    if not ids and last in committed:  # nothing newer with rows: the newest batch training used
-        frames = [lake.read_table(key) for key in (lake.manifest(ds, "events", last) or {}).get("files", [])]
+    if not ids and last:  # nothing newer with rows: the newest batch training used
         ids = [last]
-    if not frames:
+    frame = lake.read_batches(ds, "events", ids) if ids else pd.DataFrame()
+    if frame.empty:
         return pd.DataFrame(), []
-    return pd.concat(frames, ignore_index=True).tail(max_rows), sorted(ids)
+    return frame.tail(max_rows).reset_index(drop=True), sorted(ids)
 
 
 def evaluate_drift(

@@ -6,14 +6,15 @@ One call of :func:`ingest_batch`:
    interval, or the next stream entries / the entries a crashed attempt left pending);
 2. validates every record against the spec's contract (:mod:`rtml.ingest.contract`), including duplicate
    event ids inside the batch and against *earlier* committed batches;
-3. writes the accepted rows as Parquet at keys fixed by the batch id (a retry or a backfill of the
-   same batch rewrites the same bytes), and the rejected ones with their reasons to quarantine;
-4. writes the batch manifest LAST (counts, watermark, source position, schema hash, files): until
-   then readers do not see the batch;
+3. commits the accepted rows to the table ``<dataset>.<kind>`` in one Iceberg commit that replaces
+   whatever an earlier attempt of the same batch id committed, and the rejected ones with their
+   reasons to quarantine (a file and the table ``<dataset>.quarantine``);
+4. writes the batch manifest LAST (counts, watermark, source position, schema hash, table and
+   snapshot): until then readers do not see the batch;
 5. only then acknowledges the source (Redis XACK).
 
 A crash anywhere before 5 leaves the source entries pending; the retry reads the same entries, so
-it computes the same batch id and rewrites the same objects. ``records_in == accepted +
+it computes the same batch id and replaces the same batch's rows. ``records_in == accepted +
 quarantined`` holds in every manifest (a refused file or line counts as one quarantined item).
 
 ``rtml ingest SPEC`` runs it from the command line; the ``rtml_ingest`` DAG calls
@@ -22,7 +23,6 @@ quarantined`` holds in every manifest (a refused file or line counts as one quar
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     from rtml.lake import Lake
     from rtml.spec import ProjectSpec
 
-ROWS_PER_PART = 1_000_000
-QUARANTINE_KIND = "quarantine"  # the table <dataset>.quarantine (lake_format iceberg): rejects of every kind
+QUARANTINE_KIND = "quarantine"  # the table <dataset>.quarantine: rejects of every kind
 SETTLE_SECONDS = 5.0
 # Duplicate ids are looked for in the batches of this many days before the current one.
 DEDUPE_LOOKBACK_DAYS = 2.0
@@ -118,16 +117,11 @@ class CommittedIds:
     def _load(self, bids: list[str]) -> None:
         import pyarrow as pa
         import pyarrow.compute  # noqa: F401 - pa.compute
-        import pyarrow.parquet as pq
 
         lake, ds = self.lake, self.spec.dataset.name
-        parts: dict[str, list[Any]] = {}
-        in_table: list[str] = []
-        for bid in bids:
-            m = json.loads(lake.store.get(lake.manifest_key(ds, self.kind, bid)))
-            if m.get("table") and m.get("accepted"):
-                in_table.append(bid)
-            parts[bid] = [pq.read_table(io.BytesIO(lake.store.get(key)), columns=self.cols) for key in m.get("files", [])]
+        parts: dict[str, list[Any]] = {bid: [] for bid in bids}
+        found = [json.loads(lake.store.get(lake.manifest_key(ds, self.kind, bid))) for bid in bids]
+        in_table = [m["batch_id"] for m in lake.in_tables(ds, self.kind, found) if m.get("table") and m.get("accepted")]
         if in_table:  # one scan for the table's batches
             rows = lake.tables.read(ds, self.kind, set(in_table), columns=tuple(self.cols))
             for bid in in_table:
@@ -261,7 +255,7 @@ def ingest_batch(
     import pyarrow.compute as pc
 
     from rtml.ingest.contract import Contract, quarantine_lines
-    from rtml.lake import Lake, arrow_to_parquet_bytes
+    from rtml.lake import Lake
 
     settings = settings or get_settings()
     lake = lake or Lake(settings)
@@ -291,31 +285,17 @@ def ingest_batch(
     if result.records_in != n_acc + len(rejects):  # the contract's own invariant
         raise RuntimeError(f"conservation broken in batch {bid}: {result.records_in} in, {n_acc}+{len(rejects)} out")
 
-    files: list[str] = []
-    snapshot: dict[str, Any] = {}
     _crash_point("before-data")
-    if lake.iceberg:
-        # One Iceberg commit: the batch's rows replace whatever an earlier attempt committed.
-        snapshot = lake.tables.commit_batch(
-            ds, kind, bid, table, time_column=contract.time_column,
-            summary={"records_in": result.records_in, "accepted": n_acc, "quarantined": len(rejects)})
-    else:
-        # Data files: fixed keys per batch id; stale parts of an earlier, larger attempt are removed.
-        for part, lo in enumerate(range(0, n_acc, ROWS_PER_PART)):
-            key = lake.data_key(ds, kind, bid, part)
-            lake.store.put(key, arrow_to_parquet_bytes(table.slice(lo, ROWS_PER_PART)))
-            files.append(key)
-    folder = lake.data_key(ds, kind, bid).rsplit("/", 1)[0]
-    for key in lake.store.list(folder):
-        if key not in files:
-            lake.store.delete(key)
+    # One Iceberg commit: the batch's rows replace whatever an earlier attempt committed.
+    snapshot = lake.tables.commit_batch(
+        ds, kind, bid, table, time_column=contract.time_column,
+        summary={"records_in": result.records_in, "accepted": n_acc, "quarantined": len(rejects)})
     qkey = lake.quarantine_key(ds, kind, bid)
     if rejects:
         lake.store.put(qkey, quarantine_lines(rejects))
     elif lake.store.exists(qkey):
         lake.store.delete(qkey)
-    if lake.iceberg:
-        _commit_quarantine(lake, ds, kind, bid, rejects, contract.time_column)
+    _commit_quarantine(lake, ds, kind, bid, rejects, contract.time_column)
     _crash_point("data")
 
     tcol = contract.time_column
@@ -324,8 +304,7 @@ def ingest_batch(
         "batch_id": bid,
         "dataset": ds,
         "kind": kind,
-        "files": files,
-        **snapshot,  # lake_format iceberg: the table and the snapshot that committed the batch
+        **snapshot,  # the table and the snapshot that committed the batch
         "quarantine": qkey if rejects else None,
         "records_in": result.records_in,
         "accepted": n_acc,
@@ -360,7 +339,7 @@ def ingest_batch(
         "batch_id": bid,
         "manifest": ref.manifest_key,
         "lake": lake.uri,
-        "files": files,
+        **snapshot,
         "quarantine": manifest["quarantine"],
         "records_in": result.records_in,
         "accepted": n_acc,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 MIN_LABELLED = 50  # below this, live metrics are too noisy to act on
 TAG_LIMIT = 5000  # MLflow's longest model version tag value
-MONITORING_KIND = "monitoring"  # the table <dataset>.monitoring: one row per check (lake_format iceberg)
+MONITORING_KIND = "monitoring"  # the table <dataset>.monitoring: one row per check
 
 log = logging.getLogger("rtml.monitor.live")
 
@@ -278,12 +278,11 @@ def _save(lake: Lake, spec: ProjectSpec, report: dict[str, Any], html_path: Path
         report["drift_report"] = lake.store.url(f"{base}/live_drift.html")
     lake.store.put(f"{base}/report.json", json.dumps(report, indent=2, sort_keys=True, default=str).encode())
     report["report"] = lake.store.url(f"{base}/report.json")
-    if lake.iceberg:
-        # One row per check in the table <dataset>.monitoring (Spark/SQL over the history of checks);
-        # the check's time is its batch, so a re-saved report replaces its row.
-        snap = lake.tables.commit_batch(spec.dataset.name, MONITORING_KIND, stamp, monitoring_row(report),
-                                        time_column="checked_at")
-        report["table"] = snap["table"]
+    # One row per check in the table <dataset>.monitoring (Spark/SQL over the history of checks);
+    # the check's time is its batch, so a re-saved report replaces its row.
+    snap = lake.tables.commit_batch(spec.dataset.name, MONITORING_KIND, stamp, monitoring_row(report),
+                                    time_column="checked_at")
+    report["table"] = snap["table"]
     return report
 
 

@@ -76,12 +76,12 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def serve_log_prefixes(dataset: str) -> list[str]:
-    """The lake keys the endpoint writes for ``dataset`` (rtml.lake's layout for its log kinds, and
-    their Iceberg tables: data and metadata; the SQL catalog's row is the catalog database's)."""
+    """The lake keys the endpoint writes for ``dataset``: its log kinds' Iceberg tables (data and
+    metadata; the SQL catalog's row is the catalog database's), manifests, day index and dead letter."""
     out = []
     for kind in SERVE_LOG_KINDS:
-        out += [f"{dataset}/{kind}/", f"{dataset}/quarantine/{kind}/", f"{dataset}/_manifests/{kind}/",
-                f"_index/{dataset}/{kind}/", table_prefix(dataset, kind)]
+        out += [table_prefix(dataset, kind), f"{dataset}/_manifests/{kind}/", f"_index/{dataset}/{kind}/",
+                f"{dataset}/quarantine/{kind}/"]
     return out
 
 

@@ -2,7 +2,7 @@
 request path and written to the lake in small batches; bounded; a row that cannot be written goes
 to a dead letter, never back into the buffer.
 
-With ``lake_format: iceberg`` a flushed batch is one commit to the table ``<dataset>.<kind>``
+A flushed batch is one commit to the table ``<dataset>.<kind>``
 (partitioned by day of ``time``), its manifest written beside it as for the other kinds. A flush whose
 store failed is retried under the *same* batch id (with whatever was buffered meanwhile), so a commit
 that landed before the failure is replaced, never doubled."""
@@ -208,12 +208,11 @@ class PredictionLog:
             df, data = encoded
             ds = self.spec.dataset.name
             counts = {"records_in": int(len(df)) + len(bad), "accepted": int(len(df)), "quarantined": len(bad)}
-            files, snapshot = self._write(ds, batch_id, df, data, counts)
+            snapshot = self._write(ds, batch_id, df, counts)
             manifest = {
                 "batch_id": batch_id,
                 "kind": self.kind,
-                "files": files,
-                **snapshot,  # lake_format iceberg: the table and the snapshot that committed the batch
+                **snapshot,  # the table and the snapshot that committed the batch
                 **counts,
                 "time_column": "time",
                 "min_time": df["time"].min().isoformat(),  # with the watermark: the batch's days (day index)
@@ -236,23 +235,16 @@ class PredictionLog:
         self.written_batches += 1
         return manifest
 
-    def _write(self, ds: str, batch_id: str, df: pd.DataFrame, data: bytes,
-               counts: dict[str, int]) -> tuple[list[str], dict[str, Any]]:
-        """The batch's rows into the lake: one table commit (``lake_format: iceberg``) or one Parquet
-        file; returns the manifest's ``files`` and ``table``/``snapshot_id``."""
-        assert self.lake is not None
-        if getattr(self.lake, "iceberg", False):
-            import pyarrow as pa
+    def _write(self, ds: str, batch_id: str, df: pd.DataFrame, counts: dict[str, int]) -> dict[str, Any]:
+        """The batch's rows into the lake: one commit to the table; returns its ``table``/``snapshot_id``."""
+        import pyarrow as pa
 
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            # Iceberg stores microseconds (the endpoint's clock has no finer resolution).
-            at = table.schema.get_field_index("time")
-            table = table.set_column(at, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
-            return [], self.lake.tables.commit_batch(ds, self.kind, batch_id, table, summary=counts,
-                                                     time_column="time")
-        key = self.lake.data_key(ds, self.kind, batch_id)
-        self.lake.store.put(key, data)
-        return [key], {}
+        assert self.lake is not None
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        # Iceberg stores microseconds (the endpoint's clock has no finer resolution).
+        at = table.schema.get_field_index("time")
+        table = table.set_column(at, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
+        return self.lake.tables.commit_batch(ds, self.kind, batch_id, table, summary=counts, time_column="time")
 
     def _frame(self, items: list[dict[str, Any]]) -> pd.DataFrame:
         # Column lists joined across micro-batches, then one DataFrame: a DataFrame per item

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _serving import register, spec_for, unique_name
+from support.lake import commit_frame
 from support.webhooks import webhook_paused
 
 from rtml.lake import Lake
@@ -43,11 +44,8 @@ def _log(lake: Lake, spec, name: str, version: str, n: int = 400) -> None:
     ds = spec.dataset.name
     batch = f"{START:%Y%m%dT%H%M%S}-{name}"
     for kind, frame in (("predictions", preds), ("labels", labels)):
-        key = lake.data_key(ds, kind, batch)
-        lake.write_table(key, frame)
-        lake.write_manifest(ds, kind, batch, {"batch_id": batch, "kind": kind, "files": [key], "records_in": n,
-                                              "accepted": n, "quarantined": 0, "schema_hash": spec.schema_hash(),
-                                              "watermark": preds["time"].max().isoformat()})
+        commit_frame(lake, ds, kind, batch, frame, time_column="time" if kind == "predictions" else None,
+                     schema_hash=spec.schema_hash(), watermark=preds["time"].max().isoformat())
 
 
 def test_a_live_fairness_breach_reaches_the_champions_card_and_tag(mlflow_settings):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from _serving import register, spec_for, unique_name
+from support.lake import commit_frame
 
 from rtml.lake import Lake
 from rtml.monitor.shadow import MARK, compare
@@ -58,10 +59,7 @@ def test_shadow_comparison_lands_in_the_challengers_card(mlflow_settings):
     lake = Lake(settings)
     rows = _shadow_rows(name, challenger, champion)
     batch = f"20261125T120000-{name}"
-    key = lake.data_key(spec.dataset.name, "shadow", batch)
-    lake.write_table(key, rows)
-    lake.write_manifest(spec.dataset.name, "shadow", batch, {"batch_id": batch, "kind": "shadow", "files": [key],
-                                                              "records_in": 10, "accepted": 10, "quarantined": 0})
+    commit_frame(lake, spec.dataset.name, "shadow", batch, rows, time_column="time")
     result = compare(spec, settings)
     assert result["version"] == challenger and result["rows"] == 10
     assert result["agreement"] == pytest.approx(0.7)

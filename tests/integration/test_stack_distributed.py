@@ -370,10 +370,10 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
 
     # Serving: its prediction logs' keys; it can neither read, overwrite nor delete events, nor touch
     # MLflow's artifacts or another dataset's log.
-    log = f"{ds}/predictions/date=2026-11-26/batch={tag}/part-00000.parquet"
+    log = f"{table_prefix(ds, 'predictions')}data/time_day=2026-11-26/{tag}.parquet"
     serve.put_object(Bucket=lake, Key=log, Body=b"prediction")
     serve.put_object(Bucket=lake, Key=f"_index/{ds}/shadow/2026-11-26/{tag}.json", Body=b"{}")
-    assert serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/predictions/")["KeyCount"] >= 1
+    assert serve.list_objects_v2(Bucket=lake, Prefix=table_prefix(ds, "predictions"))["KeyCount"] >= 1
     # ... and its logs' Iceberg tables (data and metadata), not the events' table.
     table_file = f"{table_prefix(ds, 'shadow')}metadata/{tag}.json"
     serve.put_object(Bucket=lake, Key=table_file, Body=b"{}")
@@ -384,6 +384,9 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
                  lambda: serve.list_objects_v2(Bucket=lake, Prefix=f"{ds}/events/"),
                  lambda: serve.put_object(Bucket=lake, Key=f"{ds}/_manifests/events/{tag}.json", Body=b"{}"),
                  lambda: serve.put_object(Bucket=lake, Key=f"other_{tag}/predictions/x.parquet", Body=b"x"),
+                 # the layout of the lakes before tables: nothing writes there any more
+                 lambda: serve.put_object(Bucket=lake, Key=f"{ds}/predictions/date=2026-11-26/batch={tag}/x.parquet",
+                                          Body=b"x"),
                  lambda: serve.put_object(Bucket=lake, Key=f"{table_prefix(ds, 'events')}metadata/{tag}.json",
                                           Body=b"{}"),
                  lambda: serve.put_object(Bucket=models, Key=artifact, Body=b"x"),
@@ -397,7 +400,7 @@ def test_each_s3_identity_does_its_job_and_is_refused_the_rest(dist):
     from rtml.storage import s3_client
 
     assert _refused(lambda: s3_client(s, auth=(S3_SERVE, "wrong")).list_objects_v2(
-        Bucket=lake, Prefix=f"{ds}/predictions/")) == "SignatureDoesNotMatch"
+        Bucket=lake, Prefix=table_prefix(ds, "predictions"))) == "SignatureDoesNotMatch"
     assert _refused(lambda: s3_client(s, auth=("rtml-local", "rtml-local-secret")).list_buckets()) != ""
     admin.delete_objects(Bucket=lake, Delete={"Objects": [{"Key": event}, {"Key": table_file},
                                                           {"Key": f"_index/{ds}/shadow/2026-11-26/{tag}.json"}]})

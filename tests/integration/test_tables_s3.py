@@ -1,4 +1,4 @@
-"""The lake's Iceberg tables (``lake_format: iceberg``) on the REAL S3 server of the stack (SeaweedFS),
+"""The lake's Iceberg tables on the REAL S3 server of the stack (SeaweedFS),
 with the SQL catalog in the local PostgreSQL (a fresh database per test, dropped afterwards):
 ingestion conserves records, a re-run replaces a batch's rows, a reader sees all of a batch or none
 of it, and the tables' data and metadata files are on the store under ``<lake>/_iceberg``."""
@@ -41,9 +41,9 @@ def pg_catalog() -> Iterator[str]:
         yield uri.replace("postgresql://", "postgresql+psycopg2://", 1)
 
 
-def _lake_settings(s3_settings: Settings, catalog: str, fmt: str) -> Settings:
+def _lake_settings(s3_settings: Settings, catalog: str) -> Settings:
     prefix = f"s3://{s3_settings.lake_bucket}/test-{uuid.uuid4().hex[:10]}"
-    return s3_settings.model_copy(update={"lake_uri": prefix, "lake_format": fmt, "catalog_uri": catalog})
+    return s3_settings.model_copy(update={"lake_uri": prefix, "catalog_uri": catalog})
 
 
 def _wipe(settings: Settings) -> None:
@@ -54,16 +54,8 @@ def _wipe(settings: Settings) -> None:
 
 @pytest.fixture
 def iceberg_s3(s3_settings: Settings, pg_catalog: str) -> Iterator[Settings]:
-    """A fresh prefix of the stack's lake bucket in ``lake_format: iceberg``, removed afterwards."""
-    settings = _lake_settings(s3_settings, pg_catalog, "iceberg")
-    yield settings
-    _wipe(settings)
-
-
-@pytest.fixture
-def files_s3(s3_settings: Settings, pg_catalog: str) -> Iterator[Settings]:
-    """The same, in the loose-Parquet format: what the tables must read exactly like."""
-    settings = _lake_settings(s3_settings, pg_catalog, "files")
+    """A fresh prefix of the stack's lake bucket, removed afterwards."""
+    settings = _lake_settings(s3_settings, pg_catalog)
     yield settings
     _wipe(settings)
 
@@ -82,25 +74,26 @@ def _produce(settings: Settings, rows: int = 600, **kw) -> dict:
     return prod.produce(SPEC, to="landing", settings=settings, **args)
 
 
-def test_ingestion_onto_s3_conserves_records_and_a_rerun_replaces(iceberg_s3, files_s3, pg_catalog):
+def test_ingestion_onto_s3_conserves_records_and_a_rerun_replaces(iceberg_s3, pg_catalog, tmp_path):
     import psycopg2
 
     settings = iceberg_s3
-    for s in (settings, files_s3):
+    folder = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"))
+    for s in (settings, folder):
         _produce(s, bad_fraction=0.03)
-    lake, files = Lake(settings), Lake(files_s3)
-    _ingest(files_s3, files)
+    lake, files = Lake(settings), Lake(folder)
+    _ingest(folder, files)
     _ingest(settings, lake)
 
     manifests = lake.manifests(DS, "events")
     assert len(manifests) == 3
-    assert all(m["table"] == f"{DS}.events" and m["snapshot_id"] and m["files"] == [] for m in manifests)
+    assert all(m["table"] == f"{DS}.events" and m["snapshot_id"] and "files" not in m for m in manifests)
     assert sum(m["records_in"] for m in manifests) == 600  # every record accepted or quarantined
     for m in manifests + lake.manifests(DS, "labels"):
         assert m["records_in"] == m["accepted"] + m["quarantined"]
     tables = Tables(settings)
     assert tables.read(DS, "events").num_rows == sum(m["accepted"] for m in manifests) > 0
-    # The tables read exactly like the loose-Parquet lake fed the same landing files.
+    # The tables on S3 (PostgreSQL catalog) read exactly like a folder lake's (SQLite) fed the same files.
     for kind in ("events", "labels"):
         assert lake.read_batches(DS, kind).equals(files.read_batches(DS, kind))
     for window in ((None, None), (T0, T0 + FIVE), (T0 + FIVE, T0 + 3 * FIVE)):
@@ -190,7 +183,7 @@ def test_a_writer_killed_around_its_commit_leaves_all_or_none_on_s3(iceberg_s3, 
     lake see nothing, the table has all of the batch or none; the retry leaves exactly one copy."""
     settings = iceberg_s3
     _produce(settings, rows=120)
-    env = {**os.environ, "RTML_STORAGE": "s3", "RTML_LAKE_URI": settings.lake_uri, "RTML_LAKE_FORMAT": "iceberg",
+    env = {**os.environ, "RTML_STORAGE": "s3", "RTML_LAKE_URI": settings.lake_uri,
            "RTML_CATALOG_URI": settings.resolved_catalog_uri(), "RTML_S3_ENDPOINT_URL": settings.s3_endpoint_url,
            "RTML_TEST_CRASH_AFTER_WRITE": stage}
     cmd = [sys.executable, "-m", "rtml.cli", "ingest", "--kind", "events", "--source", "landing",

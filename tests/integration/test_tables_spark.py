@@ -31,7 +31,7 @@ EVENTS, LABELS = f"rtml.`{DS}`.events", f"rtml.`{DS}`.labels"
 def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Three intervals ingested into tables (SQLite catalog, folder warehouse); the first re-run."""
     root = tmp_path_factory.mktemp("spark-lake")
-    settings = Settings(storage="local", home=root / "home", lake_uri=str(root / "lake"), lake_format="iceberg")
+    settings = Settings(storage="local", home=root / "home", lake_uri=str(root / "lake"))
     prod.produce(SPEC, to="landing", settings=settings, rows=900, start=T0, rate=1.0, seed=5, label_delay=300.0,
                  file_seconds=60.0, bad_fraction=0.02)
     lake = Lake(settings)

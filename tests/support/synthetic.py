@@ -145,6 +145,8 @@ def write_to_lake(lake: Lake, spec: ProjectSpec, df: pd.DataFrame, batches: int 
     """Store a labelled frame as ``batches`` events batches and as many labels batches (manifests last)."""
     import numpy as np
 
+    from support.lake import commit_frame
+
     ds = spec.dataset.name
     refs: list[BatchRef] = []
     feature_cols = [spec.entity_id, spec.event_id, spec.event_time, *spec.feature_names]
@@ -155,19 +157,9 @@ def write_to_lake(lake: Lake, spec: ProjectSpec, df: pd.DataFrame, batches: int 
         first = chunk[spec.event_time].iloc[0]
         batch_id = f"{first:%Y%m%dT%H%M%S}-{i:04d}"
         for kind, cols in (("events", feature_cols), ("labels", [spec.event_id, spec.target.name])):
-            key = lake.data_key(ds, kind, batch_id)
-            lake.write_table(key, chunk[cols].reset_index(drop=True))
-            manifest = {
-                "batch_id": batch_id,
-                "kind": kind,
-                "files": [key],
-                "records_in": len(chunk),
-                "accepted": len(chunk),
-                "quarantined": 0,
-                "min_time": chunk[spec.event_time].iloc[0].isoformat(),
-                "watermark": chunk[spec.event_time].iloc[-1].isoformat(),
-                "schema_hash": spec.schema_hash(),
-                "source": "support.synthetic",
-            }
-            refs.append(lake.write_manifest(ds, kind, batch_id, manifest))
+            refs.append(commit_frame(
+                lake, ds, kind, batch_id, chunk[cols], time_column=spec.event_time if kind == "events" else None,
+                min_time=chunk[spec.event_time].iloc[0].isoformat(),
+                watermark=chunk[spec.event_time].iloc[-1].isoformat(),
+                schema_hash=spec.schema_hash(), source="support.synthetic"))
     return refs

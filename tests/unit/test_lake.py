@@ -1,12 +1,15 @@
 """rtml.lake on a local-folder store: the key layout, byte-identical Parquet, manifests (oldest batch
-first, only committed batches visible), reading chosen batches, the latest label winning, the
-labelled join over a half-open time range with lineage of contributing batches only, batches outside
-the range not read, and batches of another data contract refused naming them."""
+first, only committed batches visible), reading chosen batches from the tables, the latest label
+winning, the labelled join over a half-open time range with lineage of contributing batches only,
+batches outside the range not read, batches of another data contract refused naming them, and
+batches of a lake written before tables refused naming ``rtml lake migrate``."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from support.lake import commit_frame, legacy_batch
 from support.synthetic import synthetic_frame, toy_spec, write_to_lake
 
 from rtml.lake import (
@@ -14,6 +17,7 @@ from rtml.lake import (
     BatchRef,
     Lake,
     SchemaMismatch,
+    UnmigratedBatches,
     _date_of,
     check_schema,
     from_parquet_bytes,
@@ -32,9 +36,25 @@ def lake(tmp_path):
     return Lake(store=LocalStore(tmp_path / "lake"))
 
 
+def record_reads(lake: Lake) -> list[tuple[str, set[str] | None]]:
+    """The (kind, batch ids) of each table read ``lake`` makes from now on."""
+    reads: list[tuple[str, set[str] | None]] = []
+    real = lake.tables.read
+
+    def read(dataset, kind, batch_ids=None, *args, **kw):
+        reads.append((kind, None if batch_ids is None else set(batch_ids)))
+        return real(dataset, kind, batch_ids, *args, **kw)
+
+    lake.tables.read = read  # type: ignore[method-assign]
+    return reads
+
+
+def read_ids(reads: list[tuple[str, set[str] | None]], kind: str) -> set[str]:
+    return set().union(*(ids or set() for k, ids in reads if k == kind))
+
+
 def test_layout_keys_and_date_partition(lake):
     b = "20261125T120000-20261125T120500"
-    assert lake.data_key("ds", "events", b, 3) == f"ds/events/date=2026-11-25/batch={b}/part-00003.parquet"
     assert lake.quarantine_key("ds", "labels", b) == f"ds/quarantine/labels/date=2026-11-25/batch={b}/rejected.jsonl"
     assert lake.manifest_key("ds", "events", b) == f"ds/_manifests/events/{b}.json"
     assert _date_of("backfill-1") == "undated" and _date_of("2026-01-01") == "undated"
@@ -64,11 +84,28 @@ def test_manifests_are_sorted_and_only_json_counts(lake):
 
 
 def test_a_batch_without_a_manifest_is_invisible(lake):
-    key = lake.data_key("ds", "events", "20260101T000000-0000")
-    assert lake.write_table(key, pd.DataFrame({"x": [1]})) > 0
+    import pyarrow as pa
+
+    snap = lake.tables.commit_batch("ds", "events", "20260101T000000-0000", pa.table({"x": [1]}))
     assert lake.read_batches("ds", "events").empty
-    lake.write_manifest("ds", "events", "20260101T000000-0000", {"batch_id": "20260101T000000-0000", "files": [key]})
+    lake.write_manifest("ds", "events", "20260101T000000-0000", {"batch_id": "20260101T000000-0000", **snap})
     assert list(lake.read_batches("ds", "events")["x"]) == [1]
+
+
+def test_a_lake_written_before_tables_is_refused_naming_the_migration(spec, lake):
+    ds = spec.dataset.name
+    write_to_lake(lake, spec, synthetic_frame(spec, 20, seed=1), batches=1)
+    old = synthetic_frame(spec, 10, seed=2, id_offset=10**6)
+    legacy_batch(lake, ds, "events", "20250101T000000-old", [old[[spec.event_id, spec.event_time]]],
+                 schema_hash=spec.schema_hash(), min_time="2025-01-01T00:00:00Z", watermark="2025-01-01T01:00:00Z")
+    with pytest.raises(UnmigratedBatches, match=r"rtml lake migrate --lake .*lake") as err:
+        lake.read_batches(ds, "events")
+    assert err.value.batch_ids == ["20250101T000000-old"] and "1 batch(es) (20250101T000000-old)" in str(err.value)
+    with pytest.raises(UnmigratedBatches):
+        lake.labelled(spec)
+    # batches that are tables still read alone, and a window that does not meet the old batch reads
+    assert len(lake.read_batches(ds, "events", [m["batch_id"] for m in lake.manifests(ds, "events")][1:])) == 20
+    assert len(lake.labelled(spec, "2026-01-01", "2026-01-02")[0]) == 20
 
 
 def test_read_batches_by_id_and_by_manifest(spec, lake):
@@ -87,10 +124,7 @@ def test_a_later_label_batch_corrects_an_earlier_one(spec, lake):
     write_to_lake(lake, spec, df, batches=1)
     ds, eid, target = spec.dataset.name, spec.event_id, spec.target.name
     fix = pd.DataFrame({eid: [df[eid].iloc[0]], target: ["no" if df[target].iloc[0] == "yes" else "yes"]})
-    key = lake.data_key(ds, "labels", "29990101T000000-fix")
-    lake.write_table(key, fix)
-    lake.write_manifest(ds, "labels", "29990101T000000-fix", {"batch_id": "29990101T000000-fix", "files": [key],
-                                                               "schema_hash": spec.schema_hash()})
+    commit_frame(lake, ds, "labels", "29990101T000000-fix", fix, schema_hash=spec.schema_hash())
     labels = lake.latest_labels(spec)
     assert len(labels) == 40 and labels.set_index(eid).loc[df[eid].iloc[0], target] == fix[target].iloc[0]
     joined, lineage = lake.labelled(spec)
@@ -101,16 +135,14 @@ def test_a_later_label_batch_corrects_an_earlier_one(spec, lake):
 def test_labelled_reads_a_half_open_range_and_lists_only_contributing_batches(spec, lake):
     df = synthetic_frame(spec, 120, seed=3)  # one a minute from 2026-01-01 00:00
     write_to_lake(lake, spec, df, batches=4)  # 30 rows per batch
-    reads: list[str] = []
-    real = lake.read_table
-    lake.read_table = lambda key: reads.append(key) or real(key)  # type: ignore[method-assign]
+    reads = record_reads(lake)
     start, end = pd.Timestamp("2026-01-01T00:30:00Z"), pd.Timestamp("2026-01-01T01:00:00Z")
     out, lineage = lake.labelled(spec, start, end)
     assert len(out) == 30 and out[spec.event_time].min() == start and out[spec.event_time].max() < end
     assert out[spec.event_time].is_monotonic_increasing and "_batch" not in out.columns
     assert lineage == {"events": ["20260101T003000-0001"], "labels": ["20260101T003000-0001"]}
     # the event batches whose time range lies outside the window are not read (labels all are)
-    assert sum("/events/" in k for k in reads) == 1
+    assert read_ids(reads, "events") == {"20260101T003000-0001"} and len(read_ids(reads, "labels")) == 4
     # naive bounds are UTC
     naive, _ = lake.labelled(spec, start.tz_localize(None), end.tz_localize(None))
     pd.testing.assert_frame_equal(naive, out)
@@ -197,12 +229,13 @@ def test_a_window_reads_the_day_index_not_every_manifest_and_returns_the_same_ro
     write_to_lake(lake, spec, df, batches=40)  # 6 hours a batch
     start, end = pd.Timestamp("2026-01-04T00:00:00Z"), pd.Timestamp("2026-01-05T00:00:00Z")
     counting = CountingStore(store)
-    got, lineage = Lake(store=counting).labelled(spec, start, end)
+    reader = Lake(store=counting)
+    reads = record_reads(reader)
+    got, lineage = reader.labelled(spec, start, end)
     assert len(got) == 96 and len(lineage["events"]) == 4
     assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
     # labels: those of the days from a day before the window's start on (LABEL_CLOCK_SKEW)
-    events_read = {k for k in counting.gets if "/events/" in k and k.endswith(".parquet")}
-    labels_read = {k for k in counting.gets if "/labels/" in k and k.endswith(".parquet")}
+    events_read, labels_read = read_ids(reads, "events"), read_ids(reads, "labels")
     assert LABEL_CLOCK_SKEW == pd.Timedelta(days=1)
     assert len(events_read) == 4 and len(labels_read) == 4 * 8  # the window day's 4 batches; labels 01-03..01-10
     # without the index (a lake written before it) every manifest is listed, and the rows are the same
@@ -233,11 +266,12 @@ def test_a_lake_written_before_the_index_is_indexed_at_its_next_batch(spec, tmp_
 
 
 def test_a_rerun_batch_that_moves_days_leaves_no_entry_behind(spec, lake):
+    import pyarrow as pa
+
     ds = spec.dataset.name
     bid = "20260101T000000-0000"
-    key = lake.data_key(ds, "events", bid)
-    lake.write_table(key, pd.DataFrame({"x": [1]}))
-    base = {"batch_id": bid, "files": [key], "accepted": 1, "schema_hash": spec.schema_hash()}
+    snap = lake.tables.commit_batch(ds, "events", bid, pa.table({"x": [1]}))
+    base = {"batch_id": bid, **snap, "accepted": 1, "schema_hash": spec.schema_hash()}
     lake.write_manifest(ds, "events", bid, {**base, "min_time": "2026-01-01T10:00:00Z", "watermark": "2026-01-02T01:00:00Z"})
     assert {k.split("/")[3] for k in lake.store.list(f"_index/{ds}/events") if k.endswith(".json")} == {
         "2026-01-01", "2026-01-02"}
@@ -254,19 +288,21 @@ def test_a_rerun_batch_that_moves_days_leaves_no_entry_behind(spec, lake):
 def test_a_stale_index_entry_is_settled_by_the_manifest(spec, lake):
     ds = spec.dataset.name
     bid = "20260101T000000-0000"
-    keys = [lake.data_key(ds, "events", bid, part) for part in (0, 1)]
-    for i, key in enumerate(keys):
-        lake.write_table(key, pd.DataFrame({"x": [i]}))
+    part = pd.DataFrame({"x": [0, 1]})
     span = {"min_time": "2026-01-01T10:00:00Z", "watermark": "2026-01-01T11:00:00Z"}
-    lake.write_manifest(ds, "events", bid, {"batch_id": bid, "files": keys, "accepted": 2, **span})
-    # a re-run with one part, its manifest written but its index entry lost (a crash between the two)
+    legacy_batch(lake, ds, "events", bid, [part], **span)
+    # migrated since (its table rows and manifest), but the index entry of the file batch was left
+    # behind (a crash between the two writes)
     entry = lake.store.get(lake.index_key(ds, "events", "2026-01-01", bid))
-    lake.write_manifest(ds, "events", bid, {"batch_id": bid, "files": keys[:1], "accepted": 1, **span})
-    lake.store.delete(keys[1])
+    commit_frame(lake, ds, "events", bid, part.head(1), **span)
     lake.store.put(lake.index_key(ds, "events", "2026-01-01", bid), entry)
     found = lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02")
-    assert found[0]["files"] == keys  # the stale entry
-    assert list(lake._read(ds, "events", candidates=found)["x"]) == [0]  # the part gone: the manifest's files
+    assert found[0]["files"] and not found[0].get("table")  # the stale entry
+    assert list(lake._read(ds, "events", candidates=found)["x"]) == [0]  # the manifest's table batch
+    # a manifest still naming files (not migrated): refused, naming the batch
+    legacy_batch(lake, ds, "events", bid, [part], **span)
+    with pytest.raises(UnmigratedBatches, match=bid):
+        lake._read(ds, "events", candidates=lake.window_manifests(ds, "events", "2026-01-01", "2026-01-02"))
 
 
 def test_a_label_stamped_well_before_its_event_is_not_joined(spec, lake):
@@ -281,10 +317,7 @@ def test_a_label_stamped_well_before_its_event_is_not_joined(spec, lake):
                         "label_time": [df[ts].iloc[0] - pd.Timedelta(days=2), df[ts].iloc[1],
                                        df[ts].iloc[2] - pd.Timedelta(hours=1)]})
     bid = "29990101T000000-fix"
-    key = lake.data_key(ds, "labels", bid)
-    lake.write_table(key, fix)
-    lake.write_manifest(ds, "labels", bid, {"batch_id": bid, "files": [key], "accepted": 3, "schema_hash": spec.schema_hash(),
-                                            "min_time": fix["label_time"].min(), "watermark": fix["label_time"].max()})
+    commit_frame(lake, ds, "labels", bid, fix, time_column="label_time", schema_hash=spec.schema_hash())
     joined, lineage = lake.labelled(spec)
     assert LABEL_CLOCK_SKEW < pd.Timedelta(days=2)
     assert joined.set_index(eid).loc[df[eid].iloc[0], target] == df[target].iloc[0]  # the early one ignored
@@ -344,20 +377,20 @@ def test_latest_labels_since_reads_only_the_label_days_from_then_on(spec, tmp_pa
     ds, eid = spec.dataset.name, spec.event_id
     df = synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0)  # 10 days
     df[LABEL_TIME] = df[spec.event_time] + pd.Timedelta(minutes=30)
-    write_to_lake(lake, spec, df, batches=40)
-    for m in lake.manifests(ds, "labels"):  # the labels' files and time range: their label time
-        rows = df[df[eid].isin(lake.read_table(m["files"][0])[eid])]
-        lake.write_table(m["files"][0], rows[[eid, spec.target.name, LABEL_TIME]].reset_index(drop=True))
-        span = {"min_time": rows[LABEL_TIME].min().isoformat(), "watermark": rows[LABEL_TIME].max().isoformat()}
-        lake.write_manifest(ds, "labels", m["batch_id"], {**m, **span})
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 40)):  # the labels' time: their label time
+        rows = df.iloc[part]
+        commit_frame(lake, ds, "labels", f"{rows[spec.event_time].iloc[0]:%Y%m%dT%H%M%S}-{i:04d}",
+                     rows[[eid, spec.target.name, LABEL_TIME]], time_column=LABEL_TIME, schema_hash=spec.schema_hash())
     since = pd.Timestamp("2026-01-08T00:00:00Z")
     counting = CountingStore(store)
-    got = Lake(store=counting).latest_labels(spec, since=since)
+    reader = Lake(store=counting)
+    reads = record_reads(reader)
+    got = reader.latest_labels(spec, since=since)
     everything = lake.latest_labels(spec)
     want = everything[pd.to_datetime(everything[LABEL_TIME], utc=True) >= since]
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
     assert len(got) and not any("/_manifests/" in k for k in counting.gets + counting.lists)
-    assert {k for k in counting.gets if k.endswith(".parquet")} < {m["files"][0] for m in lake.manifests(ds, "labels")}
+    assert read_ids(reads, "labels") < {m["batch_id"] for m in lake.manifests(ds, "labels")}
 
 
 def test_read_window_lists_its_days_and_keeps_its_rows(spec, tmp_path):
@@ -367,9 +400,11 @@ def test_read_window_lists_its_days_and_keeps_its_rows(spec, tmp_path):
     write_to_lake(lake, spec, synthetic_frame(spec, 10 * 96, seed=5, step_seconds=900.0), batches=40)
     start, end = pd.Timestamp("2026-01-04T03:00:00Z"), pd.Timestamp("2026-01-05T09:00:00Z")
     counting = CountingStore(store)
-    got = Lake(store=counting).read_window(ds, "events", ts, start, end)
+    reader = Lake(store=counting)
+    reads = record_reads(reader)
+    got = reader.read_window(ds, "events", ts, start, end)
     assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
-    assert len({k for k in counting.gets if k.endswith(".parquet")}) == 8  # the 2 days' batches, not all 40
+    assert len(read_ids(reads, "events")) == 8  # the 2 days' batches, not all 40
     every = lake.read_batches(ds, "events")
 
     def inside(df):
@@ -396,15 +431,14 @@ def test_batch_ids_list_the_committed_batches_without_reading_a_manifest(spec, t
     assert Lake(store=counting).batch_ids(ds, "events", after=ids[1][:15]) == ids[1:]
 
 
-@pytest.mark.parametrize("fmt", ["files", "iceberg"])
-def test_read_window_reads_the_windows_batches_and_rows_only(tmp_path, fmt):
+def test_read_window_reads_the_windows_batches_and_rows_only(tmp_path):
     """The serving log's reader: rows with time in [start, end), from the day index's batches (a batch
-    of another day is not fetched), the same for Parquet batches and table batches."""
+    of another day is not read)."""
     import pyarrow as pa
 
     from rtml.settings import Settings
 
-    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"), lake_format=fmt)
+    settings = Settings(storage="local", home=tmp_path / "home", lake_uri=str(tmp_path / "lake"))
     store = LocalStore(tmp_path / "lake")
     lake = Lake(settings, store)
     t0 = pd.Timestamp("2026-01-01T00:00:00Z")
@@ -413,23 +447,19 @@ def test_read_window_reads_the_windows_batches_and_rows_only(tmp_path, fmt):
         times = [t0 + pd.Timedelta(days=day, hours=4 * i) for i in range(6)]
         frame = pa.table({"request_id": [f"d{day}-{i}" for i in range(6)],
                           "time": pa.array(times, pa.timestamp("us", tz="UTC")), "score": [0.1 * i for i in range(6)]})
-        written: dict = {"files": []}
-        if lake.iceberg:
-            written.update(lake.tables.commit_batch("ds", "predictions", bid, frame, time_column="time"))
-        else:
-            key = lake.data_key("ds", "predictions", bid)
-            lake.write_table(key, frame.to_pandas())
-            written["files"] = [key]
+        written = lake.tables.commit_batch("ds", "predictions", bid, frame, time_column="time")
         lake.write_manifest("ds", "predictions", bid, {"batch_id": bid, "kind": "predictions", **written,
                                                        "accepted": 6, "min_time": times[0].isoformat(),
                                                        "watermark": times[-1].isoformat()})
     start, end = t0 + pd.Timedelta(days=1, hours=12), t0 + pd.Timedelta(days=2, hours=8)
     counting = CountingStore(store)
-    got = Lake(settings, counting).read_window("ds", "predictions", "time", start, end)
+    reader = Lake(settings, counting)
+    reads = record_reads(reader)
+    got = reader.read_window("ds", "predictions", "time", start, end)
     assert list(got["request_id"]) == ["d1-3", "d1-4", "d1-5", "d2-0", "d2-1"]
     assert "_batch" not in got.columns
     assert not any("/_manifests/" in k for k in counting.gets + counting.lists)
-    assert not any("batch=20260101" in k or "batch=20260104" in k for k in counting.gets)
+    assert read_ids(reads, "predictions") == {"20260102T000000-p", "20260103T000000-p"}
     assert list(lake.read_window("ds", "predictions", "time", t0 + pd.Timedelta(days=3, hours=19))["request_id"]) == [
         "d3-5"]  # open-ended: up to now
     assert lake.read_window("ds", "predictions", "time", t0 + pd.Timedelta(days=9)).empty

@@ -300,8 +300,8 @@ def test_no_registered_model_means_everything_is_new(spec, lake, monkeypatch):
 # --- lineage read back ------------------------------------------------------------------------------------
 def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_reported(spec, lake, tmp_path,
                                                                                      monkeypatch):
-    """rtml lineage: the run's lineage.json (from MLflow, faked here) read back from a file lake (a table
-    lake reads the snapshots it names: tests/unit/test_tables.py)."""
+    """rtml lineage: the run's lineage.json (from MLflow, faked here) read back at the snapshots it
+    names; once those are gone (expired), a batch re-written since is reported, not hidden."""
     import json
 
     import mlflow
@@ -309,10 +309,10 @@ def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_repo
     from rtml.settings import Settings
     from rtml.train import version_lineage
 
-    lake = Lake(Settings(home=tmp_path / "home", storage="local", lake_uri=str(tmp_path / "lake"), lake_format="files"))
+    lake = Lake(Settings(home=tmp_path / "home", storage="local", lake_uri=str(tmp_path / "lake")))
     write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=4), batches=3)
     df, lin = load_window(spec, lake, end="2026-01-01T02:00:00", window_days=1)
-    assert lin["rows_digest"].startswith("sha256:") and "tables" not in lin  # a file lake has no snapshots
+    assert lin["rows_digest"].startswith("sha256:") and set(lin["tables"]) == {"events", "labels"}
     (tmp_path / "lineage.json").write_text(json.dumps(lin))
     client = SimpleNamespace(get_model_version=lambda name, version: SimpleNamespace(run_id="run-7"))
     monkeypatch.setattr("rtml.registry.client.mlflow_client", lambda settings=None: client)
@@ -324,7 +324,12 @@ def test_a_versions_window_reads_back_with_its_digest_and_a_changed_lake_is_repo
     assert asked == ["runs:/run-7/lineage.json"]
     assert out["matches"] is True and out["rows"] == len(df) == 120 and out["digest"] == lin["rows_digest"]
     assert "read back: the same rows as at training time" in out["message"]
-    # A batch of the window re-written with other rows: reported, not hidden.
+    # The window's batches re-written with other rows: its snapshots still read what was trained on...
     write_to_lake(lake, spec, synthetic_frame(spec, 300, seed=5), batches=3)
+    assert version_lineage(spec, "toy", "3", settings=s, lake=lake)["matches"] is True
+    # ...and once they are gone (expired), the current rows are read and the change is reported.
+    for t in lin["tables"].values():
+        t["snapshot_id"] = 1  # no such snapshot
+    (tmp_path / "lineage.json").write_text(json.dumps(lin))
     changed = version_lineage(spec, "toy", "3", settings=s, lake=lake)
     assert changed["matches"] is False and "NOT the rows trained on" in changed["message"]

@@ -350,17 +350,18 @@ def test_newest_events_ignore_empty_batches_committed_after_training(spec, tmp_p
     not count, so whether the clock passed an interval boundary before the gate ran changes nothing."""
     from types import SimpleNamespace
 
+    from support.lake import commit_frame
     from support.synthetic import write_to_lake
 
     from rtml.evaluate.gates import newest_events
     from rtml.lake import Lake
     from rtml.settings import Settings
-    from rtml.storage import LocalStore
 
-    lake = Lake(store=LocalStore(tmp_path / "lake"))
+    settings = Settings(home=tmp_path / "home", storage="local", lake_uri=str(tmp_path / "lake"))
+    lake = Lake(settings)
     refs = write_to_lake(lake, spec, synthetic_frame(spec, 90, seed=4), batches=3)
     used = sorted({r.batch_id for r in refs})
-    ctx = SimpleNamespace(spec=spec, settings=Settings(home=tmp_path / "home"),
+    ctx = SimpleNamespace(spec=spec, settings=settings,
                           lineage={"lake_uri": str(tmp_path / "lake"), "events_batches": used})
     frame, ids = newest_events(ctx)
     assert ids == [used[-1]] and len(frame) == 30  # nothing newer: the newest batch training used
@@ -370,10 +371,9 @@ def test_newest_events_ignore_empty_batches_committed_after_training(spec, tmp_p
         "quarantined": 0, "schema_hash": spec.schema_hash()})
     assert newest_events(ctx)[1] == [used[-1]]  # the empty batch changes nothing
     newer = synthetic_frame(spec, 12, seed=5, id_offset=10**6)
-    key = lake.data_key(ds, "events", "29990102T000000-new")
-    lake.write_table(key, newer[[spec.entity_id, spec.event_id, spec.event_time, *spec.feature_names]])
-    lake.write_manifest(ds, "events", "29990102T000000-new", {
-        "batch_id": "29990102T000000-new", "kind": "events", "files": [key], "records_in": 12, "accepted": 12,
-        "quarantined": 0, "schema_hash": spec.schema_hash()})
+    commit_frame(lake, ds, "events", "29990102T000000-new",
+                 newer[[spec.entity_id, spec.event_id, spec.event_time, *spec.feature_names]],
+                 time_column=spec.event_time, schema_hash=spec.schema_hash())
     frame, ids = newest_events(ctx)
     assert ids == ["29990102T000000-new"] and len(frame) == 12  # real newer data wins
+    assert sorted(frame[spec.event_id]) == sorted(newer[spec.event_id])  # its rows, read from the table

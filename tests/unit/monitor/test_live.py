@@ -18,13 +18,13 @@ from rtml.monitor.live import monitor
 from rtml.settings import Settings
 
 
-@pytest.fixture(scope="module", params=["files", "iceberg"])
-def world(tmp_path_factory, request):
-    """The history as files; with ``iceberg`` the served predictions and labels are table commits
-    (as the endpoint's log and ingestion write them then), read through the same Lake API."""
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The history, then served predictions and labels, as table commits (as the endpoint's log and
+    ingestion write them), read through the Lake API."""
     spec = toy_spec()
     home = tmp_path_factory.mktemp("monitor")
-    settings = Settings(home=home, storage="local", lake_format=request.param)
+    settings = Settings(home=home, storage="local")
     lake = Lake(settings)
     history = synthetic_frame(spec, 2000, seed=1)
     write_to_lake(lake, spec, history, batches=4)
@@ -69,20 +69,16 @@ def _serve(world, n: int, seed: int, drift: float = 0.0, scramble: bool = False,
 
 
 def _commit(lake, kind: str, batch: str, frame: pd.DataFrame) -> dict:
-    """The batch's rows as a Parquet file, or (``lake_format: iceberg``) as one table commit."""
+    """The batch's rows as one table commit."""
     import pyarrow as pa
 
     ds = toy_spec().dataset.name
-    if not lake.iceberg:
-        key = lake.data_key(ds, kind, batch)
-        lake.write_table(key, frame)
-        return {"files": [key]}
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if "time" in table.column_names:
         at = table.schema.get_field_index("time")
         table = table.set_column(at, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
     snap = lake.tables.commit_batch(ds, kind, batch, table, time_column="time" if kind == "predictions" else None)
-    return {"files": [], **snap}
+    return snap
 
 
 def test_healthy_traffic_does_not_ask_for_retraining(world):
@@ -106,16 +102,15 @@ def test_drifted_traffic_asks_for_retraining(world):
     assert any(r.startswith("drift: live") for r in report["reasons"])
     numeric = set(spec.numeric_features)
     assert numeric & set(report["drift"]["drifted_features"])
-    lake = world[2]
-    if lake.iceberg:  # the check is a row of <dataset>.monitoring, queryable beside the data
-        from rtml.monitor.live import MONITORING_KIND
+    # the check is a row of <dataset>.monitoring, queryable beside the data
+    from rtml.monitor.live import MONITORING_KIND
 
-        rows = lake.tables.read(spec.dataset.name, MONITORING_KIND).to_pandas()
-        (row,) = rows[rows["checked_at"] == pd.Timestamp(report["checked_at"])].itertuples()
-        assert row.retrain and list(row.reasons) == report["reasons"] and row.drift_passed is False
-        assert row.drifted_share == report["drift"]["drifted_share"] and row.predictions == report["predictions"]
-        assert json.loads(row.report)["window"] == report["window"]
-        assert report["table"] == f"{spec.dataset.name}.{MONITORING_KIND}"
+    rows = world[2].tables.read(spec.dataset.name, MONITORING_KIND).to_pandas()
+    (row,) = rows[rows["checked_at"] == pd.Timestamp(report["checked_at"])].itertuples()
+    assert row.retrain and list(row.reasons) == report["reasons"] and row.drift_passed is False
+    assert row.drifted_share == report["drift"]["drifted_share"] and row.predictions == report["predictions"]
+    assert json.loads(row.report)["window"] == report["window"]
+    assert report["table"] == f"{spec.dataset.name}.{MONITORING_KIND}"
 
 
 def test_degraded_live_quality_asks_for_retraining(world):

@@ -100,27 +100,22 @@ class FakeClient:
         self.tags[key] = value
 
 
-@pytest.fixture(params=["files", "iceberg"])
-def lake_with_shadow(tmp_path, request):
-    """The shadow rows as the serving endpoint's prediction log writes them: a Parquet batch, or
-    (``lake_format: iceberg``) a commit to the table ``<dataset>.shadow``."""
+@pytest.fixture
+def lake_with_shadow(tmp_path):
+    """The shadow rows as the serving endpoint's prediction log writes them: a commit to the table
+    ``<dataset>.shadow``."""
     import pyarrow as pa
 
-    from rtml.lake import Lake, to_parquet_bytes
+    from rtml.lake import Lake
     from rtml.settings import Settings
 
-    settings = Settings(storage="local", home=tmp_path, lake_uri=str(tmp_path / "lake"), lake_format=request.param)
+    settings = Settings(storage="local", home=tmp_path, lake_uri=str(tmp_path / "lake"))
     other = rows().head(2).assign(version="7")  # another version's shadow rows: not counted
     lake, ds = Lake(settings), SPEC.dataset.name
     frame = pd.concat([rows(), other], ignore_index=True)
-    if lake.iceberg:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        table = table.set_column(0, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
-        written = {"files": [], **lake.tables.commit_batch(ds, "shadow", "b1", table, time_column="time")}
-    else:
-        key = lake.data_key(ds, "shadow", "b1")
-        lake.store.put(key, to_parquet_bytes(frame))
-        written = {"files": [key]}
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(0, "time", table.column("time").cast(pa.timestamp("us", tz="UTC")))
+    written = lake.tables.commit_batch(ds, "shadow", "b1", table, time_column="time")
     lake.write_manifest(ds, "shadow", "b1", {"batch_id": "b1", "kind": "shadow", **written, "accepted": 8})
     return settings
 

@@ -27,6 +27,7 @@ from rtml.platform.access import (
 )
 from rtml.settings import Settings
 from rtml.storage import LocalStore
+from rtml.tables import table_prefix
 
 
 def test_split_s3_uri():
@@ -46,15 +47,16 @@ def test_the_endpoint_may_write_every_key_its_log_writes_and_no_event_or_label_k
 
     bid = "20261126T010203000000-1-00001-abcdef"
     for kind in SERVE_LOG_KINDS:
-        for key in (lake.data_key("ds", kind, bid), lake.quarantine_key("ds", kind, bid),
+        for key in (f"{table_prefix('ds', kind)}data/x.parquet", lake.quarantine_key("ds", kind, bid),
                     lake.manifest_key("ds", kind, bid), lake.index_key("ds", kind, "2026-11-26", bid),
                     f"_index/ds/{kind}/{INDEX_COMPLETE}"):
             assert allowed(key), key
     for kind in ("events", "labels"):
-        for key in (lake.data_key("ds", kind, bid), lake.quarantine_key("ds", kind, bid),
+        for key in (f"{table_prefix('ds', kind)}data/x.parquet", lake.quarantine_key("ds", kind, bid),
                     lake.manifest_key("ds", kind, bid), lake.index_key("ds", kind, "2026-11-26", bid)):
             assert not allowed(key), key
-    assert not allowed(lake.data_key("other", "predictions", bid))  # another dataset's log
+    assert not allowed(f"{table_prefix('other', 'predictions')}data/x.parquet")  # another dataset's log
+    assert not allowed(f"ds/{SERVE_LOG_KINDS[0]}/date=2026-11-26/batch={bid}/part-00000.parquet")  # no file lake
 
 
 def test_the_endpoint_may_write_its_log_tables_and_no_file_of_the_events_table(tmp_path):
@@ -65,7 +67,7 @@ def test_the_endpoint_may_write_its_log_tables_and_no_file_of_the_events_table(t
     from rtml.tables import Tables
 
     lake_dir = tmp_path / "lake"
-    settings = Settings(home=tmp_path / "home", storage="local", lake_uri=str(lake_dir), lake_format="iceberg")
+    settings = Settings(home=tmp_path / "home", storage="local", lake_uri=str(lake_dir))
     tables = Tables(settings)
     rows = pa.table({"time": pa.array([1_790_000_000_000_000], pa.timestamp("us", tz="UTC")), "x": [1.0]})
     files = {}

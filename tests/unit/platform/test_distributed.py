@@ -150,7 +150,10 @@ def test_each_service_gets_its_own_s3_identity_and_the_store_knows_only_those(st
     from rtml.spec import load_spec
 
     ds = load_spec(stack.settings.spec).dataset.name
-    assert f"Write:rtml-lake/{ds}/predictions/*" in doc["rtml-serve"]["actions"]
+    from rtml.tables import table_prefix
+
+    assert f"Write:rtml-lake/{table_prefix(ds, 'predictions')}*" in doc["rtml-serve"]["actions"]
+    assert f"Write:rtml-lake/{ds}/_manifests/predictions/*" in doc["rtml-serve"]["actions"]
     assert not [a for a in doc["rtml-serve"]["actions"] if "/events" in a or a.endswith(":rtml-lake")]
 
 

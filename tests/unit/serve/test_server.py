@@ -144,7 +144,7 @@ def test_shadow_scores_and_prediction_log(local_lake, spec, fitted):
     assert preds["Age"].dtype == "float64" and (preds["score"].between(0, 1)).all()
     manifests = lake.manifests(spec.dataset.name, "predictions")
     assert sum(m["records_in"] for m in manifests) == 7
-    assert all(m["schema_hash"] == spec.schema_hash() and (m["files"] or m.get("table")) for m in manifests)
+    assert all(m["schema_hash"] == spec.schema_hash() and m["table"] == f"{spec.dataset.name}.predictions" for m in manifests)
     shadow = lake.read_batches(spec.dataset.name, "shadow")
     assert len(shadow) == 7
     assert set(shadow["version"]) == {"2"} and set(shadow["champion_version"]) == {"1"}
