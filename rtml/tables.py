@@ -184,11 +184,13 @@ class Tables:
 
     def _evolve(self, table: Table, schema: pa.Schema) -> Table:
         """New columns of the contract are added by name (nullable); existing ones are untouched."""
+        import pyarrow as pa
+
         known = {f.name for f in table.schema().fields}
         if all(name in known for name in schema.names):
             return table
-        with table.update_schema() as update:
-            update.union_by_name(schema)
+        with table.update_schema() as update:  # only the new columns: a changed type is refused by _align
+            update.union_by_name(pa.schema([f for f in schema if f.name not in known]))
         log.info("table %s: added columns %s", table.name(), [n for n in schema.names if n not in known])
         return table
 
@@ -274,7 +276,7 @@ class Tables:
                 return
             except Exception as err:  # noqa: BLE001 - another writer committed meanwhile: refresh, again
                 log.info("table %s: tag %s not created yet: %s", table.name(), name, err)
-        raise TableError(f"table {table.name()}: snapshot {snapshot_id} could not be tagged {name}")
+        raise TableError(f"table {'.'.join(table.name())}: snapshot {snapshot_id} could not be tagged {name}")
 
     # --- reading ----------------------------------------------------------------------------------
     def read(
@@ -367,15 +369,40 @@ def _iso(value: Any) -> str:
     return ts.isoformat()
 
 
+def _family(dt: pa.DataType) -> str:
+    """The kind of an Arrow type, for what a table column may take (string and large_string alike)."""
+    import pyarrow as pa
+
+    t = pa.types
+    for name, test in (("null", t.is_null), ("bool", t.is_boolean), ("int", t.is_integer), ("float", t.is_floating),
+                       ("decimal", t.is_decimal), ("string", lambda d: t.is_string(d) or t.is_large_string(d)),
+                       ("binary", lambda d: t.is_binary(d) or t.is_large_binary(d) or t.is_fixed_size_binary(d)),
+                       ("timestamp", t.is_timestamp), ("date", t.is_date), ("time", t.is_time),
+                       ("list", lambda d: t.is_list(d) or t.is_large_list(d)), ("struct", t.is_struct),
+                       ("map", t.is_map)):
+        if test(dt):
+            return name
+    return str(dt)
+
+
 def _align(rows: pa.Table, table: Table) -> pa.Table:
-    """``rows`` in the table's column order and types (missing columns as nulls)."""
+    """``rows`` in the table's column order and types (missing columns as nulls). A column whose kind
+    differs from the table's (a spec that turned a numeric feature categorical) is refused: a cast
+    would fail on some values and silently convert others ("02134" to 2134.0)."""
     import pyarrow as pa
 
     target = table.schema().as_arrow()
     cols = []
     for field in target:
         if field.name in rows.column_names:
-            cols.append(rows.column(field.name).cast(field.type))
+            column = rows.column(field.name)
+            have, want = _family(column.type), _family(field.type)
+            if have != want and have != "null" and (have, want) != ("int", "float"):
+                raise TableError(
+                    f"table {'.'.join(table.name())}: column {field.name!r} is {field.type} in the table but {column.type} "
+                    "in this batch; a column keeps its type (did the spec change this feature's type?): keep "
+                    "it, or give the data of the new type a dataset of its own")
+            cols.append(column.cast(field.type))
         else:
             cols.append(pa.nulls(rows.num_rows, field.type))
     return pa.Table.from_arrays(cols, schema=target)

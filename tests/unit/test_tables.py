@@ -106,6 +106,26 @@ def test_a_new_nullable_feature_evolves_the_schema_and_old_rows_read_as_null(set
     assert t.read("ds", "events", {"b3"}).column("y").null_count == 1
 
 
+def test_a_column_that_changed_kind_is_refused_naming_it_and_nothing_is_committed(settings):
+    """A spec that turned a numeric feature categorical: "02134" would be cast to 2134.0 silently, "A1"
+    would fail deep in Arrow; both are refused, naming the table, the column and both types."""
+    t = Tables(settings)
+    t.commit_batch("ds", "events", "b1", rows(2, 1), time_column="ts")
+    for value in ("02134", "A1"):
+        changed = rows(1, 2).set_column(2, "x", pa.array([value], pa.string()))
+        with pytest.raises(TableError, match=r"ds.events: column 'x' is double in the table but string in this batch"):
+            t.commit_batch("ds", "events", "b2", changed, time_column="ts")
+    # ...also beside a new column (the schema update adds only the new one)
+    changed = changed.append_column("y", pa.array([1.0], pa.float64()))
+    with pytest.raises(TableError, match="column 'x'"):
+        t.commit_batch("ds", "events", "b2", changed, time_column="ts")
+    assert t.read("ds", "events").column(BATCH_COLUMN).to_pylist() == ["b1", "b1"]
+    # Integers into a double column are the same numbers: taken.
+    ints = rows(1, 3).set_column(2, "x", pa.array([7], pa.int64()))
+    t.commit_batch("ds", "events", "b3", ints, time_column="ts")
+    assert t.read("ds", "events", {"b3"}).column("x").to_pylist() == [7.0]
+
+
 def test_two_writers_of_one_table_both_commit(settings):
     """Events and labels tasks, or two workers: a lost commit race is retried, nothing is lost."""
     a, b = Tables(settings), Tables(settings)
