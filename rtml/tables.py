@@ -129,7 +129,38 @@ class Tables:
         return f"{dataset}.{kind}"
 
     def exists(self, dataset: str, kind: str) -> bool:
-        return bool(self.catalog.table_exists(self.identifier(dataset, kind)))
+        ident = self.identifier(dataset, kind)
+        if ident in self._open or self.catalog.table_exists(ident):
+            return True
+        table = self._adopt(dataset, kind)
+        if table is not None:
+            self._open[ident] = table
+        return table is not None
+
+    def _adopt(self, dataset: str, kind: str) -> Table | None:
+        """The table ``<dataset>.<kind>`` that this lake holds but this catalog does not know (a new
+        ``RTML_HOME`` over an existing lake, a lost catalog file), registered from its newest metadata
+        file: its batches stay readable, and a writer never starts a second table over them. None
+        when the lake holds no such table."""
+        from pyiceberg.exceptions import TableAlreadyExistsError
+
+        from rtml.storage import open_store
+
+        found = [k for k in open_store(self.settings.lake_uri, self.settings).list(
+            f"{table_prefix(dataset, kind)}metadata/") if k.endswith(".metadata.json")]
+        if not found:
+            return None
+        newest = max(found, key=_metadata_version)
+        ident = self.identifier(dataset, kind)
+        self.catalog.create_namespace_if_not_exists(dataset)
+        try:
+            table = self.catalog.register_table(ident, warehouse_uri(self.settings).removesuffix(WAREHOUSE) + newest)
+            log.warning("table %s: registered in catalog %s from the lake's %s (the catalog did not know it)",
+                        ident, self.settings.resolved_catalog_uri(), newest)
+        except TableAlreadyExistsError:  # another process registered or created it meanwhile
+            table = self.catalog.load_table(ident)
+        self._check_location(ident, table)
+        return table
 
     def table(self, dataset: str, kind: str, schema: pa.Schema | None = None, time_column: str | None = None) -> Table:
         """The table ``<dataset>.<kind>``; with ``schema``, created if absent (partitioned by day of
@@ -140,11 +171,13 @@ class Tables:
             if self.catalog.table_exists(ident):
                 table = self.catalog.load_table(ident)
                 self._check_location(ident, table)
-                if schema is not None:  # a writer: tables created by an older rtml get the properties
-                    table = _ensure_properties(table)
-            elif schema is None:
-                raise TableError(f"table {ident} does not exist (nothing was written to it yet)")
             else:
+                table = self._adopt(dataset, kind)
+            if table is not None and schema is not None:  # a writer: tables of an older rtml get the properties
+                table = _ensure_properties(table)
+            elif table is None and schema is None:
+                raise TableError(f"table {ident} does not exist (nothing was written to it yet)")
+            elif table is None:
                 table = self._create(dataset, kind, _with_batch(schema), time_column)
             self._open[ident] = table
         if schema is not None:
@@ -339,6 +372,12 @@ class Tables:
             return None
         snap = self.table(dataset, kind).refresh().current_snapshot()
         return snap.snapshot_id if snap else None
+
+
+def _metadata_version(key: str) -> int:
+    """The version of a metadata file named ``<version>-<uuid>.metadata.json`` (-1 if another name)."""
+    head = key.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(head) if head.isdigit() else -1
 
 
 def _ensure_properties(table: Table) -> Table:

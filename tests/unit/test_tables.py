@@ -126,6 +126,28 @@ def test_a_column_that_changed_kind_is_refused_naming_it_and_nothing_is_committe
     assert t.read("ds", "events", {"b3"}).column("x").to_pylist() == [7.0]
 
 
+def test_a_new_home_over_an_existing_lake_adopts_its_tables(settings, tmp_path):
+    """Another RTML_HOME (a new machine, a lost catalog file) over the same lake: its empty catalog
+    registers the lake's tables from their newest metadata, so every batch stays readable and the next
+    commit goes to the same table, never to a second one that would hide the earlier batches."""
+    lake = _ingest_all(settings)
+    before = {kind: lake.read_batches(DS, kind) for kind in ("events", "labels")}
+    moved = Settings(storage="local", home=tmp_path / "new-home", lake_uri=settings.lake_uri)
+    assert moved.resolved_catalog_uri() != settings.resolved_catalog_uri()
+    again = Lake(moved)
+    for kind in ("events", "labels"):  # a reader first: the tables are found in the lake
+        assert again.read_batches(DS, kind).equals(before[kind])
+    assert again.tables.table(DS, "events").metadata_location == Tables(settings).table(DS, "events").metadata_location
+    # A writer on the new home: the batch lands in the same table, beside the earlier ones.
+    extra = rows(3, 2).rename_columns(["event_id", SPEC.event_time, "x"])
+    fresh = Tables(Settings(storage="local", home=tmp_path / "third-home", lake_uri=settings.lake_uri))
+    fresh.commit_batch(DS, "events", "29990101T000000-new", extra.select(["event_id", SPEC.event_time]),
+                       time_column=SPEC.event_time)
+    batches = set(fresh.read(DS, "events").column(BATCH_COLUMN).to_pylist())
+    with_rows = {m["batch_id"] for m in lake.manifests(DS, "events") if m["accepted"]}
+    assert "29990101T000000-new" in batches and with_rows and with_rows <= batches
+
+
 def test_two_writers_of_one_table_both_commit(settings):
     """Events and labels tasks, or two workers: a lost commit race is retried, nothing is lost."""
     a, b = Tables(settings), Tables(settings)
