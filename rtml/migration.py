@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rtml.settings import Settings, get_settings
-from rtml.tables import BATCH_COLUMN, TableError, Tables
+from rtml.tables import BATCH_COLUMN, TableError, Tables, microsecond_times
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,19 +30,15 @@ def _lake_datasets(lake: Any) -> list[str]:
 
 
 def _batch_rows(lake: Any, keys: list[str]) -> pa.Table:
-    """The rows of a file-based batch (its Parquet parts, in order), timestamps in microseconds:
-    Iceberg (format 2) stores no nanoseconds, and rtml's times carry no more than microseconds
-    (a lossy cast raises rather than change a value)."""
+    """The rows of a file-based batch (its Parquet parts, in order), timestamps in microseconds
+    (:func:`rtml.tables.microsecond_times`)."""
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     parts = [pq.read_table(io.BytesIO(lake.store.get(key))) for key in keys]
-    data = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-    fields = [pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable)
-              if pa.types.is_timestamp(f.type) and f.type.unit == "ns" else f for f in data.schema]
-    return data.cast(pa.schema(fields)).replace_schema_metadata(None)
+    return microsecond_times(pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0])
 
 
 def _parquet_rows(lake: Any, keys: list[str]) -> int:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
+    from rtml.storage import ObjectStore
+
 log = logging.getLogger("rtml.tables")
 
 BATCH_COLUMN = "_batch"  # the micro-batch a row came in: what a re-run of the batch replaces
@@ -123,6 +125,7 @@ class Tables:
         self.settings = settings or get_settings()
         self.catalog = catalog or open_catalog(self.settings)
         self._open: dict[str, Table] = {}
+        self._store: ObjectStore | None = None
 
     @staticmethod
     def identifier(dataset: str, kind: str) -> str:
@@ -146,15 +149,16 @@ class Tables:
 
         from rtml.storage import open_store
 
-        found = [k for k in open_store(self.settings.lake_uri, self.settings).list(
-            f"{table_prefix(dataset, kind)}metadata/") if k.endswith(".metadata.json")]
+        if self._store is None:  # opened once: exists() may ask for a table not written yet every batch
+            self._store = open_store(self.settings.lake_uri, self.settings)
+        found = [k for k in self._store.list(f"{table_prefix(dataset, kind)}metadata/") if k.endswith(".metadata.json")]
         if not found:
             return None
         newest = max(found, key=_metadata_version)
         ident = self.identifier(dataset, kind)
         self.catalog.create_namespace_if_not_exists(dataset)
         try:
-            table = self.catalog.register_table(ident, warehouse_uri(self.settings).removesuffix(WAREHOUSE) + newest)
+            table = self.catalog.register_table(ident, self._in_lake(newest))
             log.warning("table %s: registered in catalog %s from the lake's %s (the catalog did not know it)",
                         ident, self.settings.resolved_catalog_uri(), newest)
         except TableAlreadyExistsError:  # another process registered or created it meanwhile
@@ -185,6 +189,10 @@ class Tables:
             self._open[ident] = table
         return table
 
+    def _in_lake(self, key: str) -> str:
+        """The URI of the lake key ``key`` (as the warehouse is written: ``file://`` or ``s3://``)."""
+        return warehouse_uri(self.settings).removesuffix(WAREHOUSE) + key
+
     def _check_location(self, ident: str, table: Table) -> None:
         """A catalog shared by two lakes would hand one lake's writer the other's table."""
         warehouse = warehouse_uri(self.settings)
@@ -201,7 +209,7 @@ class Tables:
         ident = self.identifier(dataset, kind)
         self.catalog.create_namespace_if_not_exists(dataset)
         # The location pyiceberg would pick, stated: access grants (rtml.platform.access) name it.
-        location = warehouse_uri(self.settings).removesuffix(WAREHOUSE) + table_prefix(dataset, kind).rstrip("/")
+        location = self._in_lake(table_prefix(dataset, kind).rstrip("/"))
         try:
             table = self.catalog.create_table(ident, schema=schema, location=location, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:  # another writer created it meanwhile
@@ -372,6 +380,17 @@ class Tables:
             return None
         snap = self.table(dataset, kind).refresh().current_snapshot()
         return snap.snapshot_id if snap else None
+
+
+def microsecond_times(data: pa.Table) -> pa.Table:
+    """``data`` with nanosecond timestamps as microseconds and no pandas schema metadata: Iceberg
+    (format 2) stores no nanoseconds, and rtml's times carry no more than microseconds (a lossy cast
+    raises rather than change a value)."""
+    import pyarrow as pa
+
+    fields = [pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable)
+              if pa.types.is_timestamp(f.type) and f.type.unit == "ns" else f for f in data.schema]
+    return data.cast(pa.schema(fields)).replace_schema_metadata(None)
 
 
 def _metadata_version(key: str) -> int:

@@ -10,13 +10,12 @@ from rtml.lake import BatchRef, Lake, arrow_to_parquet_bytes
 
 
 def _arrow(df: Any) -> Any:
-    """A frame as Arrow, timestamps in microseconds (what Iceberg stores; rtml's times have no finer)."""
+    """A frame as Arrow, timestamps in microseconds (what Iceberg stores)."""
     import pyarrow as pa
 
-    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
-    fields = [pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable)
-              if pa.types.is_timestamp(f.type) and f.type.unit == "ns" else f for f in table.schema]
-    return table.cast(pa.schema(fields)).replace_schema_metadata(None)
+    from rtml.tables import microsecond_times
+
+    return microsecond_times(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False))
 
 
 def commit_frame(lake: Lake, dataset: str, kind: str, batch_id: str, df: Any, /, time_column: str | None = None,
