@@ -382,7 +382,8 @@ def _mitigation_search(mitigation: dict[str, Any] | None) -> str:
         f"{esc(rep.get('quality_metric'))} of the decisions (plain {fmt(rep.get('plain_quality'))}); worst margin = "
         "the smallest distance of any disparity to its limit (negative: fails); pass rate = share of "
         f"{fmt(rep.get('simulations'), 0)} simulated holdouts of {fmt(rep.get('simulated_holdout_rows'), 0)} rows "
-        "that pass the gate.</p>"
+        "that pass the gate, judged on the "
+        f"{esc(str(rep.get('simulations_judged_on') or 'estimate').replace('_', ' '))} as the gate is.</p>"
     )
     rows = [
         {

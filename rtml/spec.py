@@ -111,7 +111,8 @@ class FairnessGate(_Model):
     reductions: bool = False
     # What the gate compares with the limits: the point estimate, or a bound of the bootstrap
     # interval: "lenient" fails only a disparity whose whole interval breaks the limit, "strict"
-    # passes only one whose whole interval meets it.
+    # passes only one whose whole interval meets it. The mitigation search simulates the gate
+    # with the same reading (rtml.evaluate.fairsearch.GateReading).
     decide_on: Literal["estimate", "lenient_bound", "strict_bound"] = "estimate"
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     bootstrap: int = Field(default=200, ge=0, le=10_000)

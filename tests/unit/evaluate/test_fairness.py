@@ -214,11 +214,12 @@ def outcomes():
 
 def test_mitigated_variant_passes_the_shipped_gate_on_the_replay_seeds(outcomes):
     spec, out = outcomes
+    assert spec.gates.fairness.decide_on == "lenient_bound"  # the shipped spec's reading (its comment says why)
     summary = {}
     for seed, o in out.items():
         res = o["res"]
-        assert res["passed"] is False  # the plain model fails fairness: mitigation is needed
         assert res["mitigation"]["mitigated"], (seed, res["mitigation"]["reason"])
+        assert res["mitigation"]["search"]["simulations_judged_on"] == "lenient_bound"
         mit = {a: r["mitigated"] for a, r in res["attributes"].items()}
         summary[seed] = {a: (m["passed"], m["demographic_parity_ratio"], m["equal_opportunity_difference"],
                              m["equalized_odds_difference"]) for a, m in mit.items()}
@@ -230,21 +231,16 @@ def test_mitigated_variant_passes_the_shipped_gate_on_the_replay_seeds(outcomes)
             assert mit[a]["demographic_parity_ratio"] == pytest.approx(
                 demographic_parity_ratio(o["y"][keep], decided[keep], sensitive_features=o["sens"][a][keep])
             )
+            # ... and the gate read the interval's lenient bound: the top for disparate impact
+            di = next(c for c in mit[a]["checks"] if c["metric"] == "demographic_parity_ratio")
+            assert di["judged"] == di["interval"][1] and di["passed"] == (di["judged"] >= di["limit"])
     print("credit_data mitigated variant per seed (passed, DI, EO diff, EOdds):", summary)
     passed = [s for s, attrs in summary.items() if all(v[0] for v in attrs.values())]
-    # Replay seed 0 is the demo's (tests/e2e): it must pass. Over the 8 seeds at least 7 pass on the
-    # point estimate. Seed 1 fails on its holdout's 34-row 'separated' group (base rate 0.53 vs 0.22):
-    # the kept rule selects 0.52 of its 96 training rows but 0.71 of the 34 holdout rows (married:
-    # 0.45 / 0.43), DI 0.61, 95% interval [0.50, 0.78], so reading the lenient bound fails too. Not a
-    # search that misses a feasible rule: 21 of the 23 candidates (every ThresholdOptimizer, every
-    # margin, simulated pass rates up to 0.89) fail that holdout, and the best candidate's simulated
-    # pass rate is 0.6-0.85 on every seed: the 20-34-row groups' selection rates range 0.31-0.71 over
-    # the 8 holdouts under rules that equalise them in training.
-    # 8 of 8 is not a property any rule fitted on other rows can have: even an oracle rule that selects
-    # EVERY group at exactly the same true rate (the variant's ~0.43) passes disparate impact alone on
-    # seeds 1, 3 and 4 (a 34-row 'separated' group gates) only ~0.6 of the time, on all 8 seeds at once
-    # with probability 0.17 (benchmarks/mitigation_seeds.py). Over replay seeds 0-39 this search passes
-    # 32 of 40 (80%); the oracle's disparate impact alone, 84%. A change of the search is judged there,
-    # on dozens of seeds, not by this test's count.
-    assert 0 in passed
-    assert len(passed) >= 7, summary
+    # The plain model fails on the demo's seed (tests/e2e replays seed 0), so the demo shows the search.
+    # On some seeds the plain model passes the lenient bound too (its small groups' intervals reach 0.8).
+    assert out[0]["res"]["passed"] is False
+    # Every seed passes. Not a property of these 8 seeds: over replay seeds 0-79 the variant passes 77
+    # (benchmarks/mitigation_seeds.py). Read on the point estimate, no rule could pass all 8: even one
+    # selecting every group at exactly the same true rate fails disparate impact on a 34-row group's
+    # sampling noise about 4 holdouts in 10 (seeds 1, 3, 4), all 8 at once with probability 0.17.
+    assert passed == list(SEEDS), summary

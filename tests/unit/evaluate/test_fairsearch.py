@@ -21,12 +21,14 @@ from rtml.evaluate.fairsearch import (
     REDUCTIONS,
     CellThresholds,
     CountModel,
+    GateReading,
     Targets,
     _threshold_for_rate,
     decision_quality,
     fit_reduction,
     fit_rule,
     group_disparities,
+    judged_disparities,
     mitigate,
     rule_cells,
     search_rule,
@@ -104,6 +106,66 @@ def test_violation_sums_shortfalls_and_counts_undefined_as_met():
     assert violation({"di": 0.7, "eo": 0.3, "eodds": 0.25}, t) == pytest.approx(0.1 + 0.1)
     assert violation({"di": np.nan, "eo": np.nan, "eodds": np.nan}, t) == 0.0
     assert violation({"di": 0.9, "eo": 0.1, "eodds": 0.2}, t) == 0.0
+
+
+def test_judged_disparities_read_the_gates_interval_bound():
+    """On one sample, the bound the simulation reads is the gate's own (attribute_fairness), up to the
+    bootstrap's noise: same resampling (rows with replacement), same qualifying groups, same bound."""
+    from rtml.evaluate.fairness import attribute_fairness
+
+    rng = np.random.default_rng(3)
+    n = 600
+    groups = pd.Series(rng.choice(["a", "b", "c"], n, p=[0.6, 0.33, 0.07]))  # c: ~42 rows
+    y = (rng.random(n) < 0.35).astype(int)
+    pred = (rng.random(n) < np.where(groups == "c", 0.55, 0.4)).astype(int)
+    names = ["a", "b", "c"]
+    m = [(groups == g).to_numpy() for g in names]
+    N = np.array([[mk.sum() for mk in m]], dtype=float)
+    P = np.array([[y[mk].sum() for mk in m]], dtype=float)
+    S = np.array([[pred[mk].sum() for mk in m]], dtype=float)
+    TP = np.array([[(y & pred)[mk].sum() for mk in m]], dtype=float)
+    t = Targets(di_min=0.8, eo_max=0.2, eodds_max=0.25, min_group_size=30, min_group_positives=5)
+    est = group_disparities(N, P, S, TP, t.min_group_size, t.min_group_positives)
+    for decide_on in ("lenient_bound", "strict_bound"):
+        gate = FairnessGate(decide_on=decide_on, bootstrap=4000, min_group_size=30, min_group_positives=5)
+        checks = {c["metric"]: c for c in attribute_fairness("g", y, pred, groups, gate, 0)["checks"]}
+        got = judged_disparities(est, N, P, S, TP, t, GateReading(decide_on, 0.95, 4000), np.random.default_rng(0))
+        assert got["di"][0] == pytest.approx(checks["demographic_parity_ratio"]["judged"], abs=0.02)
+        assert got["eo"][0] == pytest.approx(checks["equal_opportunity_difference"]["judged"], abs=0.02)
+        assert got["eodds"][0] == pytest.approx(checks["equalized_odds_difference"]["judged"], abs=0.02)
+    lenient = judged_disparities(est, N, P, S, TP, t, GateReading("lenient_bound", 0.95, 500), np.random.default_rng(0))
+    strict = judged_disparities(est, N, P, S, TP, t, GateReading("strict_bound", 0.95, 500), np.random.default_rng(0))
+    assert strict["di"][0] < est["di"][0] < lenient["di"][0]  # ">=" limit: lenient reads the top
+    assert lenient["eo"][0] < est["eo"][0] < strict["eo"][0]  # "<=" limits: lenient reads the bottom
+    # fewer than 2 qualifying groups: no interval, the (undefined) estimate stays
+    t_big = Targets(0.8, 0.2, 0.25, min_group_size=300, min_group_positives=5)
+    e2 = group_disparities(N, P, S, TP, t_big.min_group_size, 5)
+    one = judged_disparities(e2, N, P, S, TP, t_big, GateReading("lenient_bound", 0.95, 200), np.random.default_rng(0))
+    assert math.isnan(one["di"][0]) and math.isnan(one["eodds"][0])
+
+
+def test_pass_rate_simulates_the_gate_as_the_spec_reads_it(biased):
+    """Same simulated holdouts, judged on the estimate or on an interval bound: the lenient bound
+    passes at least as often as the estimate, the strict one at most as often."""
+    spec, gate = biased["spec"], biased["spec"].gates.fairness
+    sens = sensitive_frame(biased["train"], spec)
+    cell_of_row, cells, _ = rule_cells(group_keys(sens), biased["y_train"], gate.min_group_size)
+    model = CountModel(biased["oof"], biased["y_train"], sens, cell_of_row, cells)
+    t = Targets.from_gate(gate)
+    plain = model.index_of({c: _on_grid(model, i, 0.5) for i, c in enumerate(cells)})
+    k = model.search(plain, t, gate.quality_metric)
+    rows = 150  # small holdouts: the estimate is noisy, the interval wide
+    rate = {d: model.pass_rate(k, t, rows, 200, 7, GateReading(d, 0.95, 200))
+            for d in ("estimate", "lenient_bound", "strict_bound")}
+    assert rate["strict_bound"] <= rate["estimate"] <= rate["lenient_bound"]
+    assert rate["strict_bound"] < rate["lenient_bound"]
+    assert model.pass_rate(k, t, rows, 200, 7) == rate["estimate"]  # no reading: the estimate
+    assert model.pass_rate(k, t, rows, 200, 7, GateReading("lenient_bound", 0.95, 0)) == rate["estimate"]
+
+
+def _on_grid(model: CountModel, ci: int, value: float) -> float:
+    grid = model.grids[ci]
+    return float(grid[np.argmin(np.abs(grid - value))])
 
 
 def test_decision_quality_from_confusion_counts():
