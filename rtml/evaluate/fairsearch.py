@@ -8,11 +8,12 @@ attribute at once. Candidates:
 
 * fairlearn's ``ThresholdOptimizer`` under each constraint (demographic parity, true positive rate
   parity, equalized odds), made deterministic (``fit_rule`` below);
-* fairlearn's ``ExponentiatedGradient`` reduction under each constraint, retraining on what a served
-  group rule can use: its base learner (``CellThresholds``) fits, on the reduction's reweighted
-  labels, the best score threshold of every cell (``fit_reduction``). A reduction retrained on the
-  features would need its own ensemble of models at serving time, while the served variant is the
-  plain Pipeline's score plus one threshold per cell, so it could not be served;
+* fairlearn's reductions under each constraint, ``ExponentiatedGradient`` and ``GridSearch`` (the
+  spec's ``gates.fairness.reductions``), retraining on what a served group rule can use: their base
+  learner (``CellThresholds``) fits, on the reduction's reweighted labels, the best score threshold of
+  every cell (``fit_reduction``). A reduction retrained on the features would need its own ensemble
+  of models at serving time, while the served variant is the plain Pipeline's score plus one
+  threshold per cell, so it could not be served;
 * a joint coordinate search over the cells' thresholds that first removes every violation of the
   spec's limits (disparate impact, equal opportunity difference, equalized odds difference, on every
   attribute, tightened by a safety ``margin`` so that they still hold on new rows), then raises the
@@ -62,15 +63,21 @@ if TYPE_CHECKING:
 
 OPTIMIZER_CONSTRAINTS = ("demographic_parity", "true_positive_rate_parity", "equalized_odds")
 # fairlearn's reductions, bounded (they refit a classifier per step): (method, constraint)
-# GridSearch is left out: its grid has (groups - 1) dimensions per constraint (16 for the credit
-# demo's cells), which fairlearn itself says needs ~65k grid points to explore.
 REDUCTIONS = (
     ("ExponentiatedGradient", "demographic_parity"),
     ("ExponentiatedGradient", "true_positive_rate_parity"),
     ("ExponentiatedGradient", "equalized_odds"),
+    ("GridSearch", "demographic_parity"),
+    ("GridSearch", "true_positive_rate_parity"),
+    ("GridSearch", "equalized_odds"),
 )
 REDUCTION_FIT_ROWS = 20_000
 REDUCTION_MAX_ITER = 50
+# GridSearch's Lagrange multipliers: (cells - 1) dimensions per constraint (15 for the credit demo's
+# cells; twice that for equalized odds), which fairlearn says a full grid cannot cover. A fixed budget
+# of points reaches every single-cell push in both directions and some pairs; its kept predictor is
+# one deterministic threshold per cell.
+GRID_SEARCH_POINTS = 101
 # Margins of the joint search's targets over the spec's limits (on the fit rows): the holdout's
 # rates differ from the training window's by sampling noise alone, so stricter targets give rules
 # more likely to pass there; the simulated pass rate arbitrates between them.
@@ -503,11 +510,12 @@ def search_rule(
     to pass the gate on a holdout of ``holdout_rows`` rows (simulated by resampling the fit rows and
     judged with the gate's ``decide_on``; likelihoods within ``PASS_RATE_TIE`` count as equal), then the one with the best decision metric.
 
-    ``reductions`` (the spec's ``gates.fairness.reductions``): also fit fairlearn's ExponentiatedGradient candidates (``REDUCTIONS``; servable
-    as a GroupRule, ~2 s each). Off by default: on the credit demo as shipped (the lenient bound,
-    replay seeds 0-79) none is ever kept and the same 77 seeds pass, for +2.5 s per search; read on
-    the estimate they were kept on some seeds and moved which pass (7 of 8 without, 6 of 8 with),
-    as any change of candidate does while a 20-34-row group decides the gate.
+    ``reductions`` (the spec's ``gates.fairness.reductions``): also fit fairlearn's ExponentiatedGradient
+    and GridSearch candidates (``REDUCTIONS``; servable as a GroupRule, ~2 s and ~0.3 s each). Off
+    by default: on the credit demo as shipped (the lenient bound, replay seeds 0-79) none is ever
+    kept, and 76 seeds pass instead of 77 (their thresholds join the joint search's grid, which moves
+    seed 10); read on the estimate, ExponentiatedGradient was kept on some seeds and moved which pass
+    (7 of 8 without, 6 of 8 with), as any change of candidate does while a 20-34-row group decides.
     """
     import numpy as np
 
@@ -536,7 +544,7 @@ def search_rule(
         try:
             reduction_rules[name] = fit_reduction(
                 s, y, sens, random_state, c, cells=(cell_of_row, cells, fallback),
-                min_group_size=gate.min_group_size, quality_metric=metric,
+                min_group_size=gate.min_group_size, quality_metric=metric, method=method,
             )
         except ValueError as err:
             errors[name] = str(err)
@@ -655,7 +663,7 @@ def search_rule(
 METHOD = (
     "mitigation search on the training window's out-of-fold scores: fairlearn ThresholdOptimizer "
     "(demographic parity, true positive rate parity, equalized odds), fairlearn's ExponentiatedGradient "
-    "reduction over per-group score thresholds, and a joint per-group threshold "
+    "and GridSearch reductions over per-group score thresholds (when the spec asks), and a joint per-group threshold "
     "search over the intersections of the sensitive attributes, aiming at every fairness limit of the "
     "spec at once; the candidate that meets them all at the least quality cost is kept"
 )
@@ -768,16 +776,21 @@ def fit_reduction(
     min_group_size: int = 30,
     max_fit_rows: int = REDUCTION_FIT_ROWS,
     quality_metric: str = "balanced_accuracy",
+    method: str = "ExponentiatedGradient",
 ) -> GroupRule:
-    """fairlearn's ``ExponentiatedGradient`` under ``constraints`` over the cells, with the
-    ``CellThresholds`` base learner on the plain score, made deterministic as one score threshold per
-    cell that selects the cell's expected share under the reduction's randomized mixture (as
-    ``fit_rule`` does for ThresholdOptimizer), so the served variant reproduces it.
+    """fairlearn's ``method`` reduction under ``constraints`` over the cells, with the
+    ``CellThresholds`` base learner on the plain score, as one score threshold per cell.
+
+    ``ExponentiatedGradient`` ends with a randomized mixture of base learners: made deterministic as
+    the threshold that selects the cell's expected share under it (as ``fit_rule`` does for
+    ThresholdOptimizer), so the served variant reproduces it. ``GridSearch`` (``GRID_SEARCH_POINTS``
+    multipliers) keeps one base learner, its ``best_idx_``: that learner's thresholds themselves.
 
     Bounded: a seeded sample of at most ``max_fit_rows`` rows (capped per cell) and
     ``REDUCTION_MAX_ITER`` steps. The objective is the error weighted as ``quality_metric`` weighs
     it (balanced accuracy: a false negative costs 1/positives, a false positive 1/negatives; plain
-    error otherwise, as F1 is not a weighted error)."""
+    error otherwise, as F1 is not a weighted error); GridSearch weighs the plain error (fairlearn's
+    GridSearch takes no other objective)."""
     import numpy as np
     import pandas as pd
     from fairlearn.reductions import (
@@ -785,6 +798,7 @@ def fit_reduction(
         EqualizedOdds,
         ErrorRate,
         ExponentiatedGradient,
+        GridSearch,
         TruePositiveRateParity,
     )
 
@@ -795,6 +809,8 @@ def fit_reduction(
     }
     if constraints not in moments:
         raise ValueError(f"unknown reduction constraint {constraints!r}")
+    if method not in ("ExponentiatedGradient", "GridSearch"):
+        raise ValueError(f"unknown reduction method {method!r}")
     s = np.asarray(train_scores, dtype=float)
     y = np.asarray(y_train, dtype=np.int64)
     keys, known, fallback = cells
@@ -809,23 +825,46 @@ def fit_reduction(
         if quality_metric == "balanced_accuracy" and 0 < pos < n
         else ErrorRate()
     )
-    red = ExponentiatedGradient(
-        CellThresholds(), constraints=moments[constraints](), objective=objective, max_iter=REDUCTION_MAX_ITER
-    )
-    red.fit(X, y, sensitive_features=code)
-    pmf = red._pmf_predict(X)[:, 1]  # P(select) of each row under the randomized mixture
     thresholds, rates = {}, {}
-    for j, g in enumerate(known):
-        m = code == j
-        rates[g] = float(pmf[m].mean())
-        thresholds[g] = _threshold_for_rate(s[m], rates[g])
+    if method == "GridSearch":
+        import logging
+
+        grid = GridSearch(CellThresholds(), constraints=moments[constraints](), grid_size=GRID_SEARCH_POINTS)
+        # its generator warns of a grid too sparse for the dimensions on every fit: known, bounded on purpose
+        generator = logging.getLogger("fairlearn.reductions._grid_search._grid_generator")
+        level = generator.level
+        generator.setLevel(logging.ERROR)
+        try:
+            grid.fit(X, y, sensitive_features=code)
+        finally:
+            generator.setLevel(level)
+        best = grid.predictors_[grid.best_idx_]
+        decided = np.asarray(best.predict(X), dtype=np.int64)
+        for j, g in enumerate(known):
+            m = code == j
+            if isinstance(best, CellThresholds):
+                thresholds[g] = float(best.thresholds_[j]) if j < len(best.thresholds_) else NEVER
+            else:  # every reweighted label the same: fairlearn's constant DummyClassifier
+                thresholds[g] = ALWAYS if m.any() and decided[m].all() else NEVER
+            rates[g] = float(decided[m].mean()) if m.any() else 0.0
+        how = "its kept base learner's threshold per group"
+    else:
+        red = ExponentiatedGradient(
+            CellThresholds(), constraints=moments[constraints](), objective=objective, max_iter=REDUCTION_MAX_ITER
+        )
+        red.fit(X, y, sensitive_features=code)
+        pmf = red._pmf_predict(X)[:, 1]  # P(select) of each row under the randomized mixture
+        for j, g in enumerate(known):
+            m = code == j
+            rates[g] = float(pmf[m].mean())
+            thresholds[g] = _threshold_for_rate(s[m], rates[g])
+        how = "made deterministic as one threshold per group at the mixture's expected selection share"
     return GroupRule(
         list(train_sensitive.columns),
         thresholds,
         fallback,
         meta={
-            "method": f"fairlearn ExponentiatedGradient(constraints={constraints!r}) over per-group score "
-            "thresholds, made deterministic as one threshold per group at the mixture's expected selection share",
+            "method": f"fairlearn {method}(constraints={constraints!r}) over per-group score thresholds, {how}",
             "fit_rows": int(len(s)),
             "target_selection_rate": rates,
         },

@@ -358,6 +358,36 @@ def test_reduction_is_a_servable_rule_at_the_mixtures_selection_shares(biased):
     )
     with pytest.raises(ValueError, match="unknown reduction"):
         fit_reduction(biased["oof"], biased["y_train"], sens, 7, "bounded_group_loss", cells=cells)
+    with pytest.raises(ValueError, match="unknown reduction method"):
+        fit_reduction(biased["oof"], biased["y_train"], sens, 7, "demographic_parity", cells=cells, method="Grid")
+
+
+def test_grid_search_reduction_serves_its_kept_learners_thresholds(biased, caplog):
+    """GridSearch keeps ONE base learner (no mixture): the rule is that learner's thresholds, so the
+    served variant decides exactly as fairlearn's GridSearch.predict does on the fit rows."""
+    from fairlearn.reductions import DemographicParity, GridSearch
+
+    from rtml.evaluate.fairsearch import GRID_SEARCH_POINTS
+
+    spec = biased["spec"]
+    sens = sensitive_frame(biased["train"], spec).reset_index(drop=True)
+    cells = rule_cells(group_keys(sens), biased["y_train"], spec.gates.fairness.min_group_size)
+    args = (biased["oof"], biased["y_train"], sens, 7, "demographic_parity")
+    with caplog.at_level("WARNING"):
+        rule = fit_reduction(*args, cells=cells, method="GridSearch")
+    assert not [r for r in caplog.records if r.name.startswith("fairlearn")]  # the sparse-grid warning is ours to know
+    assert rule.to_dict() == fit_reduction(*args, cells=cells, method="GridSearch").to_dict()  # deterministic
+    assert "GridSearch" in rule.meta["method"] and set(rule.thresholds) == set(cells[1])
+    # fairlearn's own GridSearch on the same rows, features and groups
+    code = pd.Index(cells[1]).get_indexer(cells[0])
+    X = np.column_stack([biased["oof"], code.astype(float)])
+    grid = GridSearch(CellThresholds(), constraints=DemographicParity(), grid_size=GRID_SEARCH_POINTS)
+    grid.fit(X, biased["y_train"], sensitive_features=code)
+    restored = GroupRule.from_dict(rule.to_dict())
+    decided = restored.decide(biased["oof"], restored.keys(sens))
+    np.testing.assert_array_equal(decided, grid.predict(X))
+    for g, rate in rule.meta["target_selection_rate"].items():
+        assert decided[cells[0] == g].mean() == pytest.approx(rate)
 
 
 def test_search_with_reductions_lists_them_beside_the_other_candidates(biased):
