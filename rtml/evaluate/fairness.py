@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from rtml.evaluate.replicates import replicate_disparities, replicate_rates
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -163,46 +165,6 @@ def _bootstrap(
     }
 
 
-def _rates(N, P, S, TP) -> dict[str, np.ndarray]:
-    import numpy as np
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            "selection_rate": np.where(N > 0, S / N, np.nan),
-            "tpr": np.where(P > 0, TP / P, np.nan),
-            "fpr": np.where(N - P > 0, (S - TP) / (N - P), np.nan),
-            "precision": np.where(S > 0, TP / S, 0.0),
-        }
-
-
-def _range_over(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(min, max) over the masked groups of each replicate (last axis), NaN-safe."""
-    import numpy as np
-
-    m = mask & np.isfinite(values)
-    lo = np.where(m, values, np.inf).min(axis=-1)
-    hi = np.where(m, values, -np.inf).max(axis=-1)
-    ok = m.sum(axis=-1) >= 2
-    return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
-
-
-def _boot_disparities(boot: dict[str, np.ndarray], big, tpr_ok, fpr_ok) -> dict[str, np.ndarray]:
-    import numpy as np
-
-    r = _rates(boot["N"], boot["P"], boot["S"], boot["TP"])
-    slo, shi = _range_over(r["selection_rate"], big)
-    tlo, thi = _range_over(r["tpr"], tpr_ok)
-    flo, fhi = _range_over(r["fpr"], fpr_ok)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return {
-            "demographic_parity_ratio": np.where(shi > 0, slo / shi, np.nan),
-            "demographic_parity_difference": shi - slo,
-            "equal_opportunity_difference": thi - tlo,
-            "equal_opportunity_ratio": np.where(thi > 0, tlo / thi, np.nan),
-            "equalized_odds_difference": np.fmax(thi - tlo, fhi - flo),
-        }
-
-
 def _interval(values: np.ndarray, confidence: float) -> list[float | None] | None:
     import numpy as np
 
@@ -249,7 +211,7 @@ def attribute_fairness(
     min_pos = gate.min_group_positives
     n_boot = gate.bootstrap
     boot = _bootstrap(ct, cp, cg, w, names, n_boot, _seed(random_state, name)) if n_boot else None
-    boot_rates = _rates(boot["N"], boot["P"], boot["S"], boot["TP"]) if boot else None
+    boot_rates = replicate_rates(boot["N"], boot["P"], boot["S"], boot["TP"]) if boot else None
     table = []
     for j, g in enumerate(names):
         row: dict[str, Any] = {"group": str(g)}
@@ -331,7 +293,7 @@ def attribute_fairness(
             m[[idx[g] for g in gs]] = True
             return m
 
-        bd = _boot_disparities(boot, mask(big), mask(tpr_groups), mask(fpr_groups))
+        bd = replicate_disparities(boot, mask(big), mask(tpr_groups), mask(fpr_groups))
         for m in DISPARITIES:
             result["intervals"][m] = None if result[m] is None else _interval(bd[m], gate.confidence)
 

@@ -209,7 +209,7 @@ def judged_disparities(d: dict[str, Any], N, P, S, TP, t: Targets, reading: Gate
 
     import numpy as np
 
-    from rtml.evaluate.fairness import _boot_disparities  # the gate's own disparities of replicates
+    from rtml.evaluate.replicates import replicate_disparities  # the gate's own
 
     N, P, S, TP = (np.asarray(a, dtype=float) for a in (N, P, S, TP))
     B, G = N.shape
@@ -226,7 +226,7 @@ def judged_disparities(d: dict[str, Any], N, P, S, TP, t: Targets, reading: Gate
     big = N >= t.min_group_size
     tpr_ok = big & (P >= max(1, t.min_group_positives))
     fpr_ok = big & (N - P >= max(1, t.min_group_positives))
-    bd = _boot_disparities(replicates, big, tpr_ok, fpr_ok)
+    bd = replicate_disparities(replicates, big, tpr_ok, fpr_ok)
     di, eo, eodds = (bd[m] for m in (
         "demographic_parity_ratio", "equal_opportunity_difference", "equalized_odds_difference"))
     a = (1 - reading.confidence) / 2
