@@ -99,12 +99,22 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+# How long a SQLite connection of Airflow waits for another writer's lock before "database is locked".
+# sqlite3's default, 5 s, is shorter than a busy 2-core machine can hold the lock: the api-server then
+# answers a trigger with a 500 "Database error" that hides the cause. Below the REST client's 30 s.
+SQLITE_BUSY_TIMEOUT_S = 20
+
+
 def sqlalchemy_uri(uri: str) -> str:
     """``postgresql://`` with an explicit driver: SQLAlchemy 2.1 would pick psycopg 3, which is not
-    installed; psycopg2 is (Airflow derives its async URL, ``postgresql+asyncpg``, from the scheme)."""
+    installed; psycopg2 is (Airflow derives its async URL, ``postgresql+asyncpg``, from the scheme).
+    ``sqlite://`` with a busy timeout (``SQLITE_BUSY_TIMEOUT_S``) unless the URI states one: SQLAlchemy
+    passes it to ``sqlite3.connect`` (and aiosqlite) for every Airflow component."""
     for prefix in ("postgresql://", "postgres://"):
         if uri.startswith(prefix):
             return "postgresql+psycopg2://" + uri[len(prefix) :]
+    if uri.startswith("sqlite") and "timeout=" not in uri.partition("?")[2]:
+        return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_BUSY_TIMEOUT_S}"
     return uri
 
 
