@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from rtml.evaluate.replicates import replicate_disparities, replicate_rates
+from rtml.evaluate.replicates import interval, replicate_disparities, replicate_rates
 
 if TYPE_CHECKING:
     import numpy as np
@@ -168,13 +168,8 @@ def _bootstrap(
 def _interval(values: np.ndarray, confidence: float) -> list[float | None] | None:
     import numpy as np
 
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return None
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(v, [a, 1 - a])
-    return [_num(lo), _num(hi)]
+    lo, hi = interval(values, confidence)
+    return None if np.isnan(lo) else [_num(lo), _num(hi)]
 
 
 def attribute_fairness(

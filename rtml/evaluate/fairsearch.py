@@ -146,6 +146,16 @@ def _masked_range(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     return np.where(defined, lo, np.nan), np.where(defined, hi, np.nan), defined
 
 
+def qualifying(N, P, min_group_size: int, min_group_positives: int):
+    """(big, tpr_ok, fpr_ok): the groups (last axis) with enough rows for selection rates, and also
+    enough positives for TPR / negatives for FPR (as the gate: ``attribute_fairness``)."""
+    import numpy as np
+
+    N, P = np.asarray(N, dtype=float), np.asarray(P, dtype=float)
+    big = N >= min_group_size
+    return big, big & (P >= max(1, min_group_positives)), big & (N - P >= max(1, min_group_positives))
+
+
 def group_disparities(N, P, S, TP, min_group_size: int, min_group_positives: int) -> dict[str, Any]:
     """Disparities from per-group counts (last axis = groups; leading axes = candidates).
 
@@ -161,10 +171,7 @@ def group_disparities(N, P, S, TP, min_group_size: int, min_group_positives: int
         sel = S / N
         tpr = TP / P
         fpr = (S - TP) / neg
-    big = N >= min_group_size
-    big_b = np.broadcast_to(big, sel.shape)
-    tpr_ok = np.broadcast_to(big & (P >= max(1, min_group_positives)), sel.shape)
-    fpr_ok = np.broadcast_to(big & (neg >= max(1, min_group_positives)), sel.shape)
+    big_b, tpr_ok, fpr_ok = (np.broadcast_to(m, sel.shape) for m in qualifying(N, P, min_group_size, min_group_positives))
     slo, shi, _ = _masked_range(sel, big_b)
     with np.errstate(divide="ignore", invalid="ignore"):
         di = np.where(shi > 0, slo / shi, np.where(shi == 0, np.nan, np.nan))
@@ -205,11 +212,9 @@ def judged_disparities(d: dict[str, Any], N, P, S, TP, t: Targets, reading: Gate
     rows are resampled ``reading.bootstrap`` times (a multinomial draw of its group x outcome counts,
     as the gate's bootstrap), the groups that qualify are the sample's own, and the disparity is
     replaced by the interval's lenient or strict bound; the estimate stays where no interval exists."""
-    import warnings
-
     import numpy as np
 
-    from rtml.evaluate.replicates import replicate_disparities  # the gate's own
+    from rtml.evaluate.replicates import interval, replicate_disparities  # the gate's own
 
     N, P, S, TP = (np.asarray(a, dtype=float) for a in (N, P, S, TP))
     B, G = N.shape
@@ -223,23 +228,16 @@ def judged_disparities(d: dict[str, Any], N, P, S, TP, t: Targets, reading: Gate
     replicates = {
         "N": boot.sum(axis=-1), "P": boot[..., 0] + boot[..., 1], "S": boot[..., 0] + boot[..., 2], "TP": boot[..., 0],
     }
-    big = N >= t.min_group_size
-    tpr_ok = big & (P >= max(1, t.min_group_positives))
-    fpr_ok = big & (N - P >= max(1, t.min_group_positives))
-    bd = replicate_disparities(replicates, big, tpr_ok, fpr_ok)
-    di, eo, eodds = (bd[m] for m in (
-        "demographic_parity_ratio", "equal_opportunity_difference", "equalized_odds_difference"))
-    a = (1 - reading.confidence) / 2
+    bd = replicate_disparities(replicates, *qualifying(N, P, t.min_group_size, t.min_group_positives))
     lenient = reading.decide_on == "lenient_bound"
-    for key, values, at_least in (("di", di, True), ("eo", eo, False), ("eodds", eodds, False)):
-        defined = np.isfinite(values).sum(axis=0) >= 2
-        with warnings.catch_warnings():  # all-NaN columns: no interval, the estimate stays
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = np.nanquantile(values, [a, 1 - a], axis=0)
+    for key, metric, at_least in (("di", "demographic_parity_ratio", True),
+                                  ("eo", "equal_opportunity_difference", False),
+                                  ("eodds", "equalized_odds_difference", False)):
+        lo, hi = interval(bd[metric], reading.confidence)
         # ">=" limits: the lenient bound is the interval's top; "<=" limits: its bottom (as the gate)
         bound = hi if at_least == lenient else lo
         est = np.asarray(d[key], dtype=float)
-        out[key] = np.where(defined & np.isfinite(est), bound, est)
+        out[key] = np.where(np.isfinite(bound) & np.isfinite(est), bound, est)  # no interval: the estimate
     return out
 
 
@@ -508,7 +506,8 @@ def search_rule(
     A candidate qualifies when it meets every limit on the fit rows and loses at most
     ``gate.max_quality_loss`` of the decision metric. Among those, the kept one is the most likely
     to pass the gate on a holdout of ``holdout_rows`` rows (simulated by resampling the fit rows and
-    judged with the gate's ``decide_on``; likelihoods within ``PASS_RATE_TIE`` count as equal), then the one with the best decision metric.
+    judged with the gate's ``decide_on``; likelihoods within ``PASS_RATE_TIE`` count as equal), then
+    the one with the best decision metric.
 
     ``reductions`` (the spec's ``gates.fairness.reductions``): also fit fairlearn's ExponentiatedGradient
     and GridSearch candidates (``REDUCTIONS``; servable as a GroupRule, ~2 s and ~0.3 s each). Off

@@ -38,6 +38,23 @@ def range_over(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
 
 
+def interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval over the replicates (axis 0) of their finite values: (low, high), NaN
+    where fewer than 2 replicates are finite."""
+    import warnings
+
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    finite = np.isfinite(v)
+    a = (1 - confidence) / 2
+    with warnings.catch_warnings():  # all-NaN columns: no interval
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanquantile(np.where(finite, v, np.nan), [a, 1 - a], axis=0)
+    two = finite.sum(axis=0) >= 2
+    return np.where(two, lo, np.nan), np.where(two, hi, np.nan)
+
+
 def replicate_disparities(boot: dict[str, np.ndarray], big, tpr_ok, fpr_ok) -> dict[str, np.ndarray]:
     """The disparities of each replicate (``boot``: per-group counts N, P, S, TP, last axis = groups)
     over the groups that qualify for each (``big``: enough rows; ``tpr_ok`` / ``fpr_ok``: also enough

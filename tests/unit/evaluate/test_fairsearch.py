@@ -30,6 +30,7 @@ from rtml.evaluate.fairsearch import (
     group_disparities,
     judged_disparities,
     mitigate,
+    qualifying,
     rule_cells,
     search_rule,
     violation,
@@ -99,6 +100,14 @@ def test_group_disparities_from_counts():
     # candidates on leading axes: one row per candidate
     many = group_disparities([100, 100], [40, 20], [[50, 25], [50, 50]], [[30, 10], [30, 15]], 30, 5)
     assert many["di"] == pytest.approx([0.5, 1.0])
+
+
+def test_qualifying_groups_need_rows_then_positives_or_negatives():
+    big, tpr_ok, fpr_ok = qualifying([100, 100, 10], [40, 3, 5], min_group_size=30, min_group_positives=5)
+    assert big.tolist() == [True, True, False]
+    assert tpr_ok.tolist() == [True, False, False]  # 3 positives < 5
+    assert fpr_ok.tolist() == [True, True, False]  # the small group never qualifies
+    assert qualifying([100, 100], [100, 0], 30, 5)[2].tolist() == [False, True]  # no negatives: no FPR
 
 
 def test_violation_sums_shortfalls_and_counts_undefined_as_met():

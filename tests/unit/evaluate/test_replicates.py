@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from rtml.evaluate.replicates import range_over, replicate_disparities, replicate_rates
+from rtml.evaluate.replicates import interval, range_over, replicate_disparities, replicate_rates
 
 
 def test_rates_per_group_with_nan_for_an_empty_denominator():
@@ -47,3 +47,12 @@ def test_disparities_of_two_replicates_by_hand():
     # a group that does not qualify for TPR is left out of equal opportunity
     d2 = replicate_disparities(boot, ok, np.array([True, False]), ok)
     assert math.isnan(d2["equal_opportunity_difference"][0])
+
+
+def test_interval_over_the_finite_replicates_of_each_column():
+    values = np.array([[0.1, np.nan, 1.0], [0.2, np.inf, np.nan], [0.3, 0.5, np.nan], [0.4, np.nan, np.nan]])
+    lo, hi = interval(values, 0.5)  # the 25th and 75th percentiles
+    assert lo[0] == pytest.approx(np.quantile([0.1, 0.2, 0.3, 0.4], 0.25))
+    assert hi[0] == pytest.approx(np.quantile([0.1, 0.2, 0.3, 0.4], 0.75))
+    # one finite replicate (inf is not one) or fewer: no interval
+    assert math.isnan(lo[1]) and math.isnan(hi[1]) and math.isnan(lo[2]) and math.isnan(hi[2])
